@@ -1,0 +1,155 @@
+"""Typed boundaries of the core: what goes into a generation and what comes out."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Callable
+
+from sdplay.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+MAX_IMAGES = 16
+MAX_STEPS = 150
+MAX_GUIDANCE = 30.0
+MAX_PIXELS = 2048 * 2048
+MAX_SIDE = 4096
+MAX_SEED = 2**32 - 1
+MAX_PROMPT_CHARS = 10_000
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One text-to-image job. `None` means "the model's default"."""
+
+    prompt: str
+    negative_prompt: str = ""
+    model: str | None = None
+    n_images: int = 1
+    batch_size: int | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    width: int | None = None
+    height: int | None = None
+    seed: int = -1
+    sampler: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+
+    def validate(self) -> GenerationRequest:
+        """Check every field; raise InvalidRequest naming the field and the fix."""
+        _check_text(self.prompt, "prompt")
+        _check_text(self.negative_prompt, "negative_prompt")
+        _check_int(self.n_images, "n_images", 1, MAX_IMAGES)
+        if self.batch_size is not None:
+            _check_int(self.batch_size, "batch_size", 1, MAX_IMAGES)
+        if self.steps is not None:
+            _check_int(self.steps, "steps", 1, MAX_STEPS)
+        if self.guidance is not None:
+            _check_float(self.guidance, "guidance", 0.0, MAX_GUIDANCE)
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if value is not None:
+                _check_side(value, name)
+        if self.width and self.height and self.width * self.height > MAX_PIXELS:
+            raise InvalidRequest(
+                f"{self.width}x{self.height} is {self.width * self.height:,} pixels, over the limit of "
+                f"{MAX_PIXELS:,}.",
+                field="width",
+                hint="Choose a smaller size, e.g. 1024x1024, and upscale afterwards.",
+            )
+        _check_int(self.seed, "seed", -1, MAX_SEED)
+        return self
+
+    def with_(self, **changes: Any) -> GenerationRequest:
+        """A copy with some fields changed."""
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PhaseTimings:
+    """Seconds spent in each phase of one generation."""
+
+    load: float = 0.0
+    text_encoding: float = 0.0
+    denoising: float = 0.0
+    decoding: float = 0.0
+    safety_check: float = 0.0
+    total: float = 0.0
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """Progress of a running generation, passed to the per-step callback."""
+
+    step: int
+    total_steps: int
+    batch_index: int
+    batch_count: int
+    elapsed: float
+    latents: torch.Tensor | None = None
+    family: str = "sd1"
+
+    @property
+    def fraction(self) -> float:
+        done = self.batch_index * self.total_steps + self.step
+        return done / max(1, self.batch_count * self.total_steps)
+
+
+StepCallback = Callable[[StepInfo], None]
+
+
+@dataclass
+class GenerationResult:
+    """Images of one request with everything needed to reproduce them."""
+
+    images: list[Image.Image]
+    seeds: list[int]
+    request: GenerationRequest
+    timings: PhaseTimings
+    peak_memory_bytes: int | None
+    nsfw: list[bool] | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    telemetry: dict[str, Any] | None = None
+
+
+def _check_text(value: Any, name: str) -> None:
+    if not isinstance(value, str):
+        raise InvalidRequest(f"{name} must be text, got {type(value).__name__}.", field=name)
+    if len(value) > MAX_PROMPT_CHARS:
+        raise InvalidRequest(
+            f"{name} is {len(value):,} characters long; the limit is {MAX_PROMPT_CHARS:,}.",
+            field=name,
+            hint="Shorten it.",
+        )
+
+
+def _check_int(value: Any, name: str, lo: int, hi: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequest(f"{name} must be a whole number, got {value!r}.", field=name)
+    if not lo <= value <= hi:
+        raise InvalidRequest(f"{name} must be between {lo} and {hi}, got {value}.", field=name)
+
+
+def _check_float(value: Any, name: str, lo: float, hi: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidRequest(f"{name} must be a number, got {value!r}.", field=name)
+    if not math.isfinite(value) or not lo <= value <= hi:
+        raise InvalidRequest(f"{name} must be a number between {lo:g} and {hi:g}, got {value}.", field=name)
+
+
+def _check_side(value: Any, name: str) -> None:
+    _check_int(value, name, 8, MAX_SIDE)
+    if value % 8:
+        lower, upper = value // 8 * 8, value // 8 * 8 + 8
+        raise InvalidRequest(
+            f"{name} must be a multiple of 8, got {value}.",
+            field=name,
+            hint=f"Use {lower or 8} or {upper}.",
+        )
