@@ -153,3 +153,41 @@ def _check_side(value: Any, name: str) -> None:
             field=name,
             hint=f"Use {lower or 8} or {upper}.",
         )
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A catalog entry as shown to users: defaults, and whether it can run here."""
+
+    name: str
+    family: str
+    native_size: int
+    default_sampler: str
+    default_steps: int
+    default_guidance: float
+    available: bool
+    loaded: bool = False
+    aliases: tuple[str, ...] = ()
+    description: str = ""
+    sizes: tuple[tuple[int, int], ...] = ()
+    how_to_get: str = ""
+
+
+class EngineProtocol:
+    """What the server and UIs need from an engine; a fake implements the same methods in tests.
+
+    `generate` raises SdplayError subclasses (InvalidRequest, ModelNotAvailable, Cancelled, ...)
+    and calls `on_step` after every denoising step; raising `Cancelled` from `on_step` stops the run.
+    """
+
+    def generate(self, request: GenerationRequest, on_step: StepCallback | None = None) -> GenerationResult:
+        raise NotImplementedError
+
+    def models(self) -> list[ModelInfo]:
+        raise NotImplementedError
+
+    def samplers(self) -> list[str]:
+        raise NotImplementedError
+
+    def unload(self, model: str | None = None) -> None:
+        raise NotImplementedError
