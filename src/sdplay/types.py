@@ -189,5 +189,16 @@ class EngineProtocol:
     def samplers(self) -> list[str]:
         raise NotImplementedError
 
+    def generate_batch(
+        self, requests: list[GenerationRequest], on_step: StepCallback | None = None
+    ) -> list[GenerationResult]:
+        """Run requests that share model, size, steps, sampler and guidance; one result per request, in order.
+
+        Each request keeps its own prompt, negative prompt and seed, and its images must equal what
+        `generate` gives for it alone. This default runs them one after another; an engine should
+        override it to denoise them as one UNet batch.
+        """
+        return [self.generate(request, on_step) for request in requests]
+
     def unload(self, model: str | None = None) -> None:
         raise NotImplementedError
