@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from importlib import resources
 from pathlib import Path
 
@@ -13,7 +13,7 @@ ASSETS = Path(str(resources.files("sdplay") / "assets"))
 DEFAULT_MODEL = "sdplay-emoji"
 
 
-class Family(str, Enum):
+class Family(StrEnum):
     """Pipeline kinds: decides text encoding, conditioning and latent previews."""
 
     SD1 = "sd1"
@@ -44,7 +44,7 @@ class ModelSpec:
     def sizes(self) -> tuple[tuple[int, int], ...]:
         """Size presets, native first."""
         native = (self.native_size, self.native_size)
-        return (native,) + tuple(s for s in self.size_presets if s != native)
+        return (native, *tuple(s for s in self.size_presets if s != native))
 
 
 def _configs(name: str) -> Path:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from sdplay.errors import InvalidRequest
 
@@ -56,8 +57,7 @@ class GenerationRequest:
                 _check_side(value, name)
         if self.width and self.height and self.width * self.height > MAX_PIXELS:
             raise InvalidRequest(
-                f"{self.width}x{self.height} is {self.width * self.height:,} pixels, over the limit of "
-                f"{MAX_PIXELS:,}.",
+                f"{self.width}x{self.height} is {self.width * self.height:,} pixels, over the limit of {MAX_PIXELS:,}.",
                 field="width",
                 hint="Choose a smaller size, e.g. 1024x1024, and upscale afterwards.",
             )

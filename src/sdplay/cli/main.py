@@ -24,6 +24,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sdplay.cli.common import quiet_libraries
+
+    if "-v" not in (argv or sys.argv) and "--verbose" not in (argv or sys.argv):
+        quiet_libraries()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -1,0 +1,60 @@
+"""Helpers shared by the commands: quiet libraries, sizes, engine options."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from sdplay.errors import InvalidRequest
+
+
+def quiet_libraries() -> None:
+    """Keep library chatter (progress bars, deprecation notes) off the user's terminal."""
+    for var in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY"):
+        os.environ.setdefault(var, "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+
+def parse_size(text: str | None) -> tuple[int | None, int | None]:
+    """'512x768' -> (512, 768); a single number means a square."""
+    if not text:
+        return None, None
+    parts = text.lower().replace("×", "x").split("x")
+    if len(parts) in (1, 2) and all(p.strip().isdigit() for p in parts):
+        return int(parts[0]), int(parts[-1])
+    raise InvalidRequest(f"Size {text!r} is not WIDTHxHEIGHT.", field="size", hint="Write it like 512x512.")
+
+
+def add_load_options(parser: argparse.ArgumentParser) -> None:
+    """Flags that decide how a model is loaded and optimised."""
+    g = parser.add_argument_group("loading and memory")
+    g.add_argument("--random-weights", action="store_true", help="build the architecture with random weights")
+    g.add_argument("--allow-pickle", action="store_true", help="allow .ckpt/.pt checkpoints (read weights-only)")
+    g.add_argument("--no-safety-checker", action="store_true", help="skip the model's safety checker")
+    g.add_argument("--attention-slicing", action="store_true", help="less memory, a little slower")
+    g.add_argument("--vae-slicing", action="store_true", help="decode one image at a time")
+    g.add_argument("--vae-tiling", action="store_true", help="decode large images in tiles")
+    g.add_argument("--cpu-offload", action="store_true", help="keep idle components in host memory")
+    g.add_argument("--no-fast", action="store_true", help="turn the compiled fast path off")
+
+
+def load_options(args: argparse.Namespace):
+    from sdplay.loading import LoadOptions
+
+    return LoadOptions(
+        random_weights=args.random_weights,
+        allow_pickle=args.allow_pickle,
+        safety_checker=not args.no_safety_checker,
+        attention_slicing=args.attention_slicing,
+        vae_slicing=args.vae_slicing,
+        vae_tiling=args.vae_tiling,
+        cpu_offload=args.cpu_offload,
+        fast=False if args.no_fast else None,
+    )
+
+
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return "n/a"
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"

@@ -1,0 +1,102 @@
+"""`sdplay generate`: prompt in, PNGs out, with a progress bar."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from sdplay.cli.common import add_load_options, human_bytes, load_options, parse_size, quiet_libraries
+
+
+def register(sub) -> None:
+    p = sub.add_parser("generate", help="generate images from a prompt", description="Generate images from a prompt.")
+    p.add_argument("prompt")
+    p.add_argument("--model", "-m", default=None, help="catalog name, hub id, diffusers folder or .safetensors file")
+    p.add_argument("-n", "--n-images", type=int, default=1, help="how many images (default 1)")
+    p.add_argument("--batch-size", type=int, default=None, help="images per UNet batch (default: all)")
+    p.add_argument("--negative", default="", help="negative prompt")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--guidance", "--cfg", type=float, default=None)
+    p.add_argument("--size", default=None, help="WIDTHxHEIGHT (default: the model's native size)")
+    p.add_argument("--seed", type=int, default=-1, help="-1 draws one (recorded in the image)")
+    p.add_argument("--sampler", default=None, help="e.g. 'Euler a', 'DPM++ 2M Karras' (see `sdplay models`)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, xpu, mps")
+    p.add_argument("--dtype", default="auto", help="auto, fp32, fp16, bf16")
+    p.add_argument("--out", "-o", default="outputs", help="output folder (default ./outputs)")
+    p.add_argument("--monitor", action="store_true", help="record device telemetry during the run")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_load_options(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    quiet_libraries()
+    from sdplay.engine import Engine
+    from sdplay.images import ensure_writable, save_png
+    from sdplay.types import GenerationRequest
+
+    width, height = parse_size(args.size)
+    request = GenerationRequest(
+        prompt=args.prompt, negative_prompt=args.negative, model=args.model, n_images=args.n_images,
+        batch_size=args.batch_size, steps=args.steps, guidance=args.guidance, width=width, height=height,
+        seed=args.seed, sampler=args.sampler, device=args.device, dtype=args.dtype,
+    )  # fmt: skip
+    engine = Engine(load_options(args), max_models=1)
+    request = engine.resolve(request)
+    out_dir = ensure_writable(Path(args.out))
+    with _Progress(request, quiet=args.json) as progress:
+        result = engine.generate(request, on_step=progress.update, monitor=args.monitor)
+    paths = [save_png(result, i, out_dir) for i in range(len(result.images))]
+    _report(result, paths, args.json)
+    return 0
+
+
+class _Progress:
+    """A tqdm bar over all denoising steps of all batches."""
+
+    def __init__(self, request, quiet: bool):
+        self.request, self.quiet, self.bar = request, quiet, None
+
+    def __enter__(self):
+        from tqdm import tqdm
+
+        total = None
+        self.bar = tqdm(total=total, unit="step", desc="generating", disable=self.quiet, leave=False)
+        return self
+
+    def update(self, info) -> None:
+        total = info.batch_count * info.total_steps
+        if self.bar.total != total:
+            self.bar.total = total
+        self.bar.n = info.batch_index * info.total_steps + info.step
+        self.bar.refresh()
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
+
+
+def _report(result, paths: list[Path], as_json: bool) -> None:
+    t = result.timings
+    if as_json:
+        record = {"paths": [str(p) for p in paths], "seeds": result.seeds, "timings": vars(t),
+                  "peak_memory_bytes": result.peak_memory_bytes, "nsfw": result.nsfw,
+                  "telemetry": result.telemetry, "metadata": result.metadata}  # fmt: skip
+        print(json.dumps(record, default=str, indent=2))
+        return
+    for path, seed in zip(paths, result.seeds, strict=True):
+        print(f"{path}  (seed {seed})")
+    meta = result.metadata
+    print(
+        f"{meta['model']} on {meta['device']['id']} ({meta['dtype']}), {result.request.sampler}, "
+        f"{result.request.steps} steps: load {t.load:.2f}s, text {t.text_encoding:.2f}s, "
+        f"denoise {t.denoising:.2f}s, decode {t.decoding:.2f}s; peak memory {human_bytes(result.peak_memory_bytes)}"
+    )
+    if meta.get("random_weights"):
+        print("note: random weights - the images are noise, useful only for speed and memory figures")
+    if result.nsfw and any(result.nsfw):
+        print(f"note: the safety checker blanked {sum(result.nsfw)} image(s)")
+    for warning in meta.get("warnings", []):
+        print(f"warning: {warning}")
+    if result.telemetry:
+        print("telemetry: " + ", ".join(f"{k} {v}" for k, v in result.telemetry.items() if v is not None))

@@ -1,0 +1,252 @@
+"""The engine: resolve a request, load (and cache) the pipeline, generate, and describe what was done."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+from typing import Any
+
+from sdplay import catalog
+from sdplay.catalog import ModelSpec
+from sdplay.devices import DeviceInfo, discover_devices, resolve_device, resolve_dtype
+from sdplay.errors import InvalidRequest
+from sdplay.loading import LoadedModel, LoadOptions, load_pipeline
+from sdplay.run import BatchOutput, run_batch
+from sdplay.samplers import get_sampler, sampler_names
+from sdplay.types import (
+    MAX_SEED,
+    EngineProtocol,
+    GenerationRequest,
+    GenerationResult,
+    ModelInfo,
+    PhaseTimings,
+    StepCallback,
+)
+
+log = logging.getLogger(__name__)
+
+# Fields that must agree for requests to share one UNet batch.
+BATCH_KEYS = ("model", "steps", "guidance", "width", "height", "sampler", "device", "dtype")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image to make: which request it belongs to, its prompts and its seed."""
+
+    owner: int
+    prompt: str
+    negative: str
+    seed: int
+
+
+class Engine(EngineProtocol):
+    """Owns loaded pipelines (LRU cache) and runs generations one at a time per engine."""
+
+    def __init__(self, options: LoadOptions | None = None, *, max_models: int = 2, **overrides: Any):
+        self.options = replace(options or LoadOptions(), **overrides)
+        self.max_models = max_models
+        self._models: OrderedDict[tuple[str, str, str], LoadedModel] = OrderedDict()
+        self._lock = threading.RLock()
+        self._devices: list[DeviceInfo] | None = None
+
+    # -- models and devices ---------------------------------------------------------------
+    def devices(self) -> list[DeviceInfo]:
+        if self._devices is None:
+            self._devices = discover_devices()
+        return self._devices
+
+    def load(self, model: str | None, device: str = "auto", dtype: str = "auto") -> tuple[LoadedModel, bool]:
+        """The cached pipeline for (model, device, dtype), loading it if needed; True if just loaded."""
+        spec = catalog.resolve(model)
+        dev = resolve_device(device, self.devices())
+        key = (spec.name, dev.id, resolve_dtype(dtype, dev))
+        with self._lock:
+            if key in self._models:
+                self._models.move_to_end(key)
+                return self._models[key], False
+            while len(self._models) >= self.max_models:
+                self._evict()
+            loaded = load_pipeline(spec, dev, key[2], self.options)
+            self._models[key] = loaded
+            log.info("loaded %s on %s (%s) in %.1f s", spec.name, dev.id, key[2], loaded.load_seconds)
+            return loaded, True
+
+    def _evict(self) -> None:
+        from sdplay.devices import empty_cache
+
+        key, old = self._models.popitem(last=False)
+        log.info("unloading %s from %s", key[0], key[1])
+        del old
+        empty_cache(resolve_device(key[1], self.devices()))
+
+    def unload(self, model: str | None = None) -> None:
+        with self._lock:
+            name = catalog.resolve(model).name if model else None
+            for key in [k for k in self._models if name is None or k[0] == name]:
+                self._models.move_to_end(key, last=False)
+                self._evict()
+
+    def loaded_models(self) -> list[str]:
+        return [k[0] for k in self._models]
+
+    def models(self) -> list[ModelInfo]:
+        loaded = set(self.loaded_models())
+        return [_model_info(spec, spec.name in loaded) for spec in catalog.BUILTIN]
+
+    def samplers(self) -> list[str]:
+        return sampler_names()
+
+    # -- generation -----------------------------------------------------------------------
+    def generate(
+        self, request: GenerationRequest, on_step: StepCallback | None = None, monitor: bool = False
+    ) -> GenerationResult:
+        return self.generate_batch([request], on_step, monitor)[0]
+
+    def generate_batch(
+        self, requests: list[GenerationRequest], on_step: StepCallback | None = None, monitor: bool = False
+    ) -> list[GenerationResult]:
+        """Generate several compatible requests as shared UNet batches; each keeps its prompts and seeds."""
+        resolved = [self.resolve(r) for r in requests]
+        _check_compatible(resolved)
+        with self._lock:
+            if not monitor:
+                return self._generate(resolved, on_step)
+            from sdplay.telemetry import record
+
+            with record(resolved[0].device, interval=0.1) as trace:
+                results = self._generate(resolved, on_step)
+            for result in results:
+                result.telemetry = trace.summary()
+            return results
+
+    def _generate(self, resolved: list[GenerationRequest], on_step: StepCallback | None) -> list[GenerationResult]:
+        first = resolved[0]
+        loaded, fresh = self.load(first.model, first.device, first.dtype)
+        items = [
+            Item(i, r.prompt, r.negative_prompt, (r.seed + k) % (MAX_SEED + 1))
+            for i, r in enumerate(resolved)
+            for k in range(r.n_images)
+        ]
+        size = (first.batch_size or first.n_images) if len(resolved) == 1 else len(items)
+        batches = [items[i : i + size] for i in range(0, len(items), size)]
+        outputs = [run_batch(loaded, first, b, on_step, n, len(batches)) for n, b in enumerate(batches)]
+        return _split_results(resolved, items, outputs, loaded, fresh)
+
+    def resolve(self, request: GenerationRequest) -> GenerationRequest:
+        """Validate, then fill every default from the model's spec and draw a seed if asked."""
+        request.validate()
+        spec = catalog.resolve(request.model)
+        dev = resolve_device(request.device, self.devices())
+        sampler = get_sampler(request.sampler or spec.default_sampler).name
+        return request.with_(
+            model=spec.name,
+            steps=request.steps or spec.default_steps,
+            guidance=spec.default_guidance if request.guidance is None else request.guidance,
+            width=request.width or spec.native_size,
+            height=request.height or spec.native_size,
+            sampler=sampler,
+            seed=random.randint(0, MAX_SEED) if request.seed == -1 else request.seed,
+            device=dev.id,
+            dtype=resolve_dtype(request.dtype, dev),
+        )
+
+
+def _check_compatible(requests: list[GenerationRequest]) -> None:
+    for key in BATCH_KEYS:
+        values = {getattr(r, key) for r in requests}
+        if len(values) > 1:
+            raise InvalidRequest(f"Requests in one batch must share {key}; got {sorted(map(str, values))}.")
+
+
+def _split_results(
+    requests: list[GenerationRequest], items: list[Item], outputs: list[BatchOutput], loaded: LoadedModel, fresh: bool
+) -> list[GenerationResult]:
+    """Hand each request its own images, seeds and verdicts; phase times are shared by the batch."""
+    images = [img for out in outputs for img in out.images]
+    nsfw = [flag for out in outputs for flag in out.nsfw] if all(o.nsfw is not None for o in outputs) else None
+    timings = PhaseTimings(
+        load=loaded.load_seconds if fresh else 0.0,
+        text_encoding=sum(o.text_encoding for o in outputs),
+        denoising=sum(o.denoising for o in outputs),
+        decoding=sum(o.decoding for o in outputs),
+        safety_check=sum(o.safety_check for o in outputs),
+    )
+    timings = replace(timings, total=sum(vars(timings).values()))
+    peak = max((o.peak_memory for o in outputs if o.peak_memory is not None), default=None)
+    results = []
+    for i, req in enumerate(requests):
+        mine = [k for k, item in enumerate(items) if item.owner == i]
+        metadata = _metadata(req, loaded, timings, peak, outputs)
+        results.append(
+            GenerationResult(
+                images=[images[k] for k in mine],
+                seeds=[items[k].seed for k in mine],
+                request=req,
+                timings=timings,
+                peak_memory_bytes=peak,
+                nsfw=[nsfw[k] for k in mine] if nsfw is not None else None,
+                metadata=metadata,
+            )
+        )
+    return results
+
+
+def _metadata(req: GenerationRequest, loaded: LoadedModel, timings: PhaseTimings, peak, outputs) -> dict[str, Any]:
+    spec = loaded.spec
+    return {
+        "model": spec.name,
+        "model_hub_id": spec.repo_id,
+        "family": loaded.family.value,
+        "sampler": req.sampler,
+        "scheduler": outputs[0].scheduler,
+        "text_chunks": max(o.chunks for o in outputs),
+        "device": loaded.device.to_dict(),
+        "dtype": loaded.dtype,
+        "optimisation": loaded.choices,
+        "random_weights": bool(loaded.choices.get("random_weights")),
+        "timings": vars(timings),
+        "peak_memory_bytes": peak,
+        "warnings": sorted({w for o in outputs for w in o.warnings}),
+        "versions": versions(),
+    }
+
+
+_VERSIONS: dict[str, str] = {}
+
+
+def versions() -> dict[str, str]:
+    """Versions of sdplay and the libraries that shape its output."""
+    if not _VERSIONS:
+        import diffusers
+        import torch
+        import transformers
+
+        from sdplay import __version__
+
+        _VERSIONS.update(
+            sdplay=__version__, torch=torch.__version__, diffusers=diffusers.__version__,
+            transformers=transformers.__version__,
+        )  # fmt: skip
+    return dict(_VERSIONS)
+
+
+def _model_info(spec: ModelSpec, loaded: bool) -> ModelInfo:
+    from sdplay.availability import how_to_get, is_available
+
+    return ModelInfo(
+        name=spec.name,
+        family=spec.family.value,
+        native_size=spec.native_size,
+        default_sampler=spec.default_sampler,
+        default_steps=spec.default_steps,
+        default_guidance=spec.default_guidance,
+        available=is_available(spec),
+        loaded=loaded,
+        aliases=spec.aliases,
+        description=spec.description,
+        sizes=spec.sizes,
+        how_to_get=how_to_get(spec),
+    )

@@ -1,0 +1,150 @@
+"""PNG output: A1111-compatible `parameters` text plus a JSON `sdplay` chunk; atomic, never overwriting."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from sdplay.errors import InvalidRequest, OutputNotWritable
+from sdplay.types import GenerationResult
+
+PARAMETERS_KEY = "parameters"
+JSON_KEY = "sdplay"
+
+
+def a1111_parameters(prompt: str, negative: str, fields: dict[str, Any]) -> str:
+    """The text A1111 writes into its PNGs (and reads back in PNG Info)."""
+    lines = [prompt]
+    if negative:
+        lines.append(f"Negative prompt: {negative}")
+    lines.append(", ".join(f"{k}: {_quote(v)}" for k, v in fields.items() if v is not None))
+    return "\n".join(lines)
+
+
+def _quote(value: Any) -> str:
+    text = f"{value:g}" if isinstance(value, float) else str(value)
+    return json.dumps(text) if any(c in text for c in ',:\n"') else text
+
+
+def parameters_for(result: GenerationResult, index: int) -> str:
+    req, meta = result.request, result.metadata
+    sampler, schedule = _split_sampler(req.sampler or "")
+    fields = {
+        "Steps": req.steps,
+        "Sampler": sampler,
+        "Schedule type": schedule,
+        "CFG scale": req.guidance,
+        "Seed": result.seeds[index],
+        "Size": f"{req.width}x{req.height}",
+        "Model": meta.get("model"),
+        "Random weights": "True" if meta.get("random_weights") else None,
+        "Version": f"sdplay {meta.get('versions', {}).get('sdplay', '')}".strip(),
+    }
+    return a1111_parameters(req.prompt, req.negative_prompt, fields)
+
+
+def _split_sampler(name: str) -> tuple[str, str | None]:
+    return (name.removesuffix(" Karras"), "Karras") if name.endswith(" Karras") else (name, None)
+
+
+def metadata_for(result: GenerationResult, index: int) -> dict[str, Any]:
+    """The full record of one image: its request, its seed, and the environment that made it."""
+    return {
+        "request": result.request.to_dict() | {"seed": result.seeds[index], "n_images": 1},
+        "seed": result.seeds[index],
+        "batch_seeds": result.seeds,
+        "index": index,
+        "nsfw": result.nsfw[index] if result.nsfw else None,
+        "telemetry": result.telemetry,
+        **result.metadata,
+    }
+
+
+def png_bytes(result: GenerationResult, index: int) -> bytes:
+    """One image of a result as PNG bytes with both metadata chunks."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text(PARAMETERS_KEY, parameters_for(result, index))
+    info.add_itxt(JSON_KEY, json.dumps(metadata_for(result, index), default=str))
+    buf = io.BytesIO()
+    result.images[index].save(buf, format="PNG", pnginfo=info)
+    return buf.getvalue()
+
+
+def ensure_writable(out_dir: Path) -> Path:
+    """Create the output folder if needed; fail before any work if it cannot be written."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".write-test-{uuid.uuid4().hex}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputNotWritable(
+            f"Cannot write to {out_dir}: {exc.strerror or exc}.", field="out", hint="Choose another folder with --out."
+        ) from exc
+    return out_dir
+
+
+def save_png(result: GenerationResult, index: int, out_dir: Path | str) -> Path:
+    """Write one image atomically under a name that never collides; return its path."""
+    out_dir = Path(out_dir)
+    data = png_bytes(result, index)
+    stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{result.seeds[index]}-{_slug(result.request.prompt)}"
+    tmp = out_dir / f".{uuid.uuid4().hex}.tmp"
+    try:
+        tmp.write_bytes(data)
+        for n in range(10_000):
+            path = out_dir / (f"{stem}.png" if n == 0 else f"{stem}-{n}.png")
+            try:
+                os.link(tmp, path)  # fails if the name exists: never overwrites
+                return path
+            except FileExistsError:
+                continue
+        raise OutputNotWritable(f"Too many files named {stem}*.png in {out_dir}.")
+    except OSError as exc:
+        raise OutputNotWritable(f"Cannot write to {out_dir}: {exc}", field="out") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _slug(text: str, limit: int = 40) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].rstrip("-") or "image"
+
+
+def read_png_info(source: Path | str | bytes) -> dict[str, Any]:
+    """Both metadata chunks of a PNG: the A1111 text, its parsed fields, and sdplay's JSON."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
+            text = dict(getattr(img, "text", {}) or {})
+            size = img.size
+    except (OSError, UnidentifiedImageError) as exc:
+        raise InvalidRequest(f"Not a readable image: {exc}", field="image") from exc
+    params = text.get(PARAMETERS_KEY)
+    record = json.loads(text[JSON_KEY]) if JSON_KEY in text else None
+    return {"size": size, "parameters": params, "fields": parse_parameters(params) if params else {}, "sdplay": record}
+
+
+def parse_parameters(text: str) -> dict[str, Any]:
+    """Parse A1111's parameters text into prompt, negative prompt and the key: value fields."""
+    lines = text.strip().split("\n")
+    last = lines[-1] if len(lines) > 1 or re.search(r"\bSteps: ", lines[-1]) else ""
+    body = lines[:-1] if last else lines
+    prompt, negative, in_negative = [], [], False
+    for line in body:
+        if line.startswith("Negative prompt:"):
+            in_negative, line = True, line.removeprefix("Negative prompt:").strip()
+        (negative if in_negative else prompt).append(line)
+    fields = {
+        k: (json.loads(v) if v.startswith('"') else v)
+        for k, v in re.findall(r'\s*([\w ]+):\s*("(?:\\.|[^"])*"|[^,]*)(?:,|$)', last)
+    }
+    return {"prompt": "\n".join(prompt), "negative_prompt": "\n".join(negative), **fields}

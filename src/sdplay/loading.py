@@ -1,0 +1,228 @@
+"""Spec + device -> a ready pipeline: hub id, local folder, single file, or random weights."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sdplay.catalog import ASSETS, Family, ModelSpec
+from sdplay.checkpoints import PICKLE_SUFFIXES, pickle_to_safetensors, refuse_pickle
+from sdplay.devices import DeviceInfo
+from sdplay.errors import ModelNotAvailable
+
+log = logging.getLogger(__name__)
+
+TOKENIZER_FILES = ("vocab.json", "merges.txt")
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to load and optimise a pipeline; recorded in every image's metadata."""
+
+    random_weights: bool = False
+    allow_pickle: bool = False
+    safety_checker: bool = True
+    attention_slicing: bool = False
+    vae_slicing: bool = False
+    vae_tiling: bool = False
+    cpu_offload: bool = False
+    channels_last: bool | None = None  # None: where it pays (CUDA/XPU)
+    fast: bool | None = None  # compiled fast path; None: on where supported
+    seed: int = 0  # seed of random weights
+
+
+@dataclass
+class LoadedModel:
+    """A pipeline on its device, with what was decided while loading it."""
+
+    spec: ModelSpec
+    family: Family
+    pipe: Any
+    device: DeviceInfo
+    dtype: str
+    choices: dict[str, Any] = field(default_factory=dict)
+    load_seconds: float = 0.0
+    scheduler_config: dict[str, Any] = field(default_factory=dict)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SDPLAY_CACHE", Path.home() / ".cache" / "sdplay"))
+
+
+def config_folder(spec: ModelSpec) -> Path:
+    """A complete weightless diffusers layout for a spec (configs plus the CLIP tokenizer files)."""
+    if spec.config_dir is None:
+        raise ModelNotAvailable(f"No built-in configuration for {spec.name}.", field="model")
+    if (spec.config_dir / "tokenizer" / "vocab.json").exists():
+        return spec.config_dir
+    out = cache_dir() / "configs" / spec.config_dir.name
+    if not (out / "model_index.json").exists():
+        tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+        shutil.copytree(spec.config_dir, tmp, dirs_exist_ok=True)
+        for tok in tmp.glob("tokenizer*"):
+            for name in TOKENIZER_FILES:
+                shutil.copyfile(ASSETS / "clip_tokenizer" / name, tok / name)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+    return out
+
+
+def family_of(pipe: Any) -> Family:
+    """The pipeline kind, read from the loaded pipeline itself."""
+    if type(pipe).__name__.startswith("StableDiffusionXL"):
+        return Family.SDXL
+    return Family.SD2 if pipe.scheduler.config.get("prediction_type") == "v_prediction" else Family.SD1
+
+
+def load_pipeline(spec: ModelSpec, device: DeviceInfo, dtype: str, opts: LoadOptions) -> LoadedModel:
+    """Load a model by whichever route its spec names, then apply the optimisation step."""
+    import torch
+
+    from sdplay.optimize import optimize_pipeline
+
+    start = time.perf_counter()
+    torch_dtype = getattr(torch, dtype)
+    if opts.random_weights:
+        pipe, source = build_random_pipeline(spec, torch_dtype, device.id, opts.seed), "random weights"
+    elif spec.weights_dir is not None and spec.weights_dir.is_file():
+        pipe, source = _load_single_file(spec, torch_dtype, opts), f"single file {spec.weights_dir}"
+    elif spec.weights_dir is not None:
+        pipe, source = _load_folder(spec, spec.weights_dir, torch_dtype), f"folder {spec.weights_dir}"
+    else:
+        pipe, source = _load_hub(spec, torch_dtype), f"hub {spec.repo_id}"
+    family = family_of(pipe)
+    choices = {"source": source, "random_weights": opts.random_weights}
+    choices |= optimize_pipeline(pipe, device, torch_dtype, opts, family)
+    elapsed = time.perf_counter() - start
+    return LoadedModel(spec, family, pipe, device, dtype, choices, elapsed, dict(pipe.scheduler.config))
+
+
+def _pipeline_class(name: str):
+    import diffusers
+
+    return getattr(diffusers, name)
+
+
+def _load_folder(spec: ModelSpec, folder: Path, torch_dtype) -> Any:
+    from diffusers import DiffusionPipeline
+
+    _check_folder(folder)
+    try:
+        return DiffusionPipeline.from_pretrained(str(folder), dtype=torch_dtype, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ModelNotAvailable(
+            f"Could not load the model folder {folder}: {exc}",
+            field="model",
+            hint="Check it is a complete diffusers folder (model_index.json, unet/, vae/, text_encoder/, "
+            "tokenizer/, scheduler/ with their weights).",
+        ) from exc
+
+
+def _check_folder(folder: Path) -> None:
+    """Name the first missing piece of a diffusers folder before diffusers fails obscurely."""
+    index = folder / "model_index.json"
+    if not index.is_file():
+        raise ModelNotAvailable(f"{folder} has no model_index.json.", field="model")
+    for component, entry in json.loads(index.read_text()).items():
+        if component.startswith("_") or not isinstance(entry, list) or None in entry:
+            continue
+        sub = folder / component
+        if not sub.is_dir():
+            raise ModelNotAvailable(f"{folder} is incomplete: the folder {component}/ is missing.", field="model")
+        if component in ("unet", "vae", "text_encoder", "text_encoder_2", "safety_checker") and not any(
+            p.suffix in (".safetensors", ".bin") for p in sub.iterdir()
+        ):
+            raise ModelNotAvailable(
+                f"{folder} is incomplete: {component}/ has no weights (*.safetensors).",
+                field="model",
+                hint="Download the weights too, or use --random-weights to try the architecture without them.",
+            )
+
+
+def _load_single_file(spec: ModelSpec, torch_dtype, opts: LoadOptions) -> Any:
+    path = spec.weights_dir
+    assert path is not None
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        if not opts.allow_pickle:
+            refuse_pickle(path)
+        path = pickle_to_safetensors(path, cache_dir() / "converted")
+    base = builtin_config(spec)
+    cls = _pipeline_class(spec.pipeline_class)
+    try:
+        return cls.from_single_file(str(path), config=str(base), dtype=torch_dtype, local_files_only=True)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelNotAvailable(
+            f"Could not load the checkpoint {spec.weights_dir}: {exc}",
+            field="model",
+            hint="sdplay reads original-layout SD 1.x, 2.x and XL checkpoints; for other layouts convert to a "
+            "diffusers folder and point at it.",
+        ) from exc
+
+
+def builtin_config(spec: ModelSpec) -> Path:
+    from sdplay.catalog import builtin
+
+    base = builtin(Path(spec.config_dir).name) if spec.config_dir else None
+    return config_folder(base or spec)
+
+
+def _load_hub(spec: ModelSpec, torch_dtype) -> Any:
+    from diffusers import DiffusionPipeline
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    try:
+        return DiffusionPipeline.from_pretrained(spec.repo_id, dtype=torch_dtype, local_files_only=offline)
+    except Exception as exc:  # hub errors come in many types; all mean "not here"
+        raise ModelNotAvailable(
+            f"The weights of {spec.name} ({spec.repo_id}) are not on this machine"
+            + (" and HF_HUB_OFFLINE is set." if offline else " and could not be downloaded."),
+            field="model",
+            hint=f"On a machine with internet run `huggingface-cli download {spec.repo_id}` (it fills "
+            "~/.cache/huggingface, which you can copy here), or pass a local diffusers folder or .safetensors file "
+            "as the model; `--random-weights` runs the architecture without real weights.",
+        ) from exc
+
+
+def build_random_pipeline(spec: ModelSpec, torch_dtype, device: str = "cpu", seed: int = 0) -> Any:
+    """The full architecture from the built-in configs with random weights (benchmarks, memory planning)."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    folder = config_folder(spec) if spec.config_dir and spec.config_dir.parent.name == "configs" else spec.config_dir
+    assert folder is not None
+    index = json.loads((folder / "model_index.json").read_text())
+    torch.manual_seed(seed)
+    parts: dict[str, Any] = {}
+    with torch.device(device):
+        parts["unet"] = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
+        parts["vae"] = AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae"))
+        for name in ("text_encoder", "text_encoder_2"):
+            if name in index:
+                cls = CLIPTextModelWithProjection if index[name][1] == "CLIPTextModelWithProjection" else CLIPTextModel
+                parts[name] = cls(CLIPTextConfig.from_pretrained(folder / name))
+    for name in ("tokenizer", "tokenizer_2"):
+        if name in index:
+            parts[name] = CLIPTokenizer.from_pretrained(folder / name)
+    for module in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        if module in parts:
+            parts[module] = parts[module].to(dtype=torch_dtype).eval()
+    return _assemble(spec, folder, index, parts)
+
+
+def _assemble(spec: ModelSpec, folder: Path, index: dict, parts: dict[str, Any]) -> Any:
+    import diffusers
+
+    sched_cfg = diffusers.SchedulerMixin.load_config(folder / "scheduler")
+    parts["scheduler"] = getattr(diffusers, sched_cfg["_class_name"]).from_config(sched_cfg)
+    cls = getattr(diffusers, index["_class_name"])
+    if index["_class_name"].startswith("StableDiffusionXL"):
+        return cls(**parts, force_zeros_for_empty_prompt=index.get("force_zeros_for_empty_prompt", True))
+    return cls(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)

@@ -1,0 +1,146 @@
+"""One UNet batch, as numbered steps: encode text, draw noise, denoise, decode, check."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from sdplay.devices import empty_cache, peak_memory, reset_peak_memory, synchronize
+from sdplay.errors import DeviceOutOfMemory
+from sdplay.prompts import encode
+from sdplay.samplers import make_scheduler
+from sdplay.types import GenerationRequest, StepCallback, StepInfo
+
+if TYPE_CHECKING:
+    from sdplay.loading import LoadedModel
+
+
+@dataclass
+class BatchOutput:
+    """Images of one batch and how long each phase took."""
+
+    images: list[Any]
+    nsfw: list[bool] | None
+    text_encoding: float
+    denoising: float
+    decoding: float
+    safety_check: float
+    peak_memory: int | None
+    scheduler: str
+    chunks: int
+    warnings: list[str] = field(default_factory=list)
+
+
+def run_batch(
+    loaded: LoadedModel, req: GenerationRequest, items: list, on_step: StepCallback | None, index: int, count: int
+) -> BatchOutput:
+    """Generate the images of `items` (prompt, negative, seed each) with the settings of `req`."""
+    import torch
+
+    try:
+        with torch.inference_mode():
+            return _run(loaded, req, items, on_step, index, count)
+    except torch.OutOfMemoryError as exc:
+        empty_cache(loaded.device)
+        raise DeviceOutOfMemory(
+            f"{loaded.device.id} ran out of memory generating {len(items)} image(s) of {req.width}x{req.height}.",
+            hint=_oom_hint(req, len(items)),
+        ) from exc
+
+
+def _run(loaded: LoadedModel, req: GenerationRequest, items: list, on_step, index: int, count: int) -> BatchOutput:
+    import torch
+
+    pipe, dev = loaded.pipe, loaded.device
+    clock = _Clock(dev)
+    reset_peak_memory(dev)
+    # 1. A fresh scheduler for this batch: no step state is shared between requests.
+    pipe.scheduler = make_scheduler(req.sampler, loaded.scheduler_config)
+    # 2. Encode the prompts (chunked beyond 75 tokens).
+    emb = encode(pipe, loaded.family, [i.prompt for i in items], [i.negative for i in items])
+    t_text = clock.lap()
+    # 3. Initial noise from CPU generators, one per image: same seed, same image on any device.
+    generators = [torch.Generator("cpu").manual_seed(i.seed) for i in items]
+    shape = (pipe.unet.config.in_channels, req.height // pipe.vae_scale_factor, req.width // pipe.vae_scale_factor)
+    latents = torch.stack([torch.randn(shape, generator=g) for g in generators])  # (B, C, H/8, W/8)
+    # 4. Denoise, reporting every step (the callback may raise Cancelled).
+    started = time.perf_counter()
+
+    def step_end(p, i, _t, kwargs):
+        if on_step is not None:
+            elapsed = time.perf_counter() - started
+            on_step(StepInfo(i + 1, p.num_timesteps, index, count, elapsed, kwargs["latents"], loaded.family.value))
+        return kwargs
+
+    latents = pipe(
+        **emb.pipeline_kwargs(),
+        height=req.height,
+        width=req.width,
+        num_inference_steps=req.steps,
+        guidance_scale=req.guidance,
+        generator=generators,
+        latents=latents.to(pipe._execution_device, emb.prompt.dtype),
+        output_type="latent",
+        callback_on_step_end=step_end,
+    ).images
+    t_denoise = clock.lap()
+    # 5. Decode with the VAE (fp32 where the model needs it).
+    image = decode_latents(pipe, latents)
+    t_decode = clock.lap()
+    # 6. Safety checker where the model ships one, then PIL images.
+    images, nsfw = _postprocess(pipe, image, emb.prompt.dtype)
+    t_safety = clock.lap()
+    warnings = ["non-finite values in the decoded image (black output)"] if not torch.isfinite(image).all() else []
+    return BatchOutput(images, nsfw, t_text, t_denoise, t_decode, t_safety, peak_memory(dev),
+                       type(pipe.scheduler).__name__, emb.chunks, warnings)  # fmt: skip
+
+
+def decode_latents(pipe: Any, latents: Any) -> Any:
+    """Latents -> image tensor in [-1, 1], undoing the VAE's scaling (and shift, where it has one)."""
+    vae = pipe.vae
+    latents = latents.to(vae.dtype)
+    mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
+    if mean is not None and std is not None:
+        mean = latents.new_tensor(mean).view(1, -1, 1, 1)
+        std = latents.new_tensor(std).view(1, -1, 1, 1)
+        latents = latents * std / vae.config.scaling_factor + mean
+    else:
+        latents = latents / vae.config.scaling_factor + (getattr(vae.config, "shift_factor", None) or 0.0)
+    return vae.decode(latents, return_dict=False)[0]
+
+
+def _postprocess(pipe: Any, image: Any, dtype) -> tuple[list[Any], list[bool] | None]:
+    nsfw = None
+    if getattr(pipe, "safety_checker", None) is not None:
+        image, nsfw = pipe.run_safety_checker(image, pipe._execution_device, dtype)
+        nsfw = [bool(x) for x in nsfw]
+    denormalize = [True] * image.shape[0] if nsfw is None else [not x for x in nsfw]
+    images = pipe.image_processor.postprocess(image.float(), output_type="pil", do_denormalize=denormalize)
+    return images, nsfw
+
+
+def _oom_hint(req: GenerationRequest, n: int) -> str:
+    hints = []
+    if n > 1:
+        hints.append("generate fewer images at once (batch size 1)")
+    if req.width * req.height > 512 * 512:
+        w, h = max(512, req.width * 3 // 4 // 64 * 64), max(512, req.height * 3 // 4 // 64 * 64)
+        hints.append(f"use a smaller size such as {w}x{h}")
+    hints.append("turn on --attention-slicing, --vae-tiling or --cpu-offload")
+    return "To fit: " + "; or ".join(hints) + "."
+
+
+class _Clock:
+    """Host timer that waits for the device before each reading."""
+
+    def __init__(self, device):
+        self.device = device
+        synchronize(device)
+        self.last = time.perf_counter()
+
+    def lap(self) -> float:
+        synchronize(self.device)
+        now = time.perf_counter()
+        elapsed, self.last = now - self.last, now
+        return elapsed

@@ -1,0 +1,90 @@
+"""Tiny random-weight models in the real layouts of the seed repositories, shrunk for CPU tests."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_MODELS = ROOT.parent / "shared" / "models"
+ASSET_CONFIGS = ROOT / "src" / "sdplay" / "assets" / "configs"
+TOKENIZER = ROOT / "src" / "sdplay" / "assets" / "clip_tokenizer"
+SEED_FOLDERS = {"sd1": "sd-v1-4", "sd2": "sd-v2-1", "sdxl": "sdxl-base-1.0"}
+
+
+def seed_layout(family: str) -> Path:
+    """The published layout of a seed model: ../shared when present, else the copy in the package."""
+    name = SEED_FOLDERS[family]
+    return SHARED_MODELS / name if (SHARED_MODELS / name).is_dir() else ASSET_CONFIGS / name
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def _shrink_text(cfg: dict, hidden: int, projection: int | None = None) -> dict:
+    cfg = dict(cfg, hidden_size=hidden, intermediate_size=hidden * 2, num_attention_heads=2, num_hidden_layers=2)
+    if projection is not None:
+        cfg["projection_dim"] = projection
+    return cfg
+
+
+def _shrink_unet(cfg: dict, family: str) -> dict:
+    cfg = dict(
+        cfg,
+        block_out_channels=[32, 64],
+        down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"],
+        up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"],
+        layers_per_block=1,
+        sample_size=8,
+        norm_num_groups=8,
+    )
+    if family == "sdxl":
+        cfg |= {"cross_attention_dim": 64, "attention_head_dim": [2, 4], "transformer_layers_per_block": [1, 1],
+                "addition_time_embed_dim": 8, "projection_class_embeddings_input_dim": 6 * 8 + 32}  # fmt: skip
+    elif family == "sd2":
+        cfg |= {"cross_attention_dim": 32, "attention_head_dim": [2, 4]}
+    else:
+        cfg |= {"cross_attention_dim": 32, "attention_head_dim": 4}
+    return cfg
+
+
+def _shrink_vae(cfg: dict) -> dict:
+    blocks = len(cfg["block_out_channels"])
+    return dict(cfg, block_out_channels=[8] * blocks, layers_per_block=1, norm_num_groups=4, sample_size=64)
+
+
+def make_tiny_folder(family: str, out: Path, seed: int = 0) -> Path:
+    """Write a complete diffusers folder (configs + safetensors weights) with tiny random components."""
+    from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    src = seed_layout(family)
+    shutil.copytree(src, out, ignore=shutil.ignore_patterns("vae_*", "*.bin", "*.safetensors"), dirs_exist_ok=True)
+    for tok in out.glob("tokenizer*"):
+        for name in ("vocab.json", "merges.txt"):
+            shutil.copyfile(TOKENIZER / name, tok / name)
+    torch.manual_seed(seed)
+    index = _json(out / "model_index.json")
+    parts = {
+        "unet": UNet2DConditionModel.from_config(_shrink_unet(_json(src / "unet/config.json"), family)),
+        "vae": AutoencoderKL.from_config(_shrink_vae(_json(src / "vae/config.json"))),
+        "text_encoder": CLIPTextModel(CLIPTextConfig(**_shrink_text(_json(src / "text_encoder/config.json"), 32))),
+    }
+    if family == "sdxl":
+        cfg = _shrink_text(_json(src / "text_encoder_2/config.json"), 32, projection=32)
+        parts["text_encoder_2"] = CLIPTextModelWithProjection(CLIPTextConfig(**cfg))
+    for name, module in parts.items():
+        module.save_pretrained(out / name, safe_serialization=True)
+    for extra in ("safety_checker", "feature_extractor"):
+        shutil.rmtree(out / extra, ignore_errors=True)
+        if extra in index:
+            index[extra] = [None, None]
+    if family != "sdxl":
+        index["requires_safety_checker"] = False
+    (out / "model_index.json").write_text(json.dumps(index, indent=2))
+    DiffusionPipeline.from_pretrained(out, local_files_only=True)  # the folder must load as published ones do
+    return out
