@@ -49,7 +49,17 @@ def optimize_pipeline(pipe: Any, device: DeviceInfo, dtype, opts, family: Family
         pipe.to(device.id)
         choices["placement"] = device.id
     pipe.set_progress_bar_config(disable=True)
+    # 7. The compiled fast path (CUDA graphs, torch.compile) where the device supports it.
+    choices["fast_path"] = _fast_path(pipe, device, opts, family)
     return choices
+
+
+def _fast_path(pipe: Any, device: DeviceInfo, opts, family: Family) -> Any:
+    if opts.fast is False or opts.cpu_offload or importlib.util.find_spec("sdplay.fastpath") is None:
+        return "off"
+    from sdplay.fastpath import apply_fast_path
+
+    return apply_fast_path(pipe, device, opts, family)
 
 
 def _safety_checker(pipe: Any, opts) -> str:
