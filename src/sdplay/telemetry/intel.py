@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import shutil
@@ -125,9 +126,10 @@ class XpuSmiSampler(Sampler):
         self._total_mib = _torch_xpu_total_mib(index)
         self._cond = threading.Condition()
         self._latest: TelemetrySample | None = None
+        self._eof = False
         self._other_lines: deque[str] = deque(maxlen=3)  # what xpu-smi said besides rows, for errors
         try:
-            self._proc = subprocess.Popen(
+            self.process = subprocess.Popen(
                 self.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True
             )
         except OSError as exc:
@@ -138,31 +140,36 @@ class XpuSmiSampler(Sampler):
     def sample(self) -> TelemetrySample:
         """The latest row; waits for the first one (xpu-smi prints one per interval)."""
         with self._cond:
-            self._cond.wait_for(lambda: self._latest is not None or self._proc.poll() is not None, self._timeout)
-            if self._proc.poll() is None and self._latest is not None:
+            self._cond.wait_for(lambda: self._latest is not None or self._eof, self._timeout)
+            if self._latest is not None and not self._eof:
                 return self._latest
-        said = " / ".join(self._other_lines) or "nothing"
-        state = f"exited with code {self._proc.returncode}" if self._proc.poll() is not None else "printed no row"
+        if self._eof:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=2)
+        with self._cond:
+            said = " / ".join(self._other_lines) or "nothing"
+        code = self.process.poll()
+        state = f"exited with code {code}" if code is not None else "printed no row"
         raise DeviceNotAvailable(
             f"`{' '.join(self.command)}` {state}; it said: {said}.",
             hint=f"Check that `xpu-smi discovery` lists device {self.device.split(':')[1]}.",
         )
 
     def close(self) -> None:
-        if self._proc.poll() is None:
-            self._proc.terminate()
+        if self.process.poll() is None:
+            self.process.terminate()
             try:
-                self._proc.wait(timeout=3)
+                self.process.wait(timeout=3)
             except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+                self.process.kill()
+                self.process.wait()
         self._reader.join(timeout=3)
-        if self._proc.stdout:
-            self._proc.stdout.close()
+        if self.process.stdout:
+            self.process.stdout.close()
 
     def _read(self) -> None:
         columns, warned = None, False
-        for line in self._proc.stdout or ():
+        for line in self.process.stdout or ():
             try:
                 row, columns = parse_xpu_smi_line(line, columns)
             except ValueError as exc:
@@ -172,12 +179,14 @@ class XpuSmiSampler(Sampler):
                 continue
             if row is None:
                 if line.strip() and not line.startswith("Timestamp"):
-                    self._other_lines.append(line.strip())
+                    with self._cond:
+                        self._other_lines.append(line.strip())
                 continue
             with self._cond:
                 self._latest = self._to_sample(row)
                 self._cond.notify_all()
         with self._cond:
+            self._eof = True
             self._cond.notify_all()
 
     def _to_sample(self, row: XpuSmiRow) -> TelemetrySample:
