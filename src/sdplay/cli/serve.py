@@ -1,0 +1,77 @@
+"""`sdplay serve`: the HTTP server (native job API, OpenAI images API, A1111 API, gallery)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="run the generation server",
+        description="Serve the native job API (/api/v1), OpenAI's /v1/images/generations and A1111's /sdapi/v1. "
+        "Every option can also be set as SDPLAY_<NAME> (e.g. SDPLAY_API_KEY); flags win.",
+    )
+    p.add_argument("--host", default=None, help="address to bind (default 127.0.0.1; others need --api-key)")
+    p.add_argument("--port", type=int, default=None, help="port (default 7860)")
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every API")
+    p.add_argument("--api-auth", default=None, help="user:pass[,user2:pass2] for HTTP Basic on /sdapi/v1 (as A1111)")
+    p.add_argument("--models-preload", type=_csv, default=None, help="comma-separated models to load at start")
+    p.add_argument(
+        "--device", type=_csv, default=None, dest="devices", help="device(s), one worker each: auto, cpu, cuda:0,cuda:1"
+    )
+    p.add_argument(
+        "--output-dir", type=Path, default=None, help="where images are written (default ~/.sdplay/server/outputs)"
+    )
+    p.add_argument(
+        "--gallery-db", type=Path, default=None, help="SQLite gallery (default ~/.sdplay/server/gallery.sqlite3)"
+    )
+    p.add_argument("--default-model", default=None, help="model used when a request names none")
+    p.add_argument("--max-queue", type=int, default=None, help="queued jobs before 429 (default 64)")
+    p.add_argument("--max-batch", type=int, default=None, help="images per cross-request batch (default 4; 1 = off)")
+    p.add_argument("--batch-window-ms", type=float, default=None, help="wait for batch partners (default 50; 0 = off)")
+    p.add_argument(
+        "--cors-origin", action="append", default=None, dest="cors_origins", help="allowed CORS origin (repeatable)"
+    )
+    p.add_argument(
+        "--random-weights",
+        action="store_const",
+        const=True,
+        default=None,
+        help="build models with random weights (no downloads)",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from sdplay.server.settings import Settings
+
+    overrides = {name: getattr(args, name) for name in _FLAGS}
+    if overrides["cors_origins"] is not None:
+        overrides["cors_origins"] = tuple(overrides["cors_origins"])
+    settings = Settings.from_env(**overrides).check()  # InvalidRequest -> exit status 2
+
+    import uvicorn
+
+    from sdplay.server.app import create_app
+
+    app = create_app(settings)
+    print(f"sdplay serving on http://{settings.host}:{settings.port}  (API docs: /docs, guide: docs/api.md)")
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="info" if logging.getLogger().isEnabledFor(logging.INFO) else "warning",
+        timeout_graceful_shutdown=5,
+    )
+    return 0
+
+
+_FLAGS = ("host", "port", "api_key", "api_auth", "models_preload", "devices", "output_dir", "gallery_db",
+          "default_model", "max_queue", "max_batch", "batch_window_ms", "cors_origins", "random_weights")  # fmt: skip

@@ -1,0 +1,107 @@
+"""The app factory: settings + engine -> a FastAPI app with the native, OpenAI, A1111 and gallery APIs."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from sdplay import __version__
+from sdplay.server import routes_a1111, routes_gallery, routes_jobs, routes_openai, routes_system
+from sdplay.server.errors import PayloadTooLarge, api_of, error_response, install_error_handlers
+from sdplay.server.routes_a1111 import A1111State
+from sdplay.server.service import Service
+from sdplay.server.settings import Settings
+from sdplay.types import EngineProtocol
+
+log = logging.getLogger(__name__)
+
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+
+
+def create_app(settings: Settings | None = None, engine: EngineProtocol | None = None) -> FastAPI:
+    """Build the app; the service (queue, workers, gallery) starts and stops with the app's lifespan."""
+    settings = (settings or Settings.from_env()).check()
+    service = Service(settings, engine if engine is not None else default_engine(settings))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        service.start()
+        try:
+            yield
+        finally:
+            await run_in_threadpool(service.stop)
+
+    app = FastAPI(
+        title="sdplay",
+        version=__version__,
+        description="Text-to-image server: native job API, OpenAI images API, AUTOMATIC1111 API. See docs/api.md.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.service = service
+    app.state.a1111 = A1111State()
+    install_error_handlers(app)
+    for module in (routes_system, routes_jobs, routes_gallery, routes_openai, routes_a1111):
+        app.include_router(module.router)
+    app.include_router(routes_system.protected)
+    app.include_router(routes_openai.files)
+    if settings.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
+        )
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    if WEB_DIR.is_dir():
+        from fastapi.staticfiles import StaticFiles
+
+        app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="web")
+    return app
+
+
+def default_engine(settings: Settings) -> EngineProtocol:
+    """The real engine (imported only when no engine is given)."""
+    from sdplay.engine import Engine
+
+    return Engine(random_weights=settings.random_weights)
+
+
+class BodyLimit:
+    """Refuse request bodies over `max_bytes` with 413, by Content-Length or while reading."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = PayloadTooLarge(
+            f"The request body is over the limit of {self.max_bytes:,} bytes.",
+            hint="Send a smaller body (the server's max_body_bytes setting).",
+        )
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            await error_response(api_of(scope.get("path", "")), too_large)(scope, receive, send)
+            return
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise too_large
+            return message
+
+        await self.app(scope, limited, send)

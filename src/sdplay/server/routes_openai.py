@@ -1,0 +1,149 @@
+"""OpenAI-compatible images API: POST /v1/images/generations (plain or streamed), GET /v1/models."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Depends, Path, Request, Response
+from fastapi.responses import StreamingResponse
+
+from sdplay.errors import Cancelled, SdplayError
+from sdplay.server.auth import require_api_key
+from sdplay.server.errors import NotFound, error_body
+from sdplay.server.jobs import Job, JobStatus
+from sdplay.server.schemas_openai import (
+    ImageData,
+    ImageGenerateRequest,
+    ImagesResponse,
+    OpenAIModel,
+    OpenAIModelList,
+)
+from sdplay.server.service import Service
+from sdplay.server.sse import HEADERS, frame, job_events
+from sdplay.server.storage import MEDIA_TYPES, b64, encode_file
+
+router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(require_api_key)])
+files = APIRouter(prefix="/v1", tags=["openai"])  # signed links carry their own authority
+
+_USAGE = {"input_tokens": 0, "input_tokens_details": {"image_tokens": 0, "text_tokens": 0}, "output_tokens": 0,
+          "total_tokens": 0}  # fmt: skip
+
+
+def get_service(request: Request) -> Service:
+    return request.app.state.service
+
+
+@router.post(
+    "/images/generations",
+    response_model=ImagesResponse,
+    response_model_exclude_none=True,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+async def generate_images(body: ImageGenerateRequest, request: Request, service: Service = Depends(get_service)):
+    """Generate images; with `stream: true` the answer is SSE `image_generation.partial_image` / `.completed` events."""
+    prepared = service.prepare(body.to_request())
+    partials = (body.partial_images or 0) if body.stream else 0
+    preview_steps = _spread(partials, prepared.steps or 1)
+    job_id, _ = service.submit(prepared, "openai", preview_steps=preview_steps)
+    job = service.get(job_id)
+    assert job is not None
+    if body.stream:
+        stream = _stream(service, job, body, preview_steps)
+        return StreamingResponse(stream, media_type="text/event-stream", headers=HEADERS)
+    await service.wait(job)
+    _raise_unless_done(job)
+    out = job.output
+    assert out is not None
+    data = [_image(service, job, i, body, str(request.base_url)) for i in range(len(out.files))]
+    return ImagesResponse(
+        created=int(job.created_at), data=data, output_format=body.format, size=f"{out.width}x{out.height}",
+        quality="auto", background="opaque",
+    )  # fmt: skip
+
+
+def _spread(count: int, steps: int) -> frozenset[int]:
+    """`count` step numbers spread evenly over 1..steps-1 (the last step is the final image)."""
+    if count <= 0 or steps < 2:
+        return frozenset()
+    return frozenset(max(1, min(steps - 1, round(steps * (k + 1) / (count + 1)))) for k in range(count))
+
+
+def _raise_unless_done(job: Job) -> None:
+    if job.status is JobStatus.DONE:
+        return
+    if job.error is not None:
+        raise job.error
+    raise Cancelled("The job was cancelled before it finished.", hint="Send the request again.")
+
+
+def _image(service: Service, job: Job, index: int, body: ImageGenerateRequest, base_url: str) -> ImageData:
+    out = job.output
+    assert out is not None
+    if body.response_format == "url":
+        token = service.signer.sign(job.id, index, body.format)
+        return ImageData(url=f"{base_url}v1/images/files/{token}")
+    quality = body.output_compression if body.output_compression is not None else 90
+    return ImageData(b64_json=b64(encode_file(out.files[index], body.format, quality)))
+
+
+async def _stream(
+    service: Service, job: Job, body: ImageGenerateRequest, steps: frozenset[int]
+) -> AsyncIterator[bytes]:
+    """OpenAI's image streaming events for one job; an `error` event if it fails."""
+    fmt = body.format
+    common = {"created_at": int(time.time()), "quality": "auto", "background": "opaque", "output_format": fmt}
+    size = f"{job.request.width}x{job.request.height}"
+    sent = 0
+    async for event in job_events(job):
+        name = event["event"]
+        if name == "ping":
+            yield b": ping\n\n"
+        elif name == "preview" and event["step"] in steps and sent < len(steps):
+            data = _convert(event["png"], fmt)
+            yield frame("image_generation.partial_image", {"type": "image_generation.partial_image", "b64_json": data,
+                        "size": size, "partial_image_index": sent, **common})  # fmt: skip
+            sent += 1
+        elif name == "done":
+            for i, path in enumerate(job.output.files if job.output else []):
+                data = b64(encode_file(path, fmt))
+                yield frame("image_generation.completed", {"type": "image_generation.completed", "b64_json": data,
+                            "size": size, "usage": _USAGE, "image_index": i, **common})  # fmt: skip
+        elif name in ("failed", "cancelled"):
+            err = job.error or Cancelled("The job was cancelled before it finished.", hint="Send the request again.")
+            yield frame("error", error_body("openai", err if isinstance(err, SdplayError) else SdplayError(str(err))))
+
+
+def _convert(png: bytes, fmt: str) -> str:
+    if fmt == "png":
+        return b64(png)
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as img:
+        buf = io.BytesIO()
+        img.convert("RGB").save(buf, format=fmt.upper(), quality=80)
+    return b64(buf.getvalue())
+
+
+@router.get("/models", response_model=OpenAIModelList)
+def list_models(service: Service = Depends(get_service)) -> OpenAIModelList:
+    created = int(service.started_at)
+    return OpenAIModelList(
+        data=[OpenAIModel(id=m.name, created=created) for m in service.catalog.models if m.available]
+    )
+
+
+@files.get(
+    "/images/files/{token}",
+    response_class=Response,
+    responses={200: {"content": {t: {} for t in MEDIA_TYPES.values()}}},
+)
+def image_file(token: str = Path(max_length=200), service: Service = Depends(get_service)) -> Response:
+    """An image behind a signed link from a `response_format: url` answer; links expire (url_ttl_s)."""
+    job_id, index, fmt = service.signer.verify(token)
+    row = service.gallery.image_of_job(job_id, index)
+    if row is None or not service.gallery.file_path(row).is_file():
+        raise NotFound("This image no longer exists.", hint="It was deleted from the gallery; generate it again.")
+    return Response(encode_file(service.gallery.file_path(row), fmt), media_type=MEDIA_TYPES[fmt])

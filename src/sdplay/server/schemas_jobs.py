@@ -1,0 +1,141 @@
+"""Pydantic schemas of the native job API, and their conversion to and from the core dataclasses."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sdplay.server.compat import combine_sampler
+from sdplay.server.jobs import Job, JobStatus
+from sdplay.types import MAX_GUIDANCE, MAX_IMAGES, MAX_PROMPT_CHARS, MAX_SEED, MAX_SIDE, MAX_STEPS, GenerationRequest
+
+
+class JobCreate(BaseModel):
+    """A text-to-image job. Omitted fields take the model's defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(max_length=MAX_PROMPT_CHARS, description="What to draw.")
+    negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
+    model: str | None = Field(None, description="A name or alias from GET /api/v1/models.")
+    n_images: int = Field(1, ge=1, le=MAX_IMAGES)
+    steps: int | None = Field(None, ge=1, le=MAX_STEPS)
+    guidance: float | None = Field(None, ge=0, le=MAX_GUIDANCE)
+    width: int | None = Field(None, ge=8, le=MAX_SIDE, description="Multiple of 8.")
+    height: int | None = Field(None, ge=8, le=MAX_SIDE, description="Multiple of 8.")
+    seed: int = Field(-1, ge=-1, le=MAX_SEED, description="-1 draws a random seed.")
+    sampler: str | None = Field(None, description="A name from GET /api/v1/samplers, e.g. 'DPM++ 2M Karras'.")
+    scheduler: str | None = Field(None, description="Optional schedule type (Automatic, Uniform, Karras).")
+
+    def to_request(self) -> GenerationRequest:
+        return GenerationRequest(
+            prompt=self.prompt,
+            negative_prompt=self.negative_prompt,
+            model=self.model,
+            n_images=self.n_images,
+            steps=self.steps,
+            guidance=self.guidance,
+            width=self.width,
+            height=self.height,
+            seed=self.seed,
+            sampler=combine_sampler(self.sampler, self.scheduler),
+        )
+
+
+class JobError(BaseModel):
+    type: str
+    message: str
+    field: str | None = None
+    hint: str | None = None
+
+
+class JobImage(BaseModel):
+    index: int
+    seed: int
+    url: str = Field(description="PNG bytes of this image (GET).")
+    gallery_id: int | None = None
+
+
+class JobView(BaseModel):
+    """Where a job stands: queued (with position), running (step k of n, ETA), done, failed or cancelled."""
+
+    id: str
+    status: JobStatus
+    api: str
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    position: int | None = Field(None, description="Jobs ahead of this one in the queue (0 = next).")
+    step: int = 0
+    total_steps: int = 0
+    progress: float = 0.0
+    eta_s: float | None = None
+    error: JobError | None = None
+    request: dict[str, Any]
+    images: list[JobImage] = []
+    width: int | None = None
+    height: int | None = None
+    timings: dict[str, float] | None = None
+
+
+class JobList(BaseModel):
+    jobs: list[JobView]
+
+
+def _images(job_id: str, seeds: list[int], ids: list[int]) -> list[JobImage]:
+    return [
+        JobImage(
+            index=i, seed=seed, url=f"/api/v1/jobs/{job_id}/images/{i}", gallery_id=ids[i] if i < len(ids) else None
+        )
+        for i, seed in enumerate(seeds)
+    ]
+
+
+def view_of_job(job: Job, position: int | None) -> JobView:
+    """The view of a live job."""
+    err = job.error
+    out = job.output
+    return JobView(
+        id=job.id,
+        status=job.status,
+        api=job.api,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        position=position,
+        step=job.step,
+        total_steps=job.total_steps,
+        progress=1.0 if job.status is JobStatus.DONE else job.progress,
+        eta_s=job.eta_s if job.status is JobStatus.RUNNING else None,
+        error=JobError(type=type(err).__name__, message=str(err), field=err.field, hint=err.hint) if err else None,
+        request=job.request.to_dict(),
+        images=_images(job.id, out.seeds, out.image_ids) if out else [],
+        width=out.width if out else job.request.width,
+        height=out.height if out else job.request.height,
+        timings=out.timings if out else None,
+    )
+
+
+def view_of_record(row: dict[str, Any]) -> JobView:
+    """The view of a job known only from the gallery database (older, or from a previous run)."""
+    result = json.loads(row["result_json"]) if row.get("result_json") else {}
+    error = json.loads(row["error_json"]) if row.get("error_json") else None
+    request = json.loads(row["request_json"])
+    status = JobStatus(row["status"])
+    return JobView(
+        id=row["id"],
+        status=status,
+        api=row["api"],
+        created_at=row["created_at"],
+        started_at=row.get("started_at"),
+        finished_at=row.get("finished_at"),
+        progress=1.0 if status is JobStatus.DONE else 0.0,
+        error=JobError(**error) if error else None,
+        request=request,
+        images=_images(row["id"], result.get("seeds", []), result.get("image_ids", [])),
+        width=result.get("width", request.get("width")),
+        height=result.get("height", request.get("height")),
+        timings=result.get("timings"),
+    )

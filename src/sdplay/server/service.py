@@ -1,0 +1,293 @@
+"""The service between the routes and the engine: validates, queues, tracks and records jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from sdplay import catalog
+from sdplay.errors import InvalidRequest, ModelNotAvailable, SdplayError
+from sdplay.server.errors import Conflict, NotFound, QueueFull
+from sdplay.server.gallery import Gallery
+from sdplay.server.jobs import Job, JobOutput, JobQueue, JobStatus
+from sdplay.server.metrics import Metrics
+from sdplay.server.settings import Settings
+from sdplay.server.storage import UrlSigner, check_job_id
+from sdplay.types import EngineProtocol, GenerationRequest, ModelInfo
+
+log = logging.getLogger(__name__)
+
+# OpenAI model names that clients send by default; they mean "the server's default model".
+OPENAI_MODEL_NAMES = ("dall-e-2", "dall-e-3", "gpt-image-1", "gpt-image-1-mini", "gpt-image-1.5")
+
+
+@dataclass
+class Catalog:
+    """What the engine offers, refreshed by the worker so HTTP handlers never call the engine."""
+
+    models: list[ModelInfo] = field(default_factory=list)
+    samplers: list[str] = field(default_factory=list)
+
+    def find_model(self, name: str) -> ModelInfo | None:
+        key = name.strip().lower()
+        for info in self.models:
+            if key == info.name.lower() or key in (a.lower() for a in info.aliases):
+                return info
+        return None
+
+    def find_sampler(self, name: str) -> str | None:
+        key = name.strip().lower()
+        return next((s for s in self.samplers if s.lower() == key), None)
+
+
+class Service:
+    """Owns the queue, the job table, the gallery and the worker threads (one per device)."""
+
+    def __init__(self, settings: Settings, engine: EngineProtocol, gallery: Gallery | None = None):
+        from sdplay.server.worker import Worker
+
+        self.settings = settings
+        self.engine = engine
+        self.gallery = gallery or Gallery(settings.gallery_db, settings.output_dir)
+        self.queue = JobQueue(settings.max_queue)
+        self.metrics = Metrics(lambda: len(self.queue))
+        self.signer = UrlSigner(settings.url_secret, settings.url_ttl_s)
+        self.catalog = Catalog()
+        self.jobs: OrderedDict[str, Job] = OrderedDict()
+        self._by_key: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self.stopping = False
+        self.started_at = time.time()
+        self.workers = [Worker(self, device) for device in settings.devices]
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        """Mark jobs a previous process left unfinished, read the catalog, start the workers."""
+        interrupted = self.gallery.mark_interrupted()
+        if interrupted:
+            log.warning("%d job(s) left by the previous run were marked failed (interrupted by restart)", interrupted)
+        self.refresh_catalog()
+        for worker in self.workers:
+            worker.start()
+        for name in self.settings.models_preload:
+            self.workers[0].preload(name)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop taking jobs, cancel the running ones between steps, and close the gallery."""
+        self.stopping = True
+        self.queue.close()
+        for job in self.queue.drain():
+            self._fail_for_shutdown(job)
+        for job in self.running():
+            job.cancel_requested = True
+        for worker in self.workers:
+            worker.join(timeout)
+        for job in list(self.jobs.values()):
+            if not job.status.terminal:
+                self._fail_for_shutdown(job)
+        self.gallery.close()
+
+    def _fail_for_shutdown(self, job: Job) -> None:
+        err = SdplayError("The server shut down before the job finished.", hint="Submit it again.")
+        self.finish(job, JobStatus.FAILED, error=err)
+
+    def refresh_catalog(self) -> None:
+        """Read models and samplers from the engine (worker thread or start-up only)."""
+        try:
+            self.catalog = Catalog(list(self.engine.models()), list(self.engine.samplers()))
+        except Exception:
+            log.exception("could not read the engine's models and samplers")
+
+    def healthy(self) -> bool:
+        return not self.stopping and all(w.is_alive() for w in self.workers)
+
+    # -- submission ------------------------------------------------------------------------
+    def default_model(self) -> str:
+        wanted = self.settings.default_model or catalog.DEFAULT_MODEL
+        info = self.catalog.find_model(wanted)
+        if info is None:
+            available = [m for m in self.catalog.models if m.available]
+            info = available[0] if available else None
+        if info is None:
+            raise ModelNotAvailable("No model is available on this server.", hint="Start it with --random-weights.")
+        return info.name
+
+    def prepare(self, request: GenerationRequest) -> GenerationRequest:
+        """Check the server's limits and the catalog, and fill the model's defaults (so batches match)."""
+        s = self.settings
+        _limit(request.n_images, s.max_images, "n_images", "Ask for fewer images per request.")
+        _limit(request.steps, s.max_steps, "steps", "Use fewer steps.")
+        _limit(request.width, s.max_side, "width", "Choose a smaller size.")
+        _limit(request.height, s.max_side, "height", "Choose a smaller size.")
+        name = request.model
+        if not name or name.strip().lower() in OPENAI_MODEL_NAMES:
+            name = self.default_model()
+        info = self.catalog.find_model(name)
+        if info is None:
+            names = ", ".join(m.name for m in self.catalog.models)
+            raise ModelNotAvailable(f"Unknown model {name!r}.", field="model", hint=f"Choose one of: {names}.")
+        if not info.available:
+            raise ModelNotAvailable(f"Model {info.name} is not on this server.", field="model", hint=info.how_to_get)
+        sampler = info.default_sampler if request.sampler is None else self.catalog.find_sampler(request.sampler)
+        if sampler is None:
+            hint = f"Choose one of: {', '.join(self.catalog.samplers)}."
+            raise InvalidRequest(f"Unknown sampler {request.sampler!r}.", field="sampler", hint=hint)
+        prepared = request.with_(
+            model=info.name,
+            sampler=sampler,
+            steps=request.steps or info.default_steps,
+            guidance=info.default_guidance if request.guidance is None else request.guidance,
+            width=request.width or info.native_size,
+            height=request.height or info.native_size,
+        )
+        return prepared.validate()
+
+    def submit(
+        self,
+        request: GenerationRequest,
+        api: str,
+        *,
+        idempotency_key: str | None = None,
+        body_hash: str | None = None,
+        preview_steps: frozenset[int] = frozenset(),
+    ) -> tuple[str, bool]:
+        """Queue a job; returns (job id, replayed) where replayed means the Idempotency-Key was seen before."""
+        prepared = self.prepare(request)
+        with self._lock:
+            if idempotency_key:
+                prior = self._prior(idempotency_key, body_hash)
+                if prior:
+                    return prior, True
+            job = Job(prepared, api=api, preview_steps=preview_steps, idempotency_key=idempotency_key)
+            if not self.queue.put(job):
+                self.metrics.rejected.inc()
+                raise QueueFull(
+                    f"The queue is full ({self.settings.max_queue} jobs waiting).",
+                    retry_after=self._retry_after(),
+                    hint="Retry after the number of seconds in the Retry-After header.",
+                )
+            self.jobs[job.id] = job
+            if idempotency_key:
+                self._by_key[idempotency_key] = job.id
+        self.gallery.add_job(
+            {
+                "id": job.id,
+                "api": api,
+                "status": job.status.value,
+                "created_at": job.created_at,
+                "request_json": json.dumps(prepared.to_dict()),
+                "idempotency_key": idempotency_key,
+                "body_hash": body_hash,
+            }
+        )
+        return job.id, False
+
+    def _prior(self, key: str, body_hash: str | None) -> str | None:
+        """The job already submitted under `key`, checking it was the same request."""
+        job_id = self._by_key.get(key)
+        row = self.gallery.job_for_key(key)
+        if row is None and job_id is None:
+            return None
+        if row is not None and body_hash and row.get("body_hash") and row["body_hash"] != body_hash:
+            raise Conflict(
+                "This Idempotency-Key was already used for a different request.",
+                field="Idempotency-Key",
+                hint="Use a new key for a new request; reuse a key only to retry the same request.",
+            )
+        return job_id or row["id"]  # type: ignore[index]
+
+    def _retry_after(self) -> int:
+        recent = [j.elapsed for j in list(self.jobs.values())[-20:] if j.status is JobStatus.DONE]
+        per_job = sum(recent) / len(recent) if recent else 2.0
+        return max(1, min(60, round(per_job * max(1, len(self.queue)) / max(1, len(self.workers) * 4))))
+
+    # -- queries ---------------------------------------------------------------------------
+    def get(self, job_id: str) -> Job | None:
+        return self.jobs.get(job_id)
+
+    def running(self) -> list[Job]:
+        return [j for j in list(self.jobs.values()) if j.status is JobStatus.RUNNING]
+
+    def active(self) -> list[Job]:
+        return [j for j in list(self.jobs.values()) if not j.status.terminal]
+
+    def position(self, job: Job) -> int | None:
+        return self.queue.position(job)
+
+    def record(self, job_id: str) -> dict[str, Any]:
+        """A finished or older job from the gallery database; NotFound if it never existed."""
+        row = self.gallery.get_job(check_job_id(job_id))
+        if row is None:
+            raise NotFound(f"No job {job_id}.", field="id", hint="List jobs with GET /api/v1/jobs.")
+        return row
+
+    async def wait(self, job: Job) -> Job:
+        """Wait (without blocking the event loop) until the job is done, failed or cancelled."""
+        q = job.subscribe(asyncio.get_running_loop())
+        try:
+            while not job.status.terminal:
+                event = await q.get()
+                if event["event"] in ("done", "failed", "cancelled"):
+                    break
+        finally:
+            job.unsubscribe(q)
+        return job
+
+    def cancel(self, job_id: str) -> Job | None:
+        """Cancel a queued job now, a running one at its next step; None if it is not live here."""
+        job = self.jobs.get(job_id)
+        if job is None or job.status.terminal:
+            return job
+        if self.queue.remove(job):
+            self.finish(job, JobStatus.CANCELLED)
+        else:
+            job.cancel_requested = True
+        return job
+
+    # -- completion (worker threads) -------------------------------------------------------
+    def finish(
+        self, job: Job, status: JobStatus, *, error: SdplayError | None = None, output: JobOutput | None = None
+    ) -> None:
+        """Record a job's outcome in memory, the gallery and the metrics, then tell its subscribers."""
+        if job.status.terminal:
+            return
+        now = time.time()
+        result = None
+        if output is not None:
+            result = {"seeds": output.seeds, "image_ids": output.image_ids, "width": output.width,
+                      "height": output.height, "timings": output.timings}  # fmt: skip
+        err = _error_dict(error) if error else None
+        try:
+            self.gallery.update_job(
+                job.id, status=status.value, finished_at=now, error_json=json.dumps(err) if err else None,
+                result_json=json.dumps(result) if result else None, started_at=job.started_at,
+            )  # fmt: skip
+        except Exception:  # a broken database must not leave the job hanging
+            log.exception("could not record the end of job %s", job.id)
+        self.metrics.jobs.labels(job.api, status.value).inc()
+        self.metrics.latency.labels(job.api, status.value).observe(now - job.created_at)
+        job.update({"event": status.value}, status=status, finished_at=now, error=error, output=output)
+        self._trim()
+
+    def _trim(self) -> None:
+        with self._lock:
+            extra = len(self.jobs) - self.settings.job_history
+            for job_id in [k for k, j in self.jobs.items() if j.status.terminal][: max(0, extra)]:
+                job = self.jobs.pop(job_id)
+                if job.idempotency_key:
+                    self._by_key.pop(job.idempotency_key, None)
+
+
+def _limit(value: int | None, limit: int, name: str, hint: str) -> None:
+    if value is not None and isinstance(value, int) and value > limit:
+        raise InvalidRequest(f"{name} is {value}; this server allows at most {limit}.", field=name, hint=hint)
+
+
+def _error_dict(error: SdplayError) -> dict[str, Any]:
+    return {"type": type(error).__name__, "message": str(error), "field": error.field, "hint": error.hint}

@@ -1,0 +1,257 @@
+"""One worker thread per device: the only code that calls the engine. Batches compatible queued jobs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import asdict
+from typing import TYPE_CHECKING
+
+from sdplay.errors import Cancelled, SdplayError
+from sdplay.server.errors import InternalError
+from sdplay.server.jobs import Job, JobOutput, JobStatus
+from sdplay.server.storage import png_bytes, save_result
+from sdplay.types import GenerationRequest, GenerationResult, StepInfo
+
+if TYPE_CHECKING:
+    from sdplay.server.service import Service
+
+log = logging.getLogger(__name__)
+
+# Fields that must agree for requests to share one engine batch (prompts and seeds may differ).
+BATCH_FIELDS = ("model", "width", "height", "steps", "sampler", "guidance", "device", "dtype")
+
+
+def batch_key(request: GenerationRequest) -> tuple:
+    return tuple(getattr(request, name) for name in BATCH_FIELDS)
+
+
+class Worker(threading.Thread):
+    """Takes jobs from the shared queue and runs them on one device, gathering compatible ones into batches."""
+
+    def __init__(self, service: Service, device: str):
+        super().__init__(name=f"sdplay-worker-{device}", daemon=True)
+        self.service = service
+        self.device = device
+        self._preload: list[str] = []
+        self._last_preview: dict[str, float] = {}
+
+    def preload(self, model: str) -> None:
+        """Load `model` before the first job (done on this thread, before taking jobs)."""
+        self._preload.append(model)
+
+    def run(self) -> None:
+        for model in self._preload:
+            self._load(model)
+        queue = self.service.queue
+        while not self.service.stopping:
+            job = queue.get(timeout=0.5)
+            if job is None:
+                continue
+            batch = self._collect(job)
+            try:
+                self._run(batch)
+            except Exception:  # never let one batch kill the worker
+                log.exception("worker %s: unexpected error", self.name)
+                for j in batch:
+                    self.service.finish(j, JobStatus.FAILED, error=_internal())
+            self.service.refresh_catalog()
+
+    def _load(self, model: str) -> None:
+        load = getattr(self.service.engine, "load", None)
+        try:
+            if load is not None:
+                load(model, self.device)
+            else:  # an engine without load(): one tiny generation warms it up
+                self.service.engine.generate(GenerationRequest(prompt="", model=model, steps=1, device=self.device))
+            log.info("preloaded %s on %s", model, self.device)
+        except SdplayError as exc:
+            log.error("could not preload %s: %s", model, exc)
+        self.service.refresh_catalog()
+
+    # -- batching --------------------------------------------------------------------------
+    def _collect(self, first: Job) -> list[Job]:
+        """`first` plus compatible queued jobs, waiting up to the batch window while nothing else waits."""
+        settings = self.service.settings
+        limit = settings.max_batch
+        if limit <= 1 or first.request.n_images >= limit:
+            return [first]
+        key = batch_key(first.request)
+        batch, images = [first], first.request.n_images
+
+        def fits(job: Job) -> bool:
+            nonlocal images
+            if images + job.request.n_images > limit:
+                return False
+            images += job.request.n_images
+            return True
+
+        def match(job: Job) -> bool:
+            return batch_key(job.request) == key
+
+        queue = self.service.queue
+        deadline = time.monotonic() + settings.batch_window_ms / 1000.0
+        while True:
+            batch += queue.take(match, fits)
+            if images >= limit or queue.has_other(match) or not queue.wait_for_change(deadline):
+                break
+        batch += queue.take(match, fits)
+        return batch
+
+    # -- running ---------------------------------------------------------------------------
+    def _run(self, batch: list[Job]) -> None:
+        """Run a batch; if it fails as a whole, run its jobs one by one so one bad job harms no other."""
+        live = [j for j in batch if not (j.cancel_requested and self._cancel(j))]
+        if not live:
+            return
+        now = time.time()
+        for job in live:
+            job.update({"event": "started"}, status=JobStatus.RUNNING, started_at=now)
+            self.service.gallery.update_job(job.id, status="running", started_at=now)
+        self.service.metrics.running.inc(len(live))
+        self.service.metrics.batch.observe(len(live))
+        try:
+            exc = self._attempt(live)
+            if exc is not None and len(live) > 1 and not isinstance(exc, Cancelled):
+                log.info("batch of %d failed (%s); running its jobs one by one", len(live), exc)
+                for job in live:
+                    if not job.status.terminal:
+                        self._fail_all([job], self._attempt([job]))
+            else:
+                self._fail_all(live, exc)
+        finally:
+            self.service.metrics.running.dec(len(live))
+            for job in live:
+                self._last_preview.pop(job.id, None)
+
+    def _attempt(self, jobs: list[Job]) -> SdplayError | None:
+        """Generate `jobs`; the error that stopped them, if any (bugs become InternalError, logged)."""
+        try:
+            self._generate(jobs)
+        except SdplayError as exc:
+            return exc
+        except Exception:
+            log.exception("engine failed on job(s) %s", ", ".join(j.id for j in jobs))
+            return _internal()
+        return None
+
+    def _generate(self, jobs: list[Job]) -> None:
+        requests = [self._for_device(j.request) for j in jobs]
+        offsets = [sum(r.n_images for r in requests[:i]) for i in range(len(requests))]
+
+        def on_step(info: StepInfo) -> None:
+            self._on_step(jobs, offsets, info)
+
+        engine = self.service.engine
+        results = (
+            [engine.generate(requests[0], on_step)] if len(jobs) == 1 else engine.generate_batch(requests, on_step)
+        )
+        for job, result in zip(jobs, results, strict=True):
+            if not job.status.terminal:  # cancelled while the rest of its batch ran on
+                self._complete(job, result)
+
+    def _for_device(self, request: GenerationRequest) -> GenerationRequest:
+        return request if self.device == "auto" else request.with_(device=self.device)
+
+    def _fail_all(self, jobs: list[Job], exc: SdplayError | None) -> None:
+        if exc is None:
+            return
+        status = JobStatus.CANCELLED if isinstance(exc, Cancelled) else JobStatus.FAILED
+        for job in jobs:
+            self.service.finish(job, status, error=None if status is JobStatus.CANCELLED else exc)
+
+    def _cancel(self, job: Job) -> bool:
+        self.service.finish(job, JobStatus.CANCELLED)
+        return True
+
+    def _on_step(self, jobs: list[Job], offsets: list[int], info: StepInfo) -> None:
+        """Progress, previews and cancellation between two steps."""
+        for job in jobs:
+            if job.cancel_requested and not job.status.terminal:
+                self._cancel(job)
+        live = [(j, off) for j, off in zip(jobs, offsets, strict=True) if not j.status.terminal]
+        if not live or self.service.stopping:
+            raise Cancelled("Cancelled between two steps.", hint="Submit the job again to restart it.")
+        fraction = info.fraction
+        for job, offset in live:
+            elapsed = time.time() - (job.started_at or time.time())
+            eta = elapsed / fraction * (1 - fraction) if fraction > 0 else None
+            event = {"event": "progress", "step": info.step, "total_steps": info.total_steps, "progress": fraction,
+                     "eta_s": eta, "batch_index": info.batch_index, "batch_count": info.batch_count}  # fmt: skip
+            job.update(event, step=info.step, total_steps=info.total_steps, progress=fraction, eta_s=eta)
+            if info.latents is not None and self._preview_due(job, info.step):
+                self._preview(job, info, offset)
+
+    def _preview_due(self, job: Job, step: int) -> bool:
+        now = time.monotonic()
+        if (
+            step in job.preview_steps
+            or now - self._last_preview.get(job.id, 0.0) >= self.service.settings.preview_interval_s
+        ):
+            self._last_preview[job.id] = now
+            return True
+        return False
+
+    def _preview(self, job: Job, info: StepInfo, offset: int) -> None:
+        from sdplay.previews import latents_to_preview
+
+        try:
+            side = max(info.latents.shape[-2:])
+            image = latents_to_preview(info.latents, info.family, offset, scale=max(1, min(8, 256 // side)))
+            png = png_bytes(image)
+        except Exception:  # a preview is a nicety: never fail the job for it
+            log.debug("preview failed", exc_info=True)
+            return
+        job.update({"event": "preview", "step": info.step, "png": png}, preview_png=png, preview_step=info.step)
+
+    def _complete(self, job: Job, result: GenerationResult) -> None:
+        """Write the images, add them to the gallery and mark the job done (or failed if saving fails)."""
+        from sdplay.images import parameters_for
+
+        service = self.service
+        try:
+            files = save_result(result, service.settings.output_dir, job.id)
+            req = result.request
+            ids = []
+            for i, (path, seed) in enumerate(zip(files, result.seeds, strict=True)):
+                ids.append(service.gallery.add_image(_image_row(job, result, i, seed, path, service)))
+            output = JobOutput(
+                seeds=list(result.seeds), files=files, image_ids=ids, width=req.width or 0, height=req.height or 0,
+                request=req, timings=asdict(result.timings), metadata=result.metadata,
+                infotexts=[parameters_for(result, i) for i in range(len(files))],
+            )  # fmt: skip
+        except SdplayError as exc:
+            service.finish(job, JobStatus.FAILED, error=exc)
+            return
+        service.metrics.images.labels(req.model or "").inc(len(files))
+        service.finish(job, JobStatus.DONE, output=output)
+
+
+def _image_row(job: Job, result: GenerationResult, index: int, seed: int, path, service: Service) -> dict:
+    req = result.request
+    return {
+        "job_id": job.id,
+        "idx": index,
+        "created_at": time.time(),
+        "prompt": req.prompt,
+        "negative_prompt": req.negative_prompt,
+        "model": req.model or "",
+        "seed": seed,
+        "width": req.width,
+        "height": req.height,
+        "steps": req.steps,
+        "guidance": req.guidance,
+        "sampler": req.sampler,
+        "request_json": json.dumps(req.to_dict() | {"seed": seed, "n_images": 1}),
+        "timings_json": json.dumps(asdict(result.timings)),
+        "telemetry_json": json.dumps(result.telemetry, default=str) if result.telemetry else None,
+        "file": str(path.relative_to(service.settings.output_dir)),
+    }
+
+
+def _internal() -> SdplayError:
+    return InternalError(
+        "The worker hit an unexpected error.", hint="The server log has the details; please report it."
+    )
