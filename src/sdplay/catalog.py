@@ -203,7 +203,10 @@ def spec_for_file(path: Path) -> ModelSpec:
     family = detect_family(path)
     base = {Family.SD1: "sd-v1-4", Family.SD2: "sd-v2-1", Family.SDXL: "sdxl-base-1.0"}[family]
     spec = builtin(base)
-    return ModelSpec(**{**spec.__dict__, "name": str(path), "aliases": (), "repo_id": None, "weights_dir": path})  # type: ignore[union-attr]
+    own = path.with_suffix("")  # x.safetensors + x/model_index.json: the configs of a non-standard architecture
+    config_dir = own if (own / "model_index.json").is_file() else spec.config_dir  # type: ignore[union-attr]
+    fields = {"name": str(path), "aliases": (), "repo_id": None, "config_dir": config_dir, "weights_dir": path}
+    return ModelSpec(**{**spec.__dict__, **fields})  # type: ignore[union-attr]
 
 
 def spec_for_repo(repo_id: str) -> ModelSpec:

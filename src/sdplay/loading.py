@@ -162,11 +162,15 @@ def _load_single_file(spec: ModelSpec, torch_dtype, opts: LoadOptions) -> Any:
             f"Could not load the checkpoint {spec.weights_dir}: {exc}",
             field="model",
             hint="sdplay reads original-layout SD 1.x, 2.x and XL checkpoints; for other layouts convert to a "
-            "diffusers folder and point at it.",
+            "diffusers folder and point at it. A checkpoint of a non-standard size needs its diffusers configs "
+            f"in a folder beside it: {spec.weights_dir.with_suffix('')}/model_index.json, unet/config.json, ...",
         ) from exc
 
 
 def builtin_config(spec: ModelSpec) -> Path:
+    """The configs to read a single file with: its own folder beside it if it has one, else the built-in ones."""
+    if spec.config_dir is not None and spec.config_dir.parent != ASSETS / "configs":
+        return spec.config_dir
     from sdplay.catalog import builtin
 
     base = builtin(Path(spec.config_dir).name) if spec.config_dir else None
@@ -220,7 +224,7 @@ def build_random_pipeline(spec: ModelSpec, torch_dtype, device: str = "cpu", see
 def _assemble(spec: ModelSpec, folder: Path, index: dict, parts: dict[str, Any]) -> Any:
     import diffusers
 
-    sched_cfg = diffusers.SchedulerMixin.load_config(folder / "scheduler")
+    sched_cfg = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
     parts["scheduler"] = getattr(diffusers, sched_cfg["_class_name"]).from_config(sched_cfg)
     cls = getattr(diffusers, index["_class_name"])
     if index["_class_name"].startswith("StableDiffusionXL"):

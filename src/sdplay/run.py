@@ -56,7 +56,7 @@ def _run(loaded: LoadedModel, req: GenerationRequest, items: list, on_step, inde
     clock = _Clock(dev)
     reset_peak_memory(dev)
     # 1. A fresh scheduler for this batch: no step state is shared between requests.
-    pipe.scheduler = make_scheduler(req.sampler, loaded.scheduler_config)
+    pipe.scheduler = make_scheduler(req.sampler, loaded.scheduler_config, [i.seed for i in items])
     # 2. Encode the prompts (chunked beyond 75 tokens).
     emb = encode(pipe, loaded.family, [i.prompt for i in items], [i.negative for i in items])
     t_text = clock.lap()

@@ -75,8 +75,12 @@ def _find(name: str) -> SamplerSpec:
     )
 
 
-def make_scheduler(name: str, base_config: dict[str, Any]):
-    """A fresh scheduler for one request, keeping the model's own betas and prediction type."""
+def make_scheduler(name: str, base_config: dict[str, Any], seeds: list[int] | None = None):
+    """A fresh scheduler for one batch, keeping the model's own betas and prediction type.
+
+    `seeds` (one per image) seed the Brownian-tree noise of the SDE samplers, so every image
+    depends only on its own seed, whatever batch it runs in.
+    """
     import diffusers
 
     spec = get_sampler(name)
@@ -84,4 +88,7 @@ def make_scheduler(name: str, base_config: dict[str, Any]):
     config = {k: v for k, v in base_config.items() if not k.startswith("_")}
     if spec.scheduler == "DPMSolverMultistepScheduler" and config.get("prediction_type") == "v_prediction":
         config["final_sigmas_type"] = "zero"
-    return cls.from_config(config, **spec.options)
+    scheduler = cls.from_config(config, **spec.options)
+    if spec.scheduler == "DPMSolverSDEScheduler" and seeds:
+        scheduler.noise_sampler_seed = list(seeds)
+    return scheduler
