@@ -117,6 +117,7 @@ def test_missing_weights_teach(engine, tmp_path, monkeypatch):
         engine.generate(GenerationRequest(prompt="x", model="sd-v1-4", steps=1))
     text = str(err.value)
     assert "huggingface-cli download CompVis/stable-diffusion-v1-4" in text and "HF_HUB_OFFLINE" in text
-    (tmp_path / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"]}')
+    index = '{"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"]}'
+    (tmp_path / "model_index.json").write_text(index)
     with pytest.raises(ModelNotAvailable, match="unet/ is missing"):
         engine.generate(GenerationRequest(prompt="x", model=str(tmp_path), steps=1))

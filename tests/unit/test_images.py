@@ -15,8 +15,10 @@ from sdplay.types import GenerationRequest
 
 @pytest.fixture(scope="module")
 def result(engine, tiny_models):
-    request = GenerationRequest(prompt="red heart, big", negative_prompt="blurry", model=str(tiny_models["sd1"]),
-                                width=64, height=64, steps=2, seed=42, n_images=2, sampler="DPM++ 2M Karras")  # fmt: skip
+    request = GenerationRequest(
+        prompt="red heart, big", negative_prompt="blurry", model=str(tiny_models["sd1"]),
+        width=64, height=64, steps=2, seed=42, n_images=2, sampler="DPM++ 2M Karras",
+    )  # fmt: skip
     return engine.generate(request)
 
 
