@@ -80,3 +80,39 @@ def server(tmp_path) -> Iterator[LiveServer]:
 def client(server) -> Iterator[httpx.Client]:
     with server.client() as c:
         yield c
+
+
+def wait_job(client: httpx.Client, job_id: str, timeout: float = 20.0) -> dict:
+    """Poll a native job until it is done, failed or cancelled."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        view = client.get(f"/api/v1/jobs/{job_id}").json()
+        if view["status"] in ("done", "failed", "cancelled"):
+            return view
+        time.sleep(0.01)
+    raise AssertionError(f"job {job_id} did not finish: {view}")
+
+
+def pixel(data: bytes) -> tuple[int, int, int]:
+    """The colour of the centre pixel of an encoded image."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        return img.convert("RGB").getpixel((img.width // 2, img.height // 2))
+
+
+def sse_events(response: httpx.Response) -> Iterator[tuple[str, dict]]:
+    """(event, data) pairs of a server-sent event stream."""
+    import json
+
+    event, data = None, []
+    for line in response.iter_lines():
+        if line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].strip())
+        elif line == "" and event:
+            yield event, json.loads("\n".join(data)) if data else {}
+            event, data = None, []

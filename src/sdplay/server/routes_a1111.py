@@ -159,8 +159,8 @@ def set_options(
     if "sd_model_checkpoint" in body:
         name = checkpoint_name(str(body["sd_model_checkpoint"]))
         info = service.catalog.find_model(name or "")
-        if info is None or not info.available:
-            titles = ", ".join(m.name for m in service.catalog.models if m.available)
+        if info is None or not service.usable(info):
+            titles = ", ".join(m.name for m in service.usable_models())
             raise ModelNotAvailable(
                 f"model {body['sd_model_checkpoint']!r} not found", hint=f"Choose one of: {titles}."
             )
@@ -173,9 +173,7 @@ def set_options(
 
 @router.get("/sd-models", response_model=list[SDModelItem])
 def sd_models(service: Service = Depends(get_service)) -> list[SDModelItem]:
-    return [
-        SDModelItem(title=m.name, model_name=m.name, filename=m.name) for m in service.catalog.models if m.available
-    ]
+    return [SDModelItem(title=m.name, model_name=m.name, filename=m.name) for m in service.usable_models()]
 
 
 @router.get("/samplers", response_model=list[SamplerItem])

@@ -130,9 +130,7 @@ def _convert(png: bytes, fmt: str) -> str:
 @router.get("/models", response_model=OpenAIModelList)
 def list_models(service: Service = Depends(get_service)) -> OpenAIModelList:
     created = int(service.started_at)
-    return OpenAIModelList(
-        data=[OpenAIModel(id=m.name, created=created) for m in service.catalog.models if m.available]
-    )
+    return OpenAIModelList(data=[OpenAIModel(id=m.name, created=created) for m in service.usable_models()])
 
 
 @files.get(

@@ -104,6 +104,14 @@ class Service:
         except Exception:
             log.exception("could not read the engine's models and samplers")
 
+    def usable(self, info: ModelInfo) -> bool:
+        """True if the model can run here: its weights are present, or models are built with random weights."""
+        options = getattr(self.engine, "options", None)
+        return info.available or self.settings.random_weights or bool(getattr(options, "random_weights", False))
+
+    def usable_models(self) -> list[ModelInfo]:
+        return [m for m in self.catalog.models if self.usable(m)]
+
     def healthy(self) -> bool:
         return not self.stopping and all(w.is_alive() for w in self.workers)
 
@@ -112,8 +120,8 @@ class Service:
         wanted = self.settings.default_model or catalog.DEFAULT_MODEL
         info = self.catalog.find_model(wanted)
         if info is None:
-            available = [m for m in self.catalog.models if m.available]
-            info = available[0] if available else None
+            usable = self.usable_models()
+            info = usable[0] if usable else None
         if info is None:
             raise ModelNotAvailable("No model is available on this server.", hint="Start it with --random-weights.")
         return info.name
@@ -132,7 +140,7 @@ class Service:
         if info is None:
             names = ", ".join(m.name for m in self.catalog.models)
             raise ModelNotAvailable(f"Unknown model {name!r}.", field="model", hint=f"Choose one of: {names}.")
-        if not info.available:
+        if not self.usable(info):
             raise ModelNotAvailable(f"Model {info.name} is not on this server.", field="model", hint=info.how_to_get)
         sampler = info.default_sampler if request.sampler is None else self.catalog.find_sampler(request.sampler)
         if sampler is None:
