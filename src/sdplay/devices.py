@@ -163,8 +163,24 @@ def _details(dev: DeviceInfo, live: dict | None) -> list[str]:
             out.append(f"{label}: {value}")
     out.append(f"default dtype: {DEFAULT_DTYPE[dev.kind]}")
     if live:
-        out.append("live: " + ", ".join(f"{k} {v}" for k, v in live.items() if v is not None))
+        out.append("live: " + _live_text(live))
     return out
+
+
+def _live_text(live: dict) -> str:
+    if live.get("error") or live.get("unavailable"):
+        return f"unavailable ({live.get('error') or live.get('unavailable')})"
+    parts = []
+    if live.get("utilization") is not None:
+        parts.append(f"utilisation {live['utilization']:.0f}%")
+    if live.get("memory_used_mib") is not None and live.get("memory_total_mib"):
+        free = live.get("memory_free_mib")
+        parts.append(f"memory {live['memory_used_mib']:.0f} of {live['memory_total_mib']:.0f} MiB used"
+                     + (f", {free:.0f} MiB free" if free is not None else ""))  # fmt: skip
+    for key, unit in (("power_w", "W"), ("temperature_c", "°C")):
+        if live.get(key) is not None:
+            parts.append(f"{live[key]:.0f} {unit}")
+    return ", ".join(parts) or "no figures"
 
 
 def synchronize(device: DeviceInfo) -> None:

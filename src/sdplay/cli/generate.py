@@ -42,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, steps=args.steps, guidance=args.guidance, width=width, height=height,
         seed=args.seed, sampler=args.sampler, device=args.device, dtype=args.dtype,
     )  # fmt: skip
+    _hide_library_progress()
     engine = Engine(load_options(args), max_models=1)
     request = engine.resolve(request)
     out_dir = ensure_writable(Path(args.out))
@@ -50,6 +51,13 @@ def run(args: argparse.Namespace) -> int:
     paths = [save_png(result, i, out_dir) for i in range(len(result.images))]
     _report(result, paths, args.json)
     return 0
+
+
+def _hide_library_progress() -> None:
+    """sdplay draws its own bar; diffusers' per-component loading bars would interleave with it."""
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.disable_progress_bar()
 
 
 class _Progress:
@@ -61,8 +69,9 @@ class _Progress:
     def __enter__(self):
         from tqdm import tqdm
 
-        total = None
-        self.bar = tqdm(total=total, unit="step", desc="generating", disable=self.quiet, leave=False)
+        req = self.request
+        batches = -(-req.n_images // (req.batch_size or req.n_images))
+        self.bar = tqdm(total=batches * req.steps, unit="step", desc="generating", disable=self.quiet, leave=False)
         return self
 
     def update(self, info) -> None:
@@ -99,4 +108,15 @@ def _report(result, paths: list[Path], as_json: bool) -> None:
     for warning in meta.get("warnings", []):
         print(f"warning: {warning}")
     if result.telemetry:
-        print("telemetry: " + ", ".join(f"{k} {v}" for k, v in result.telemetry.items() if v is not None))
+        print("telemetry: " + _telemetry_text(result.telemetry))
+
+
+def _telemetry_text(t: dict) -> str:
+    parts = [f"{t.get('samples', 0)} samples over {t.get('duration_s') or 0:.1f} s"]
+    if t.get("utilization_avg") is not None:
+        parts.append(f"utilisation avg {t['utilization_avg']:.0f}% / peak {t.get('utilization_peak') or 0:.0f}%")
+    if t.get("memory_used_peak_mib") is not None:
+        parts.append(f"peak memory used {t['memory_used_peak_mib']:.0f} MiB")
+    if t.get("energy_j") is not None:
+        parts.append(f"energy {t['energy_j']:.0f} J")
+    return ", ".join(parts)
