@@ -45,9 +45,17 @@ class Item:
 class Engine(EngineProtocol):
     """Owns loaded pipelines (LRU cache) and runs generations one at a time per engine."""
 
-    def __init__(self, options: LoadOptions | None = None, *, max_models: int = 2, **overrides: Any):
+    def __init__(
+        self,
+        options: LoadOptions | None = None,
+        *,
+        max_models: int = 2,
+        memory_budget_bytes: int | None = None,
+        **overrides: Any,
+    ):
         self.options = replace(options or LoadOptions(), **overrides)
         self.max_models = max_models
+        self.memory_budget_bytes = memory_budget_bytes
         self._models: OrderedDict[tuple[str, str, str], LoadedModel] = OrderedDict()
         self._lock = threading.RLock()
         self._devices: list[DeviceInfo] | None = None
@@ -71,8 +79,14 @@ class Engine(EngineProtocol):
                 self._evict()
             loaded = load_pipeline(spec, dev, key[2], self.options)
             self._models[key] = loaded
+            while len(self._models) > 1 and self._over_budget():
+                self._evict()
             log.info("loaded %s on %s (%s) in %.1f s", spec.name, dev.id, key[2], loaded.load_seconds)
             return loaded, True
+
+    def _over_budget(self) -> bool:
+        budget = self.memory_budget_bytes
+        return budget is not None and sum(model_bytes(m.pipe) for m in self._models.values()) > budget
 
     def _evict(self) -> None:
         from sdplay.devices import empty_cache
@@ -212,6 +226,17 @@ def _metadata(req: GenerationRequest, loaded: LoadedModel, timings: PhaseTimings
         "warnings": sorted({w for o in outputs for w in o.warnings}),
         "versions": versions(),
     }
+
+
+def model_bytes(pipe: Any) -> int:
+    """Bytes held by the parameters and buffers of a pipeline's modules."""
+    import torch
+
+    total = 0
+    for module in pipe.components.values():
+        if isinstance(module, torch.nn.Module):
+            total += sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+    return total
 
 
 _VERSIONS: dict[str, str] = {}

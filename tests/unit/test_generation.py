@@ -121,3 +121,19 @@ def test_missing_weights_teach(engine, tmp_path, monkeypatch):
     (tmp_path / "model_index.json").write_text(index)
     with pytest.raises(ModelNotAvailable, match="unet/ is missing"):
         engine.generate(GenerationRequest(prompt="x", model=str(tmp_path), steps=1))
+
+
+def test_model_cache_is_lru_within_budget(tiny_models):
+    from sdplay.engine import Engine, model_bytes
+
+    eng = Engine(max_models=2)
+    for fam in ("sd1", "sd2", "sdxl"):
+        eng.load(str(tiny_models[fam]))
+    assert eng.loaded_models() == [str(tiny_models["sd2"]), str(tiny_models["sdxl"])]
+    eng.load(str(tiny_models["sd2"]))  # a hit moves it to the end
+    assert eng.loaded_models()[-1] == str(tiny_models["sd2"])
+    one = model_bytes(eng.load(str(tiny_models["sd1"]))[0].pipe)
+    budget = Engine(max_models=8, memory_budget_bytes=int(one * 1.5))
+    budget.load(str(tiny_models["sd1"]))
+    budget.load(str(tiny_models["sd2"]))
+    assert budget.loaded_models() == [str(tiny_models["sd2"])]
