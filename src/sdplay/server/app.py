@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sdplay import __version__
-from sdplay.server import routes_a1111, routes_gallery, routes_jobs, routes_openai, routes_system
+from sdplay.server import routes_a1111, routes_gallery, routes_jobs, routes_openai, routes_system, routes_telemetry
 from sdplay.server.errors import PayloadTooLarge, api_of, error_response, install_error_handlers
 from sdplay.server.routes_a1111 import A1111State
 from sdplay.server.service import Service
@@ -34,6 +34,7 @@ def create_app(settings: Settings | None = None, engine: EngineProtocol | None =
         try:
             yield
         finally:
+            routes_telemetry.stop(app)
             await run_in_threadpool(service.stop)
 
     app = FastAPI(
@@ -46,7 +47,7 @@ def create_app(settings: Settings | None = None, engine: EngineProtocol | None =
     app.state.service = service
     app.state.a1111 = A1111State()
     install_error_handlers(app)
-    for module in (routes_system, routes_jobs, routes_gallery, routes_openai, routes_a1111):
+    for module in (routes_system, routes_jobs, routes_gallery, routes_openai, routes_a1111, routes_telemetry):
         app.include_router(module.router)
     app.include_router(routes_system.protected)
     app.include_router(routes_openai.files)
