@@ -181,7 +181,8 @@ def widen_second_text_encoder(folder: Path, hidden: int = 48, seed: int = 1) -> 
     torch.manual_seed(seed)
     cfg = json.loads((folder / "text_encoder_2" / "config.json").read_text())
     cfg |= {"hidden_size": hidden, "intermediate_size": 2 * hidden, "dtype": "float32"}  # the seed config says fp16
-    CLIPTextModelWithProjection(CLIPTextConfig(**cfg)).save_pretrained(folder / "text_encoder_2", safe_serialization=True)
+    encoder = CLIPTextModelWithProjection(CLIPTextConfig(**cfg))
+    encoder.save_pretrained(folder / "text_encoder_2", safe_serialization=True)
     first = json.loads((folder / "text_encoder" / "config.json").read_text())["hidden_size"]
     unet_cfg = dict(UNet2DConditionModel.load_config(folder / "unet"), cross_attention_dim=first + hidden)
     UNet2DConditionModel.from_config(unet_cfg).save_pretrained(folder / "unet", safe_serialization=True)
