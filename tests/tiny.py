@@ -27,6 +27,7 @@ def _json(path: Path) -> dict:
 
 def _shrink_text(cfg: dict, hidden: int, projection: int | None = None) -> dict:
     cfg = dict(cfg, hidden_size=hidden, intermediate_size=hidden * 2, num_attention_heads=2, num_hidden_layers=2)
+    cfg["dtype"] = cfg["torch_dtype"] = "float32"  # the seed configs say fp16 for SDXL's second encoder
     if projection is not None:
         cfg["projection_dim"] = projection
     return cfg

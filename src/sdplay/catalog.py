@@ -129,7 +129,7 @@ def catalog_names() -> list[str]:
     return [spec.name for spec in BUILTIN]
 
 
-def resolve(name: str | None) -> ModelSpec:
+def resolve(name: str | None, *, allow_pickle: bool = False) -> ModelSpec:
     """Turn whatever the user typed into a spec: built-in name, local folder, file or hub id."""
     if not name:
         return builtin(DEFAULT_MODEL)  # type: ignore[return-value]
@@ -140,7 +140,7 @@ def resolve(name: str | None) -> ModelSpec:
     if path.is_dir():
         return spec_for_folder(path)
     if path.is_file():
-        return spec_for_file(path)
+        return spec_for_file(path, allow_pickle=allow_pickle)
     if _looks_like_path(name):
         raise ModelNotAvailable(
             f"No model at {name!r}: that path does not exist.",
@@ -196,11 +196,11 @@ def _base_for_index(info: dict, path: Path) -> ModelSpec:
     return builtin("sd-v1-4")  # type: ignore[return-value]
 
 
-def spec_for_file(path: Path) -> ModelSpec:
+def spec_for_file(path: Path, *, allow_pickle: bool = False) -> ModelSpec:
     """A spec for a single-file checkpoint; the family comes from its tensor names."""
     from sdplay.checkpoints import detect_family
 
-    family = detect_family(path)
+    family = detect_family(path, allow_pickle=allow_pickle)
     base = {Family.SD1: "sd-v1-4", Family.SD2: "sd-v2-1", Family.SDXL: "sdxl-base-1.0"}[family]
     spec = builtin(base)
     own = path.with_suffix("")  # x.safetensors + x/model_index.json: the configs of a non-standard architecture

@@ -31,10 +31,11 @@ def tensor_names(path: Path) -> list[str]:
         ) from exc
 
 
-def detect_family(path: Path) -> Family:
-    """SD1, SD2 or SDXL, from the tensor names of an original-layout checkpoint."""
+def detect_family(path: Path, *, allow_pickle: bool = False) -> Family:
+    """SD1, SD2 or SDXL, from the tensor names of an original-layout checkpoint (pickles only if allowed)."""
     if path.suffix.lower() in PICKLE_SUFFIXES:
-        return _family_from_keys(list(load_pickle_state_dict(path, allow_pickle=True, only_keys=True)), path)
+        keys = load_pickle_state_dict(path, allow_pickle=allow_pickle, only_keys=True)
+        return _family_from_keys(list(keys), path)
     if path.suffix.lower() != ".safetensors":
         raise ModelNotAvailable(
             f"{path} is not a checkpoint sdplay can read.", field="model", hint="Use a .safetensors file."

@@ -68,7 +68,7 @@ class Engine(EngineProtocol):
 
     def load(self, model: str | None, device: str = "auto", dtype: str = "auto") -> tuple[LoadedModel, bool]:
         """The cached pipeline for (model, device, dtype), loading it if needed; True if just loaded."""
-        spec = catalog.resolve(model)
+        spec = catalog.resolve(model, allow_pickle=self.options.allow_pickle)
         dev = resolve_device(device, self.devices())
         key = (spec.name, dev.id, resolve_dtype(dtype, dev))
         with self._lock:
@@ -152,7 +152,7 @@ class Engine(EngineProtocol):
     def resolve(self, request: GenerationRequest) -> GenerationRequest:
         """Validate, then fill every default from the model's spec and draw a seed if asked."""
         request.validate()
-        spec = catalog.resolve(request.model)
+        spec = catalog.resolve(request.model, allow_pickle=self.options.allow_pickle)
         dev = resolve_device(request.device, self.devices())
         sampler = get_sampler(request.sampler or spec.default_sampler).name
         return request.with_(

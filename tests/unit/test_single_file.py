@@ -154,9 +154,10 @@ class _Payload:
 def test_pickle_that_would_run_code_is_refused_even_when_allowed(engine, checkpoints, tmp_path):
     marker = tmp_path / "code-ran"
     ckpt = _save_pickle(checkpoints, tmp_path, "hostile", payload=_Payload(marker))
-    for eng in (engine, Engine(allow_pickle=True, max_models=1)):
-        with pytest.raises(UnsafeCheckpoint, match="more than plain tensors"):
-            eng.generate(_request(ckpt))
+    with pytest.raises(UnsafeCheckpoint, match="--allow-pickle"):  # not even opened without permission
+        engine.generate(_request(ckpt))
+    with pytest.raises(UnsafeCheckpoint, match="more than plain tensors"):
+        Engine(allow_pickle=True, max_models=1).generate(_request(ckpt))
     with pytest.raises(UnsafeCheckpoint):
         load_pickle_state_dict(ckpt, allow_pickle=True)
     assert not marker.exists()
