@@ -145,7 +145,10 @@ def test_bad_inputs_are_4xx_with_a_useful_message(client):
         err = r.json()["error"]
         assert words in err["message"], (body, err)
         assert "Traceback" not in r.text
-    assert client.post("/api/v1/jobs", content=b"{not json", headers={"content-type": "application/json"}).status_code == 422
+    assert (
+        client.post("/api/v1/jobs", content=b"{not json", headers={"content-type": "application/json"}).status_code
+        == 422
+    )
     assert client.get("/api/v1/jobs/../../etc/passwd").status_code == 404
     assert client.get("/api/v1/jobs/" + "a" * 32).status_code == 404
     assert client.get("/api/v1/jobs/" + "a" * 32 + "/images/0").status_code == 404
