@@ -91,13 +91,6 @@ def test_one_long_lived_process_streams_rows(fake_xpu_smi):
     assert sampler.process.poll() is not None  # close() ended it
 
 
-def test_reference_rows_arrive_in_order(fake_xpu_smi):
-    with XpuSmiSampler(0) as sampler:
-        seen = [wait_for_sample(sampler, lambda s: s.utilization == 0.02).utilization]
-        seen.append(wait_for_sample(sampler, lambda s: s.utilization != 0.02).utilization)
-    assert seen[0] == 0.02 and seen[1] in (0.0, 1.0, 2.0)
-
-
 def test_a_failing_xpu_smi_is_one_clear_error(fake_xpu_smi, monkeypatch):
     monkeypatch.setenv("FAKE_XPU_SMI_MODE", "fail")
     with XpuSmiSampler(7) as sampler, pytest.raises(DeviceNotAvailable) as info:
@@ -118,7 +111,10 @@ def test_a_malformed_row_is_skipped_with_one_warning(fake_xpu_smi, monkeypatch, 
 def test_record_on_xpu_through_the_shared_process(fake_xpu_smi):
     for _ in range(2):
         with record("xpu:0", interval=0.05) as trace:
-            time.sleep(0.4)
+            deadline = time.monotonic() + 20
+            while len(trace.samples) < 2 or trace.samples[-1].utilization < 1.0:  # past the reference rows
+                assert time.monotonic() < deadline, trace.samples
+                time.sleep(0.01)
         summary = trace.summary()
         assert summary["device"] == "xpu:0" and summary["source"] == "xpu-smi" and summary["samples"] >= 2
         assert summary["utilization_peak"] >= 1.0 and summary["memory_used_peak_mib"] > 28.75
