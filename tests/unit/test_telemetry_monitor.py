@@ -205,3 +205,19 @@ def test_prometheus_leaves_out_stale_samples():
     fresh = CollectorRegistry()
     register_telemetry_metrics(fresh, monitor, max_age_s=120)
     assert 'sdplay_device_utilization_percent{device="cuda:0"} 50.0' in generate_latest(fresh).decode()
+
+
+def test_register_prometheus_with_the_registry_only():
+    from sdplay import telemetry
+
+    registry = CollectorRegistry()
+    collector = telemetry.register_prometheus(registry, devices=["cpu", "CPU", "tpu:0"])  # tpu: one warning
+    try:
+        assert [m.device for m in collector.monitors] == ["cpu"] and collector.monitors[0].running
+        wait_until(lambda: collector.monitors[0].latest() is not None)
+        text = generate_latest(registry).decode()
+    finally:
+        for monitor in collector.monitors:
+            monitor.stop()
+    assert 'sdplay_device_utilization_percent{device="cpu"}' in text
+    assert 'sdplay_device_memory_total_bytes{device="cpu"}' in text

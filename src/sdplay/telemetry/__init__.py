@@ -4,6 +4,8 @@
 reads once, `sampler_for(device)` gives the raw sampler. Vendor libraries are imported only when used.
 """
 
+from typing import Any
+
 from sdplay.telemetry.factory import default_device, live_figures, resolve_device, sampler_for, shared_sampler
 from sdplay.telemetry.monitor import Monitor, Trace, energy_joules, record, summarize
 from sdplay.telemetry.sample import METRICS, Metric, Sampler, TelemetrySample
@@ -19,8 +21,16 @@ __all__ = [
     "energy_joules",
     "live_figures",
     "record",
+    "register_prometheus",
     "resolve_device",
     "sampler_for",
     "shared_sampler",
     "summarize",
 ]
+
+
+def register_prometheus(registry: Any, monitors: Any = None, **options: Any) -> Any:
+    """Device gauges on a prometheus_client registry; see `sdplay.telemetry.prometheus.register_prometheus`."""
+    from sdplay.telemetry.prometheus import register_prometheus as register
+
+    return register(registry, monitors, **options)

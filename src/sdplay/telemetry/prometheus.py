@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable, Iterator
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from sdplay.errors import SdplayError
+from sdplay.telemetry.factory import default_device, device_name
 from sdplay.telemetry.monitor import Monitor
 from sdplay.telemetry.sample import MIB
+
+log = logging.getLogger(__name__)
 
 # (metric name, help, sample field, scale to the metric's base unit)
 GAUGES = (
@@ -58,3 +63,22 @@ def register_telemetry_metrics(
     collector = TelemetryCollector([monitors] if isinstance(monitors, Monitor) else monitors, max_age_s)
     registry.register(collector)
     return collector
+
+
+def register_prometheus(
+    registry: CollectorRegistry,
+    monitors: Monitor | Iterable[Monitor] | None = None,
+    *,
+    devices: Iterable[str] | None = None,
+    interval: float = 1.0,
+) -> TelemetryCollector:
+    """Device gauges on `registry`; without monitors, starts one per device (default: first accelerator and cpu)."""
+    if monitors is None:
+        monitors = []
+        for device in devices or [default_device(), "cpu"]:
+            try:
+                if device_name(device) not in (m.device for m in monitors):
+                    monitors.append(Monitor(device_name(device), interval=interval).start())
+            except SdplayError as exc:  # one device without telemetry must not hide the others
+                log.warning("no device gauges for %s: %s", device, exc)
+    return register_telemetry_metrics(registry, monitors)
