@@ -57,6 +57,8 @@ def _run(loaded: LoadedModel, req: GenerationRequest, items: list, on_step, inde
     reset_peak_memory(dev)
     # 1. A fresh scheduler for this batch: no step state is shared between requests.
     pipe.scheduler = make_scheduler(req.sampler, loaded.scheduler_config, [i.seed for i in items])
+    if getattr(pipe, "sdplay_fast", None) is not None:  # the fast path keeps step arithmetic off the device
+        pipe.sdplay_fast.prepare_scheduler(pipe.scheduler)
     # 2. Encode the prompts (chunked beyond 75 tokens).
     emb = encode(pipe, loaded.family, [i.prompt for i in items], [i.negative for i in items])
     t_text = clock.lap()

@@ -1,0 +1,131 @@
+"""The pipelines a benchmark compares: plain diffusers, sdplay without and with the fast path."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from sdplay.catalog import ModelSpec
+from sdplay.devices import DeviceInfo
+
+PLAIN, EAGER, FAST = "diffusers", "sdplay-eager", "sdplay-fast"
+
+
+@dataclass
+class Variant:
+    """One way to make images: `run(batch, seed)` makes `batch` images end to end (PIL included)."""
+
+    name: str
+    pipe: Any
+    device: DeviceInfo
+    runner: Any
+    load_seconds: float
+    setup: dict[str, Any] = field(default_factory=dict)
+    host_timestep: bool = False
+    timings: dict[str, float] = field(default_factory=dict)  # sdplay's own phase times of the last run
+
+    def run(self, batch: int, seed: int) -> list[Any]:
+        return self.runner(batch, seed)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What every variant makes: the same prompt, size, steps, guidance and sampler."""
+
+    spec: ModelSpec
+    prompt: str
+    width: int
+    height: int
+    steps: int
+    guidance: float
+    sampler: str
+    dtype: str
+    random_weights: bool
+    weights_seed: int = 0
+
+
+def parse_variant(text: str) -> tuple[str, str | None]:
+    """'sdplay-fast[compile=none,vae=off]' -> ('sdplay-fast', 'compile=none,vae=off')."""
+    name, _, rest = text.partition("[")
+    if name not in (PLAIN, EAGER, FAST):
+        from sdplay.errors import InvalidRequest
+
+        raise InvalidRequest(f"Unknown variant {name!r}.", hint=f"Use {PLAIN}, {EAGER} or {FAST}[options].")
+    return name, rest.rstrip("]") or None
+
+
+def build(text: str, work: Workload, device: DeviceInfo) -> Variant:
+    """Build the variant named `text` on `device` (weights from the same seed, so every variant agrees)."""
+    name, options = parse_variant(text)
+    if name == PLAIN:
+        return _plain(text, work, device)
+    return _sdplay(text, work, device, fast=name == FAST, options=options)
+
+
+def _plain(label: str, work: Workload, device: DeviceInfo) -> Variant:
+    """The pipeline a user would otherwise run: stock diffusers classes, default settings."""
+    import torch
+
+    start = time.perf_counter()
+    torch_dtype = getattr(torch, work.dtype)
+    if work.random_weights:
+        from sdplay.loading import build_random_pipeline
+
+        pipe = build_random_pipeline(work.spec, torch_dtype, device.id, work.weights_seed)
+    else:
+        from diffusers import DiffusionPipeline
+
+        source = str(work.spec.weights_dir or work.spec.repo_id)
+        pipe = DiffusionPipeline.from_pretrained(source, dtype=torch_dtype, local_files_only=True)
+        if getattr(pipe, "safety_checker", None) is not None:
+            pipe.safety_checker = None  # sdplay runs without it here too: compare the same work
+    pipe.to(device.id)
+    pipe.set_progress_bar_config(disable=True)
+    seconds = time.perf_counter() - start
+    from sdplay.samplers import make_scheduler
+
+    base_config = dict(pipe.scheduler.config)
+
+    def run(batch: int, seed: int) -> list[Any]:
+        pipe.scheduler = make_scheduler(work.sampler, base_config)
+        gens = [torch.Generator("cpu").manual_seed(seed + i) for i in range(batch)]
+        return pipe(prompt=[work.prompt] * batch, negative_prompt=[""] * batch, height=work.height,
+                    width=work.width, num_inference_steps=work.steps, guidance_scale=work.guidance,
+                    generator=gens, output_type="pil").images  # fmt: skip
+
+    return Variant(label, pipe, device, run, seconds, {"pipeline": type(pipe).__name__})
+
+
+def _sdplay(label: str, work: Workload, device: DeviceInfo, fast: bool, options: str | None) -> Variant:
+    """sdplay's engine, loading the same weights; the fast path configured by `options` when on."""
+    from sdplay.engine import Engine
+    from sdplay.fastpath import ENV
+    from sdplay.loading import LoadOptions
+    from sdplay.types import GenerationRequest
+
+    opts = LoadOptions(random_weights=work.random_weights, safety_checker=False, fast=fast, seed=work.weights_seed)
+    engine = Engine(opts, max_models=1)
+    model = work.spec.name if work.random_weights or work.spec.repo_id else str(work.spec.weights_dir)
+    saved = os.environ.get(ENV)
+    if options is not None:
+        os.environ[ENV] = options
+    try:
+        loaded, _ = engine.load(model, device.id, work.dtype)
+    finally:
+        if options is not None:
+            os.environ.pop(ENV) if saved is None else os.environ.__setitem__(ENV, saved)
+    request = GenerationRequest(prompt=work.prompt, model=model, width=work.width, height=work.height,
+                                steps=work.steps, guidance=work.guidance, sampler=work.sampler,
+                                device=device.id, dtype=work.dtype)  # fmt: skip
+
+    def run(batch: int, seed: int) -> list[Any]:
+        result = engine.generate(request.with_(n_images=batch, seed=seed))
+        variant.timings = dict(vars(result.timings))
+        return result.images
+
+    fast_choices = loaded.choices.get("fast_path")
+    host = isinstance(fast_choices, dict) and bool(fast_choices.get("host_timesteps"))
+    variant = Variant(label, loaded.pipe, device, run, loaded.load_seconds, {"optimisation": loaded.choices}, host)
+    return variant

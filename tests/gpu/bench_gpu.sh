@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# GPU benchmark runs behind docs/benchmarks.md. Usage: bash tests/gpu/bench_gpu.sh STAGE [STAGE...]
+# Stages: probe-sd1 probe-sdxl sd1 sd2 sdxl check telemetry. Needs diffusers (and torchsde) importable;
+# writes JSON, markdown and logs under $OUT (default ./outputs/gpu). Each model runs in its own process with its
+# own empty compile cache, so its first fast image is a cold compile and its restart check a warm one.
+set -u
+OUT=${OUT:-outputs/gpu}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD/src"
+bench() {  # NAME LIMIT_S ARGS...
+  local name=$1 limit=$2; shift 2
+  export SDPLAY_CACHE=/tmp/sdplay-cache-$name
+  rm -rf "$SDPLAY_CACHE"
+  echo "== $name: sdplay bench $*" | tee -a "$OUT/log.txt"
+  timeout "$limit" python3 -m sdplay.cli.main bench --random-weights --json "$OUT/$name.json" "$@" \
+    >"$OUT/$name.md" 2>>"$OUT/log.txt"
+  echo "== $name: exit $?" | tee -a "$OUT/log.txt"
+  tail -n 12 "$OUT/$name.md"
+}
+for stage in "$@"; do
+  case $stage in
+    probe-sd1) bench probe-sd1 330 -m sd-v1-4 --runs 5 --max-batch 1 --check --variants \
+      "diffusers,sdplay-eager,sdplay-fast,sdplay-fast[host_timesteps=false],sdplay-fast[compile=none],sdplay-fast[compile=none,fuse_qkv=false],sdplay-fast[dynamic=false],sdplay-fast[vae=compile,regions=BasicTransformerBlock+ResnetBlock2D]" ;;
+    probe-sdxl) bench probe-sdxl 220 -m sdxl-base-1.0 --runs 3 --max-batch 1 --unet-iters 20 ;;
+    sd1) bench sd1 200 -m sd-v1-4 --runs 7 --max-batch 8 --check --restart ;;
+    sd2) bench sd2 220 -m sd-v2-1 --runs 5 --max-batch 8 --check --restart ;;
+    sdxl) bench sdxl 300 -m sdxl-base-1.0 --runs 5 --max-batch 4 --large-runs 1 --check --restart ;;
+    check) SDPLAY_CACHE=/tmp/sdplay-cache-sd1 timeout 150 python3 tests/gpu/check_fastpath.py sd-v1-4 2>&1 | tail -n 5 ;;
+    telemetry) SDPLAY_CACHE=/tmp/sdplay-cache-sd1 timeout 120 python3 tests/gpu/check_telemetry.py >"$OUT/telemetry.log" 2>&1
+      echo "== telemetry: exit $?"; tail -n 15 "$OUT/telemetry.log" ;;
+    *) echo "unknown stage $stage"; exit 2 ;;
+  esac
+done
