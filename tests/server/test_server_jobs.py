@@ -129,7 +129,7 @@ def test_list_jobs_newest_first_and_by_status(client):
 def test_bad_inputs_are_4xx_with_a_useful_message(client):
     cases = [
         ({"prompt": "x", "n_images": 0}, 422, "n_images"),
-        ({"prompt": "x", "width": 65}, 400, "multiple of 8"),
+        ({"prompt": "x", "width": 65}, 422, "multiple of 8"),
         ({"prompt": "x", "model": "nope"}, 404, "Choose one of"),
         ({"prompt": "x", "model": "sdxl-base-1.0"}, 404, "sdplay models fetch"),
         ({"prompt": "x", "sampler": "Wobbly"}, 400, "Choose one of"),

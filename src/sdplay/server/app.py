@@ -8,6 +8,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
+from starlette.routing import Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sdplay import __version__
@@ -64,8 +65,20 @@ def create_app(settings: Settings | None = None, engine: EngineProtocol | None =
     if WEB_DIR.is_dir():
         from fastapi.staticfiles import StaticFiles
 
-        app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="web")
+        app.router.routes.append(WebMount("/", app=StaticFiles(directory=WEB_DIR, html=True), name="web"))
     return app
+
+
+API_PREFIXES = ("/api/", "/v1/", "/sdapi/", "/health", "/metrics", "/docs", "/redoc", "/openapi.json")
+
+
+class WebMount(Mount):
+    """The browser UI's static files at /, never shadowing an API path (so a wrong method there gets 405)."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        if scope["type"] == "http" and scope["path"].startswith(API_PREFIXES):
+            return Match.NONE, {}
+        return super().matches(scope)
 
 
 def default_engine(settings: Settings) -> EngineProtocol:

@@ -147,7 +147,9 @@ def install_error_handlers(app: FastAPI) -> None:
             err = InvalidRequest(f"{request.method} is not allowed on {request.url.path}.", hint="See /docs.")
         else:
             err = SdplayError(str(exc.detail))
-        return error_response(api, err, exc.status_code)
+        response = error_response(api, err, exc.status_code)
+        response.headers.update(exc.headers or {})  # e.g. Allow on 405
+        return response
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> JSONResponse:

@@ -29,10 +29,16 @@ from sdplay.server.schemas_a1111 import (
     Txt2ImgRequest,
     Txt2ImgResponse,
 )
+from sdplay.server.schemas_errors import A1111Error, error_responses
 from sdplay.server.service import Service
 from sdplay.server.storage import b64, encode_file
 
-router = APIRouter(prefix="/sdapi/v1", tags=["a1111"], dependencies=[Depends(require_a1111_auth)])
+router = APIRouter(
+    prefix="/sdapi/v1",
+    tags=["a1111"],
+    dependencies=[Depends(require_a1111_auth)],
+    responses=error_responses(A1111Error),
+)
 
 MAX_OPTIONS = 200
 
@@ -208,7 +214,14 @@ def png_info(body: PNGInfoRequest) -> PNGInfoResponse:
         raise InvalidRequest(
             "image is not valid base64.", field="image", hint="Send the PNG file base64-encoded."
         ) from exc
-    info = read_png_info(raw)
+    if not raw:
+        raise InvalidRequest("image is empty.", field="image", hint="Send a PNG file, base64-encoded.")
+    try:
+        info = read_png_info(raw)
+    except InvalidRequest as exc:
+        raise InvalidRequest(
+            "image is not a readable image.", field="image", hint="Send a PNG file, base64-encoded."
+        ) from exc
     text = info.get("parameters") or ""
     fields = dict(info.get("fields") or {})
     params = {"Prompt": fields.pop("prompt", ""), "Negative prompt": fields.pop("negative_prompt", ""), **fields}

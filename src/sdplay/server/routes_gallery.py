@@ -9,12 +9,19 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from sdplay.errors import InvalidRequest
 from sdplay.server.auth import require_api_key
 from sdplay.server.errors import NotFound
+from sdplay.server.schemas_errors import NativeError, error_responses
 from sdplay.server.schemas_gallery import GalleryItem, GalleryPage
 from sdplay.server.service import Service
 from sdplay.server.storage import encode_file
 
-router = APIRouter(prefix="/api/v1/gallery", tags=["gallery"], dependencies=[Depends(require_api_key)])
+router = APIRouter(
+    prefix="/api/v1/gallery",
+    tags=["gallery"],
+    dependencies=[Depends(require_api_key)],
+    responses=error_responses(NativeError),
+)
 
+WHEN = r"^(\d{1,12}(\.\d{1,6})?|\d{4}-[01]\d-[0-3]\d([T ][0-2]\d:[0-5]\d(:[0-5]\d)?)?)$"
 IMAGE_ID = Path(ge=1, le=2**62, description="The gallery id of an image.")
 
 
@@ -42,8 +49,8 @@ def _when(value: str | None, name: str) -> float | None:
 def search(
     q: str | None = Query(None, max_length=1000, description="Text the prompt contains."),
     model: str | None = Query(None, max_length=200),
-    since: str | None = Query(None, max_length=40, description="Unix time or ISO date (inclusive)."),
-    until: str | None = Query(None, max_length=40, description="Unix time or ISO date (exclusive)."),
+    since: str | None = Query(None, pattern=WHEN, description="Unix time or ISO date (inclusive)."),
+    until: str | None = Query(None, pattern=WHEN, description="Unix time or ISO date (exclusive)."),
     limit: int = Query(50, ge=1, le=500),
     offset: int = Query(0, ge=0, le=10**9),
     service: Service = Depends(get_service),

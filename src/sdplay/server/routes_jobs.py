@@ -11,12 +11,15 @@ from fastapi.responses import StreamingResponse
 from sdplay.server.auth import require_api_key
 from sdplay.server.errors import NotFound
 from sdplay.server.jobs import Job, JobStatus
+from sdplay.server.schemas_errors import NativeError, error_responses
 from sdplay.server.schemas_jobs import JobCreate, JobList, JobView, view_of_job, view_of_record
 from sdplay.server.service import Service
 from sdplay.server.sse import HEADERS, TERMINAL, frame, job_events
 from sdplay.server.storage import b64, check_job_id, encode_file
 
-router = APIRouter(prefix="/api/v1", tags=["jobs"], dependencies=[Depends(require_api_key)])
+router = APIRouter(
+    prefix="/api/v1", tags=["jobs"], dependencies=[Depends(require_api_key)], responses=error_responses(NativeError)
+)
 
 JOB_ID = Path(pattern="^[0-9a-f]{32}$", description="The id returned when the job was submitted.")
 

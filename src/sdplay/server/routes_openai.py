@@ -12,6 +12,7 @@ from sdplay.errors import Cancelled, SdplayError
 from sdplay.server.auth import require_api_key
 from sdplay.server.errors import NotFound, error_body
 from sdplay.server.jobs import Job, JobStatus
+from sdplay.server.schemas_errors import OpenAIError, error_responses
 from sdplay.server.schemas_openai import (
     ImageData,
     ImageGenerateRequest,
@@ -23,8 +24,12 @@ from sdplay.server.service import Service
 from sdplay.server.sse import HEADERS, frame, job_events
 from sdplay.server.storage import MEDIA_TYPES, b64, encode_file
 
-router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(require_api_key)])
-files = APIRouter(prefix="/v1", tags=["openai"])  # signed links carry their own authority
+router = APIRouter(
+    prefix="/v1", tags=["openai"], dependencies=[Depends(require_api_key)], responses=error_responses(OpenAIError)
+)
+files = APIRouter(
+    prefix="/v1", tags=["openai"], responses=error_responses(OpenAIError)
+)  # signed links carry their own authority
 
 _USAGE = {"input_tokens": 0, "input_tokens_details": {"image_tokens": 0, "text_tokens": 0}, "output_tokens": 0,
           "total_tokens": 0}  # fmt: skip

@@ -11,11 +11,12 @@ from sdplay import __version__
 from sdplay.errors import ModelNotAvailable
 from sdplay.server.auth import require_api_key
 from sdplay.server.compat import SCHEDULERS
+from sdplay.server.schemas_errors import NativeError, error_responses
 from sdplay.server.schemas_system import Batching, Health, Limits, ModelList, ModelView, SamplerList, SystemView
 from sdplay.server.service import Service
 
 router = APIRouter(tags=["system"])
-protected = APIRouter(tags=["system"], dependencies=[Depends(require_api_key)])
+protected = APIRouter(tags=["system"], dependencies=[Depends(require_api_key)], responses=error_responses(NativeError))
 
 
 def get_service(request: Request) -> Service:

@@ -89,8 +89,8 @@ class Txt2ImgRequest(BaseModel):
             batch_size=self.batch_size,
             steps=self.steps,
             guidance=self.cfg_scale,
-            width=self.width,
-            height=self.height,
+            width=self.width // 8 * 8 if self.width else None,  # A1111 rounds sizes down to a multiple of 8
+            height=self.height // 8 * 8 if self.height else None,
             seed=self.seed,
             sampler=combine_sampler(self.sampler_name or self.sampler_index, self.scheduler),
         )
@@ -166,7 +166,7 @@ class ScriptsList(BaseModel):
 
 
 class PNGInfoRequest(BaseModel):
-    image: str = Field(max_length=64 * 2**20, description="Base64 PNG, optionally as a data: URI.")
+    image: str = Field(min_length=1, max_length=64 * 2**20, description="Base64 PNG, optionally as a data: URI.")
 
 
 class PNGInfoResponse(BaseModel):

@@ -23,7 +23,7 @@ class ImageGenerateRequest(BaseModel):
     prompt: str = Field(max_length=MAX_PROMPT_CHARS)
     model: str | None = Field(None, description="A name from GET /v1/models; OpenAI names mean the default model.")
     n: int | None = Field(1, ge=1, le=10)
-    size: str | None = Field("auto", description="'auto' (the model's native size) or 'WIDTHxHEIGHT'.")
+    size: str | None = Field("auto", max_length=20, description="'auto' (the model's native size) or 'WIDTHxHEIGHT'.")
     response_format: Literal["url", "b64_json"] | None = None
     output_format: Literal["png", "jpeg", "webp"] | None = None
     output_compression: int | None = Field(None, ge=0, le=100)
