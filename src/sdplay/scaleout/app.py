@@ -1,0 +1,111 @@
+"""The Ray Serve application: the existing FastAPI app as ingress, over engine replicas.
+
+`sdplay serve --ray` deploys it; so does `serve run sdplay.scaleout.app:build` (arguments as key=value).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import fields, replace
+from typing import Any
+
+from ray import serve
+
+from sdplay.scaleout.client import RayEngineClient
+from sdplay.scaleout.options import RayOptions, engine_deployment_options, ingress_deployment_options
+from sdplay.scaleout.replica import EngineReplica
+from sdplay.server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@serve.ingress()
+class Ingress:
+    """One replica on the head node: `create_app` (routes, job queue, gallery) over a RayEngineClient."""
+
+    async def __init__(self, engine, settings: Settings, options: RayOptions):
+        self.client = RayEngineClient(engine, options)
+        await self.client.fetch_catalog(options.start_timeout_s)
+        self.settings = ingress_settings(settings, options)
+
+    def __serve_build_asgi_app__(self):
+        from sdplay.server.app import create_app
+
+        app = create_app(self.settings, self.client)
+        add_cluster_route(app, self.client, self.settings)
+        return app
+
+
+def ingress_settings(settings: Settings, options: RayOptions) -> Settings:
+    """One worker thread per request the replicas can hold (Ray sees the queue); replicas do the preloading."""
+    return replace(settings, devices=tuple(f"ray-{i}" for i in range(options.dispatch_slots)), models_preload=())
+
+
+def add_cluster_route(app, client: RayEngineClient, settings: Settings) -> None:
+    """GET /api/v1/cluster: which replica runs what, results per replica, retries and failures."""
+    from fastapi import APIRouter, Depends
+
+    from sdplay.server.auth import require_api_key
+
+    router = APIRouter(tags=["system"], dependencies=[Depends(require_api_key)])
+
+    @router.get("/api/v1/cluster", summary="Ray Serve: replicas, running calls, retries")
+    def cluster() -> dict[str, Any]:
+        return {"backend": "ray", "app": client.options.app_name, **client.status()}
+
+    routes = app.router.routes
+    before = len(routes)
+    app.include_router(router)
+    added = routes[before:]
+    del routes[before:]
+    routes[0:0] = added  # ahead of the static web UI mounted at "/", which would answer first
+
+
+def application(settings: Settings, options: RayOptions):
+    """The bound application: ingress (HTTP) -> engine deployment (one replica per GPU or CPU slot)."""
+    engine = serve.deployment(EngineReplica).options(**engine_deployment_options(options))
+    ingress = serve.deployment(Ingress).options(**ingress_deployment_options(options))
+    return ingress.bind(engine.bind(options), settings, options)
+
+
+def options_for(settings: Settings, options: RayOptions) -> RayOptions:
+    """Carry the server settings the replicas need (preloads, random weights) into the Ray options."""
+    preload = options.preload or settings.models_preload
+    return replace(options, preload=tuple(preload), random_weights=options.random_weights or settings.random_weights)
+
+
+def build(args: dict[str, str]):
+    """Entry point of `serve run sdplay.scaleout.app:build key=value ...`: Ray options by field name,
+    server settings from SDPLAY_* variables (e.g. SDPLAY_MODELS_PRELOAD, SDPLAY_API_KEY)."""
+    import ray
+
+    known = {f.name: f for f in fields(RayOptions)}
+    unknown = sorted(set(args) - set(known))
+    if unknown:
+        raise ValueError(f"Unknown argument(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}.")
+    parsed = {name: _parse(value, getattr(RayOptions(), name), name) for name, value in args.items()}
+    settings = Settings.from_env().check()
+    options = options_for(settings, RayOptions(**parsed)).resolve(ray.cluster_resources())
+    return application(settings, options)
+
+
+def _parse(raw: str, default: Any, name: str) -> Any:
+    if isinstance(default, bool):
+        return str(raw).lower() in ("1", "true", "yes", "on")
+    if isinstance(default, tuple):
+        return tuple(part.strip() for part in str(raw).split(",") if part.strip())
+    if isinstance(default, int) or name in ("replicas", "max_replicas"):
+        return int(raw)
+    if isinstance(default, float) or name == "num_gpus":
+        return float(raw)
+    return raw
+
+
+def deploy(settings: Settings, options: RayOptions, *, blocking: bool = False):
+    """Start Serve's HTTP proxy on settings.host:port and run the application (Ray must be initialised)."""
+    import ray
+
+    options = options_for(settings, options).resolve(ray.cluster_resources())
+    serve.start(http_options={"host": settings.host, "port": settings.port})
+    log.info("deploying %s: %s", options.app_name, engine_deployment_options(options))
+    return serve.run(application(settings, options), name=options.app_name, route_prefix="/", blocking=blocking)

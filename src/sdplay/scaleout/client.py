@@ -1,0 +1,190 @@
+"""The engine the server sees on Ray: forwards generations to the engine deployment through a Serve handle.
+
+Routing: each call names its model as the multiplexed model id, so Ray Serve sends it to a replica that
+already holds that model when one has room.
+
+Failure of a replica mid-job: the call is retried once (on another replica: Ray's router drops a dead one),
+then reported failed with `ReplicaFailed`. A job completes at most once because
+1. a replica has no side effects: it writes no files and no database rows, its images come back as bytes;
+2. a job's outcome is recorded only by the ingress, from the "result" event of one attempt;
+3. the ingress stops reading at the first "result" and only starts another attempt when the previous one
+   ended without one (its replica died), so at most one attempt ever delivers a result.
+A replica that dies after computing but before sending its result simply never completed the job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import itertools
+import logging
+import random
+import threading
+import time
+from typing import Any
+
+import ray.exceptions
+
+from sdplay.errors import Cancelled, SdplayError
+from sdplay.scaleout import wire
+from sdplay.scaleout.options import RayOptions
+from sdplay.types import MAX_SEED, EngineProtocol, GenerationRequest, GenerationResult, ModelInfo, StepCallback
+
+log = logging.getLogger(__name__)
+
+ATTEMPTS = 2  # the first run plus one retry on another replica
+CATALOG_TTL_S = 10.0
+
+
+class StreamEnded(Exception):
+    """A replica's stream stopped without a result: the replica went away."""
+
+
+LOST = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError, StreamEnded)
+
+
+class ReplicaFailed(SdplayError):
+    """Engine replicas died while running a job, twice, or none took it in time."""
+
+    status = 503
+
+
+class RayEngineClient(EngineProtocol):
+    """An EngineProtocol whose generations run on the replicas of the engine deployment."""
+
+    def __init__(self, handle, options: RayOptions):
+        self.handle = handle
+        self.options = options
+        self._catalog: dict[str, Any] = {"models": [], "samplers": []}
+        self._catalog_at = 0.0
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self.running: dict[int, dict[str, Any]] = {}  # call id -> prompts, model, attempt, replica, since
+        self.served: dict[str, int] = {}  # replica id -> results delivered
+        self.retries = 0
+        self.failures = 0
+
+    # -- catalog ---------------------------------------------------------------------------
+    async def fetch_catalog(self, timeout_s: float) -> None:
+        """Read models and samplers from a replica (from async code, e.g. the ingress constructor)."""
+        self._set_catalog(await asyncio.wait_for(self.handle.catalog.remote(), timeout_s))
+
+    def _set_catalog(self, value: dict[str, Any]) -> None:
+        self._catalog, self._catalog_at = value, time.monotonic()
+
+    def _fresh_catalog(self) -> dict[str, Any]:
+        """The catalog, re-read from a replica when stale; the last one known inside an event loop or on error."""
+        if time.monotonic() - self._catalog_at > CATALOG_TTL_S and not _in_event_loop():
+            try:
+                self._set_catalog(self.handle.catalog.remote().result(timeout_s=30))
+            except Exception as exc:  # keep serving with what we knew
+                log.warning("could not read the catalog from a replica: %s", exc)
+        return self._catalog
+
+    def models(self) -> list[ModelInfo]:
+        return list(self._fresh_catalog()["models"])
+
+    def samplers(self) -> list[str]:
+        return list(self._fresh_catalog()["samplers"])
+
+    def load(self, model: str, device: str = "auto") -> None:
+        """Have one replica load `model` (each replica also loads `preload` at start)."""
+        self.handle.options(multiplexed_model_id=model).load.remote(model).result(
+            timeout_s=self.options.start_timeout_s
+        )
+
+    def unload(self, model: str | None = None) -> None:
+        """Replicas unload models themselves, least recently used first, to keep `models_per_replica`."""
+
+    # -- generation ------------------------------------------------------------------------
+    def generate(self, request: GenerationRequest, on_step: StepCallback | None = None) -> GenerationResult:
+        return self.generate_batch([request], on_step)[0]
+
+    def generate_batch(
+        self, requests: list[GenerationRequest], on_step: StepCallback | None = None
+    ) -> list[GenerationResult]:
+        """Run on one replica; retried once elsewhere if that replica dies, else ReplicaFailed."""
+        requests = [self._pin(r) for r in requests]  # a retry must make the same images
+        call = next(self._ids)
+        self.running[call] = {"prompts": [r.prompt for r in requests], "model": requests[0].model,
+                              "attempt": 0, "replica": None, "since": time.time()}  # fmt: skip
+        try:
+            for attempt in range(1, ATTEMPTS + 1):
+                self.running[call] |= {"attempt": attempt, "replica": None}
+                try:
+                    return self._attempt(call, requests, on_step, attempt)
+                except LOST as exc:
+                    lost = self.running[call]["replica"]
+                    log.warning("replica %s died during attempt %d of %d: %s", lost, attempt, ATTEMPTS, exc)
+                    if attempt < ATTEMPTS:
+                        self.retries += 1
+            self.failures += 1
+            raise ReplicaFailed(
+                f"The engine replica running this job died, and so did the one it was retried on ({ATTEMPTS} tries).",
+                hint="Submit the job again; if it keeps failing, check the replicas' logs (`ray logs`) for the cause, "
+                "e.g. running out of memory.",
+            )
+        finally:
+            del self.running[call]
+
+    def _pin(self, request: GenerationRequest) -> GenerationRequest:
+        """The replica's device, and a drawn seed where the request left it to chance."""
+        seed = random.randint(0, MAX_SEED) if request.seed == -1 else request.seed
+        return request.with_(device=self.options.device, seed=seed)
+
+    def _attempt(
+        self, call: int, requests: list[GenerationRequest], on_step: StepCallback | None, attempt: int
+    ) -> list[GenerationResult]:
+        """One run on one replica: follow its events until the result (or an error) arrives."""
+        model = requests[0].model or ""
+        stream = self.handle.options(stream=True, multiplexed_model_id=model).run.remote(requests)
+        watchdog = threading.Timer(self.options.start_timeout_s, stream.cancel)  # nobody took it: give up
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            for event in stream:
+                kind = event["kind"]
+                if kind == "started":
+                    watchdog.cancel()
+                    self.running[call]["replica"] = event["replica"]
+                elif kind == "step" and on_step is not None:
+                    on_step(wire.step_info(event))
+                elif kind == "error":
+                    raise wire.error_from(event)
+                elif kind == "result":
+                    return self._delivered(call, event["results"], attempt)
+        except Cancelled:
+            stream.cancel()  # the replica stops at its next step
+            raise
+        except (ray.exceptions.TaskCancelledError, concurrent.futures.CancelledError) as exc:
+            raise self._not_taken() from exc
+        finally:
+            watchdog.cancel()
+        raise StreamEnded("the stream ended without a result")
+
+    def _delivered(self, call: int, results: list[wire.WireResult], attempt: int) -> list[GenerationResult]:
+        replica = self.running[call]["replica"]
+        with self._lock:
+            self.served[replica] = self.served.get(replica, 0) + 1
+        serving = {"backend": "ray", "replica": replica, "attempt": attempt}
+        return [wire.from_wire(r, serving) for r in results]
+
+    def _not_taken(self) -> SdplayError:
+        self.failures += 1
+        return ReplicaFailed(
+            f"No engine replica took the job within {self.options.start_timeout_s:.0f} s.",
+            hint="Check that the cluster has the resources one replica needs (`ray status`) and the replicas' logs.",
+        )
+
+    def status(self) -> dict[str, Any]:
+        """What runs where, which replicas delivered results, and how many retries and failures there were."""
+        running = [dict(v) for v in list(self.running.values())]
+        return {"running": running, "served": dict(self.served), "retries": self.retries, "failures": self.failures}
+
+
+def _in_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
