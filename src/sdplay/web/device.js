@@ -3,7 +3,8 @@
 import * as api from "./api.js";
 import { $, el, formatSeconds } from "./ui.js";
 
-const WINDOW_S = 120; // seconds of history on the charts
+const WINDOW_S = 120; // seconds of history on the charts, at most
+const MIN_SPAN_S = 30; // the charts' time axis grows from this as samples come in
 const POLL_MS = 1000;
 const state = { series: new Map(), since: null, timer: null, visible: false, error: null };
 
@@ -128,10 +129,12 @@ function draw(canvas, samples, key, max, label) {
   ctx.fillStyle = css.getPropertyValue("--muted").trim();
   ctx.font = "10px system-ui, sans-serif";
   ctx.fillText(label, 4, 11);
-  ctx.fillText(`−${WINDOW_S / 60} min`, 4, h - 4);
   const now = Date.now() / 1000;
+  const first = samples.length ? samples[0].timestamp : now;
+  const span = Math.min(WINDOW_S, Math.max(MIN_SPAN_S, Math.ceil((now - first) / 10) * 10));
+  ctx.fillText(span >= 60 ? `−${(span / 60).toFixed(span % 60 ? 1 : 0)} min` : `−${span} s`, 4, h - 4);
   const points = samples.filter((s) => s[key] !== null && s[key] !== undefined)
-    .map((s) => [w * (1 - (now - s.timestamp) / WINDOW_S), h - 2 - (h - 4) * Math.min(1, s[key] / max)]);
+    .map((s) => [w * (1 - (now - s.timestamp) / span), h - 2 - (h - 4) * Math.min(1, s[key] / max)]);
   if (!points.length) return;
   ctx.beginPath();
   points.forEach(([x, y], i) => (i ? ctx.lineTo(x, y) : ctx.moveTo(x, y)));

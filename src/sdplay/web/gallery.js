@@ -4,7 +4,7 @@ import * as api from "./api.js";
 import { $, clearErrors, el, formatDate, formatSeconds, notify, openViewer, showError } from "./ui.js";
 
 const PAGE = 48;
-const state = { items: [], total: 0, query: {}, onReuse: null };
+const state = { items: [], total: 0, query: {}, onReuse: null, seq: 0, cards: new Map() };
 
 /** Wire the search form; `onReuse(request, seed)` fills the Generate form and shows it. */
 export function initGallery(onReuse) {
@@ -42,13 +42,15 @@ async function load(offset) {
   clearErrors(f);
   const params = new URLSearchParams({ limit: PAGE, offset });
   for (const [key, value] of Object.entries(state.query)) if (value) params.set(key, value);
+  const seq = ++state.seq;
   let page;
   try {
     page = await api.get(`/api/v1/gallery?${params}`);
   } catch (err) {
-    showError(f, err);
+    if (seq === state.seq) showError(f, err);
     return;
   }
+  if (seq !== state.seq) return; // a newer search was started meanwhile
   state.items = offset ? [...state.items, ...page.items] : page.items;
   state.total = page.total;
   render();
@@ -56,7 +58,9 @@ async function load(offset) {
 
 function render() {
   const grid = $("#gallery-grid");
-  grid.replaceChildren(...state.items.map((item, i) => card(item, i)));
+  const cards = new Map(state.items.map((item) => [item.id, state.cards.get(item.id) || card(item)]));
+  state.cards = cards; // the same element for the same image, so re-rendering keeps a half-confirmed delete
+  grid.replaceChildren(...cards.values());
   const shown = state.items.length;
   $("#gallery-count").textContent = state.total
     ? `${state.total} image${state.total === 1 ? "" : "s"}${shown < state.total ? `, showing ${shown}` : ""}`
@@ -81,7 +85,7 @@ const actions = [
   { label: "Delete", danger: true, run: (v) => remove(v.item) },
 ];
 
-function card(item, index) {
+function card(item) {
   const img = el("img", { alt: item.prompt || `Seed ${item.seed}`, loading: "lazy", width: item.width,
     height: item.height, class: item.width && item.width < 256 ? "pixelated" : null });
   api.loadImage(img, item.url).catch(() => img.classList.add("missing"));
@@ -89,7 +93,7 @@ function card(item, index) {
   del.addEventListener("click", () => confirmDelete(del, item));
   return el("figure", { class: "card gallery-item", dataset: { id: item.id, seed: item.seed } },
     el("button", { type: "button", class: "thumb", title: "Open full size",
-      onclick: () => openViewer(viewerItems(), index, actions) }, img),
+      onclick: () => openViewer(viewerItems(), state.items.indexOf(item), actions) }, img),
     el("figcaption", {},
       el("span", { class: "prompt", title: item.prompt }, item.prompt || "(empty prompt)"),
       el("span", { class: "muted" }, `${item.model} · seed ${item.seed}`),

@@ -39,12 +39,12 @@ export function clearErrors(form) {
 
 /** Show `err` next to the field it names (data-fields lists the names a field block answers to), else at the top. */
 export function showError(form, err) {
-  const text = err.hint ? `${err.message} ${err.hint}` : err.message;
+  const text = err.hint && !err.message.includes(err.hint) ? `${err.message} ${err.hint}` : err.message;
   const name = err.field ? String(err.field).split(".")[0] : null;
   const block = name ? $(`.field[data-fields~="${CSS.escape(name)}"]`, form) : null;
   if (block && !block.hidden) {
     block.classList.add("invalid");
-    $(".error", block).textContent = text;
+    $(".error", block).textContent = forField(err.message, name) || text;
     const input = $(`[name="${CSS.escape(name)}"]`, block) || $("input, select, textarea", block);
     if (input) {
       input.setAttribute("aria-invalid", "true");
@@ -55,6 +55,14 @@ export function showError(form, err) {
   const general = $(".form-error", form);
   general.textContent = name ? `${name}: ${text}` : text;
   general.hidden = false;
+}
+
+/** The part of a schema error about one field: "Invalid request: steps: Input should be ... ; x: ..." -> "Input should be ...". */
+function forField(message, name) {
+  const match = /^Invalid request: (.*?)\.?( Fix the field.*)?$/s.exec(message);
+  if (!match) return null;
+  const part = match[1].split("; ").find((p) => p.startsWith(`${name}: `));
+  return part ? `${part.slice(name.length + 2)}.` : null;
 }
 
 /** A short message in the notice area (kind: "info" or "error"); it fades after `ms` unless ms is 0. */

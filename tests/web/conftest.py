@@ -1,0 +1,138 @@
+"""Fixtures: the real sdplay app (create_app + uvicorn on 127.0.0.1) over the real engine on a small model,
+and a headless Debian Chromium driven by Playwright."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from small_model import small_engine
+
+CHROMIUM = os.environ.get("SDPLAY_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+
+
+@dataclass
+class LiveServer:
+    url: str
+    app: object
+    model: str
+
+    @property
+    def service(self):
+        return self.app.state.service
+
+
+@contextlib.contextmanager
+def live_server(tmp_path: Path, engine, model: str, **overrides) -> Iterator[LiveServer]:
+    """`sdplay serve`'s app on a free loopback port, in a thread; stopped afterwards."""
+    import uvicorn
+
+    from sdplay.server.app import create_app
+    from sdplay.server.settings import Settings
+
+    settings = Settings(
+        output_dir=tmp_path / "outputs",
+        gallery_db=tmp_path / "gallery.sqlite3",
+        default_model=model,
+        devices=("cpu",),
+        batch_window_ms=0.0,
+        preview_interval_s=0.0,
+    )
+    app = create_app(replace(settings, **overrides), engine)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2, lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the sdplay server did not start")
+        time.sleep(0.02)
+    try:
+        yield LiveServer(f"http://127.0.0.1:{port}", app, model)
+    finally:
+        server.should_exit = True
+        thread.join(20)
+        sock.close()
+
+
+@pytest.fixture(scope="session")
+def small(tmp_path_factory):
+    """(engine, model name): the embedded model when its weights are installed, else a tiny random SD1 folder."""
+    return small_engine(tmp_path_factory.mktemp("web-models"))
+
+
+@pytest.fixture(scope="session")
+def server(small, tmp_path_factory) -> Iterator[LiveServer]:
+    engine, model = small
+    with live_server(tmp_path_factory.mktemp("web-server"), engine, model) as live:
+        yield live
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium (Debian's package, a fresh profile); the tests are skipped when it is not installed."""
+    if not Path(CHROMIUM).is_file() and not shutil.which("chromium"):
+        pytest.skip(f"Chromium is not installed ({CHROMIUM}): apt-get install chromium (scripts/test.sh does)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the dev extra)")
+    path = CHROMIUM if Path(CHROMIUM).is_file() else shutil.which("chromium")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=path, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def page(browser, server, request):
+    """A page in a fresh browser context (its own profile), opened on the server; console errors fail the test."""
+    context = browser.new_context(viewport={"width": 1280, "height": 860}, base_url=server.url)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on(
+        "console",
+        lambda msg: errors.append(msg.text) if msg.type == "error" and "status of 4" not in msg.text else None,
+    )
+    page.set_default_timeout(30_000)
+    yield page
+    context.close()
+    assert not errors, f"the page logged errors: {errors}"
+
+
+@pytest.fixture(scope="session")
+def shots(tmp_path_factory):
+    """screenshot(page, name): a PNG under $SDPLAY_TEST_OUTPUT/web (default: pytest's temporary folder)."""
+    root = os.environ.get("SDPLAY_TEST_OUTPUT")
+    folder = Path(root) / "web" if root else tmp_path_factory.getbasetemp() / "web-screenshots"
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def screenshot(page, name: str, full_page: bool = True) -> Path:
+        path = folder / f"{name}.png"
+        page.screenshot(path=str(path), full_page=full_page)
+        return path
+
+    return screenshot

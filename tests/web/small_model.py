@@ -1,0 +1,56 @@
+"""The small model the UI tests run on: the embedded sdplay-emoji model when its weights are installed,
+else a tiny random SD1 folder (tests/tiny.py) listed in the real engine's catalog under a short name."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tiny import make_tiny_folder
+
+from sdplay.engine import Engine
+from sdplay.types import GenerationRequest, ModelInfo
+
+EMBEDDED = "sdplay-emoji"
+TINY = "tiny-sd1"
+
+
+class FolderEngine(Engine):
+    """The real engine, with one local diffusers folder offered in its model list as `name`."""
+
+    def __init__(self, name: str, folder: Path, **kwargs):
+        super().__init__(**kwargs)
+        self.name, self.folder = name, folder
+
+    def _path(self, model: str | None) -> str | None:
+        return str(self.folder) if model == self.name else model
+
+    def models(self) -> list[ModelInfo]:
+        base = next(m for m in super().models() if m.name == EMBEDDED)
+        own = replace(base, name=self.name, aliases=(), available=True, loaded=str(self.folder) in self.loaded_models(),
+                      description="Tiny random-weight SD1 model for tests.")  # fmt: skip
+        return [own, *super().models()]
+
+    def load(self, model, device="auto", dtype="auto"):
+        return super().load(self._path(model), device, dtype)
+
+    def resolve(self, request: GenerationRequest) -> GenerationRequest:
+        resolved = super().resolve(request.with_(model=self._path(request.model)))
+        return resolved.with_(model=request.model) if request.model == self.name else resolved
+
+
+def embedded_available() -> bool:
+    return any(m.name == EMBEDDED and m.available for m in Engine().models())
+
+
+def small_engine(workdir: Path) -> tuple[Engine, str]:
+    """(engine, model name) for UI tests; SDPLAY_UI_TEST_MODEL=tiny forces the tiny folder."""
+    import os
+
+    if os.environ.get("SDPLAY_UI_TEST_MODEL", "") != "tiny" and embedded_available():
+        return Engine(), EMBEDDED
+    folder = make_tiny_folder("sd1", workdir / TINY)
+    return FolderEngine(TINY, folder), TINY
