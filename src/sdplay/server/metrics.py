@@ -41,25 +41,39 @@ class Metrics:
             buckets=(1, 2, 3, 4, 6, 8, 12, 16),
             registry=self.registry,
         )
-        self.device_metrics = register_device_metrics(self.registry)
+        self._device_collector = None
+
+    def start_device_metrics(self, devices: list[str]) -> bool:
+        """Add device utilisation/memory gauges (their monitors run until `stop`)."""
+        self._device_collector = register_device_metrics(self.registry, devices)
+        return self._device_collector is not None
+
+    def stop(self) -> None:
+        for monitor in getattr(self._device_collector, "monitors", None) or []:
+            try:
+                monitor.stop(timeout=2.0)
+            except Exception:  # stopping telemetry must never block shutdown
+                log.debug("could not stop a telemetry monitor", exc_info=True)
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
-def register_device_metrics(registry: CollectorRegistry) -> bool:
-    """Hook for device utilisation/memory gauges: `sdplay.telemetry.register_prometheus(registry)`, if present."""
+def register_device_metrics(registry: CollectorRegistry, devices: list[str]) -> object | None:
+    """Device gauges from `sdplay.telemetry.register_prometheus(registry, devices=...)`; None if unavailable."""
     try:
         from sdplay import telemetry
     except ImportError:
-        return False
+        return None
     register = getattr(telemetry, "register_prometheus", None)
     if register is None:
         log.info("sdplay.telemetry has no register_prometheus(registry); /metrics has no device gauges")
-        return False
+        return None
+    default = getattr(telemetry, "default_device", None)
+    if default is not None:
+        devices = list(dict.fromkeys(default() if d == "auto" else d for d in devices))
     try:
-        register(registry)
+        return register(registry, devices=devices)
     except Exception:  # telemetry must never stop the server from starting
         log.exception("sdplay.telemetry.register_prometheus failed; /metrics has no device gauges")
-        return False
-    return True
+        return None

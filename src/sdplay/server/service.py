@@ -73,6 +73,7 @@ class Service:
         if interrupted:
             log.warning("%d job(s) left by the previous run were marked failed (interrupted by restart)", interrupted)
         self.refresh_catalog()
+        self.metrics.start_device_metrics(list(dict.fromkeys([*self.settings.devices, "cpu"])))
         for worker in self.workers:
             worker.start()
         for name in self.settings.models_preload:
@@ -91,6 +92,7 @@ class Service:
         for job in list(self.jobs.values()):
             if not job.status.terminal:
                 self._fail_for_shutdown(job)
+        self.metrics.stop()
         self.gallery.close()
 
     def _fail_for_shutdown(self, job: Job) -> None:
