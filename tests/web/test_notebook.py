@@ -1,0 +1,115 @@
+"""The Jupyter playground: widget callbacks driven from code on the real engine; the example notebook run headless."""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ipywidgets", reason="pip install 'sdplay[ui]'")
+
+from PIL import Image
+
+from sdplay.notebook import Playground
+
+NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "playground.ipynb"
+
+
+@pytest.fixture(scope="module")
+def playground_engine(small):
+    return small
+
+
+def _grid_images(pg: Playground) -> list[tuple[Image.Image, str]]:
+    """(decoded image, caption) of every cell of the grid widget."""
+    cells = []
+    for cell in pg.grid.children:
+        picture, caption = cell.children
+        cells.append((Image.open(io.BytesIO(picture.value)), caption.value))
+    return cells
+
+
+def test_generate_button_fills_the_grid_without_blocking(playground_engine):
+    engine, model = playground_engine
+    pg = Playground(engine, model=model)
+    assert pg.model.value == model
+    pg.prompt.value = "a red heart"
+    pg.n_images.value = 2
+    pg.steps.value = 3
+    pg.seed.value = 7
+    steps_seen = set()
+    pg.progress.observe(lambda change: steps_seen.add(change["new"]), names="value")
+    pg.generate_button.click()
+    assert pg.running and pg.generate_button.disabled  # the click returned while the engine works in its thread
+    result = pg.wait(timeout=120)
+    assert result is not None, pg.status.value
+    cells = _grid_images(pg)
+    assert [caption for _, caption in cells] == ["seed 7", "seed 8"]
+    assert all(img.size == (result.request.width, result.request.height) for img, _ in cells)
+    assert {1, 2, 3} <= steps_seen and pg.progress.value == pg.progress.max == 3
+    assert "2 image(s)" in pg.status.value and not pg.generate_button.disabled
+
+
+def test_failure_shows_a_message_and_keeps_the_form(playground_engine):
+    engine, model = playground_engine
+    pg = Playground(engine, model=model)
+    long_prompt = "heart " * 2000  # over the 10,000-character limit
+    pg.prompt.value = long_prompt
+    pg.n_images.value = 3
+    pg.generate_button.click()
+    assert pg.wait(timeout=60) is None
+    assert pg.error is not None and pg.error.field == "prompt"
+    assert "Failed (prompt)" in pg.status.value and "10,000" in pg.status.value
+    assert "sdplay-invalid" in pg.prompt._dom_classes
+    assert pg.prompt.value == long_prompt and pg.n_images.value == 3 and pg.model.value == model
+    assert not pg.generate_button.disabled and pg.grid.children == ()
+
+    pg.prompt.value = "a red heart"  # the next run clears the mark
+    pg.steps.value = 1
+    pg.generate_button.click()
+    assert pg.wait(timeout=120) is not None, pg.status.value
+    assert "sdplay-invalid" not in pg.prompt._dom_classes
+
+
+def test_cancel_stops_a_long_run(playground_engine):
+    engine, model = playground_engine
+    pg = Playground(engine, model=model)
+    pg.prompt.value = "a long run"
+    pg.steps.value = 150
+    pg.generate_button.click()
+    deadline = time.monotonic() + 60
+    while pg.progress.value < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pg.cancel_button.click()
+    assert pg.wait(timeout=60) is None
+    assert "Cancelled" in pg.status.value and pg.progress.value < 150
+    assert pg.prompt.value == "a long run" and not pg.generate_button.disabled
+
+
+def test_unknown_model_names_are_offered_as_given(playground_engine, tmp_path):
+    engine, _ = playground_engine
+    pg = Playground(engine, model=str(tmp_path))
+    assert pg.model.value == str(tmp_path) and pg.model.options[0] == (str(tmp_path), str(tmp_path))
+    labels = {value: label for label, value in pg.model.options}
+    for info in engine.models():
+        assert labels[info.name].endswith("(weights not here)") == (not info.available)
+
+
+@pytest.mark.slow
+def test_example_notebook_runs_top_to_bottom(small, tmp_path, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+
+    engine, model = small
+    folder = getattr(engine, "folder", None)  # the tiny test model until the embedded weights are installed
+    monkeypatch.setenv("SDPLAY_NOTEBOOK_MODEL", str(folder) if folder else model)
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    assert not [o for o in outputs if o.output_type == "error"]
+    widget_views = [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert widget_views, "the playground widget was not displayed"
+    assert len(list((tmp_path / "outputs" / "playground").glob("*.png"))) == 2
+    assert any("[42, 43]" in o.get("data", {}).get("text/plain", "") for o in outputs)
