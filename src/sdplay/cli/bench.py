@@ -52,6 +52,20 @@ def variant_list(text: str) -> tuple[str, ...]:
     return tuple(v for v in out if v)
 
 
+def command_line(args: argparse.Namespace) -> str:
+    """The bench command that reproduces this run (every option spelled out)."""
+    import shlex
+
+    parts = ["sdplay", "bench"]
+    for key, value in sorted(vars(args).items()):
+        if key in ("func", "command", "verbose") or value in (None, False):
+            continue
+        flag = "--" + key.replace("_", "-")
+        for v in value if isinstance(value, list) else [value]:
+            parts += [flag] if v is True else [flag, shlex.quote(str(v))]
+    return " ".join(parts)
+
+
 def run(args: argparse.Namespace) -> int:
     quiet_libraries()
     from sdplay.bench import BenchConfig, run_bench
@@ -64,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
                       unet_iters=args.unet_iters, random_weights=args.random_weights, check=args.check,
                       restart=args.restart)  # fmt: skip
     report = run_bench(cfg, log=lambda msg: print(msg, file=sys.stderr, flush=True))
-    report["command"] = "sdplay " + " ".join(sys.argv[1:])
+    report["command"] = command_line(args)
     write(report, args.json, args.markdown)
     print(to_markdown(report))
     return 0
