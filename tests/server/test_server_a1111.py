@@ -115,6 +115,7 @@ def test_png_info_reads_back_the_parameters(api):
     assert info["parameters"]["Prompt"] == "read me back" and info["parameters"]["Size-1"] == "64"
     assert info["parameters"]["CFG scale"] == "3"
     assert httpx.post(f"{api.baseurl}/png-info", json={"image": "bm90IGFuIGltYWdl"}).status_code == 400
+    assert httpx.post(f"{api.baseurl}/png-info", json={"image": "\u00e5"}).status_code == 400  # found by fuzzing
 
 
 def test_bad_requests_have_a1111_shape(server):

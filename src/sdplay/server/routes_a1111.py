@@ -210,7 +210,7 @@ def png_info(body: PNGInfoRequest) -> PNGInfoResponse:
         data = data.partition(",")[2]
     try:
         raw = binascii.a2b_base64(data)
-    except binascii.Error as exc:
+    except ValueError as exc:  # binascii.Error, or non-ASCII text
         raise InvalidRequest(
             "image is not valid base64.", field="image", hint="Send the PNG file base64-encoded."
         ) from exc

@@ -15,7 +15,7 @@ from sdplay.types import MAX_GUIDANCE, MAX_IMAGES, MAX_PROMPT_CHARS, MAX_SEED, M
 class JobCreate(BaseModel):
     """A text-to-image job. Omitted fields take the model's defaults."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     prompt: str = Field(max_length=MAX_PROMPT_CHARS, description="What to draw.")
     negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)

@@ -18,7 +18,7 @@ class ImageGenerateRequest(BaseModel):
     """POST /v1/images/generations. sdplay's own fields (seed, negative_prompt, steps, guidance, sampler)
     sit at the top level, as the `openai` client's `extra_body` sends them."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     prompt: str = Field(max_length=MAX_PROMPT_CHARS)
     model: str | None = Field(None, description="A name from GET /v1/models; OpenAI names mean the default model.")
