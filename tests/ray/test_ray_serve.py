@@ -146,6 +146,7 @@ def test_requests_through_http_spread_over_both_replicas(cluster, client):
         assert where[0]["backend"] == "ray" and where[0]["attempt"] == 1
         replicas.append(where[0]["replica"])
     assert len(set(replicas)) == 2, f"one replica served everything: {replicas}"
+    assert client.get("/api/v1/system").json()["workers"] == ["ray-0", "ray-1", "ray-2", "ray-3"]  # 2 x 2 slots
     served = client.get("/api/v1/cluster").json()["served"]
     assert set(served) == set(replicas) and sum(served.values()) >= 5  # 8 jobs (some batched in pairs) + 1
 

@@ -46,6 +46,9 @@ def register(sub) -> None:
         default=None,
         help="build models with random weights (no downloads)",
     )
+    from sdplay.scaleout.cli import add_arguments
+
+    add_arguments(p)  # --ray and its options
     p.set_defaults(func=run)
 
 
@@ -57,6 +60,10 @@ def run(args: argparse.Namespace) -> int:
         overrides["cors_origins"] = tuple(overrides["cors_origins"])
     settings = Settings.from_env(**overrides).check()  # InvalidRequest -> exit status 2
 
+    from sdplay.scaleout.cli import run_ray, wants_ray
+
+    if wants_ray(args):
+        return run_ray(args, settings)
     import uvicorn
 
     from sdplay.server.app import create_app

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import fields, replace
+from dataclasses import replace
 from typing import Any
 
 from ray import serve
@@ -27,12 +27,13 @@ class Ingress:
         self.client = RayEngineClient(engine, options)
         await self.client.fetch_catalog(options.start_timeout_s)
         self.settings = ingress_settings(settings, options)
+        self.app_name = serve.get_replica_context().app_name
 
     def __serve_build_asgi_app__(self):
         from sdplay.server.app import create_app
 
         app = create_app(self.settings, self.client)
-        add_cluster_route(app, self.client, self.settings)
+        add_cluster_route(app, self.client, self.app_name)
         return app
 
 
@@ -41,7 +42,7 @@ def ingress_settings(settings: Settings, options: RayOptions) -> Settings:
     return replace(settings, devices=tuple(f"ray-{i}" for i in range(options.dispatch_slots)), models_preload=())
 
 
-def add_cluster_route(app, client: RayEngineClient, settings: Settings) -> None:
+def add_cluster_route(app, client: RayEngineClient, app_name: str) -> None:
     """GET /api/v1/cluster: which replica runs what, results per replica, retries and failures."""
     from fastapi import APIRouter, Depends
 
@@ -51,7 +52,7 @@ def add_cluster_route(app, client: RayEngineClient, settings: Settings) -> None:
 
     @router.get("/api/v1/cluster", summary="Ray Serve: replicas, running calls, retries")
     def cluster() -> dict[str, Any]:
-        return {"backend": "ray", "app": client.options.app_name, **client.status()}
+        return {"backend": "ray", "app": app_name, **client.status()}
 
     routes = app.router.routes
     before = len(routes)
@@ -75,37 +76,29 @@ def options_for(settings: Settings, options: RayOptions) -> RayOptions:
 
 
 def build(args: dict[str, str]):
-    """Entry point of `serve run sdplay.scaleout.app:build key=value ...`: Ray options by field name,
-    server settings from SDPLAY_* variables (e.g. SDPLAY_MODELS_PRELOAD, SDPLAY_API_KEY)."""
+    """Entry point of `serve run sdplay.scaleout.app:build key=value ...`.
+
+    Keys are RayOptions fields (replicas=4, max_replicas=8, address=HOST:6379, ...); the server settings
+    come from SDPLAY_* variables (SDPLAY_MODELS_PRELOAD, SDPLAY_API_KEY, ...). HTTP host and port are
+    Serve's own (127.0.0.1:8000 unless a Serve config file says otherwise).
+    """
     import ray
 
-    known = {f.name: f for f in fields(RayOptions)}
-    unknown = sorted(set(args) - set(known))
-    if unknown:
-        raise ValueError(f"Unknown argument(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}.")
-    parsed = {name: _parse(value, getattr(RayOptions(), name), name) for name, value in args.items()}
+    options = RayOptions.from_args(args)
     settings = Settings.from_env().check()
-    options = options_for(settings, RayOptions(**parsed)).resolve(ray.cluster_resources())
-    return application(settings, options)
-
-
-def _parse(raw: str, default: Any, name: str) -> Any:
-    if isinstance(default, bool):
-        return str(raw).lower() in ("1", "true", "yes", "on")
-    if isinstance(default, tuple):
-        return tuple(part.strip() for part in str(raw).split(",") if part.strip())
-    if isinstance(default, int) or name in ("replicas", "max_replicas"):
-        return int(raw)
-    if isinstance(default, float) or name == "num_gpus":
-        return float(raw)
-    return raw
+    if not ray.is_initialized():  # `serve run` builds before it connects; the defaults depend on the cluster
+        ray.init(address=options.address, namespace="serve")
+    return application(settings, options_for(settings, options).resolve(ray.cluster_resources()))
 
 
 def deploy(settings: Settings, options: RayOptions, *, blocking: bool = False):
-    """Start Serve's HTTP proxy on settings.host:port and run the application (Ray must be initialised)."""
+    """Start Serve's HTTP proxy (head node only) on settings.host:port and run the application.
+
+    Ray must be initialised. If Serve already runs on the cluster, its HTTP options stay as they are.
+    """
     import ray
 
     options = options_for(settings, options).resolve(ray.cluster_resources())
-    serve.start(http_options={"host": settings.host, "port": settings.port})
+    serve.start(proxy_location="HeadOnly", http_options={"host": settings.host, "port": settings.port})
     log.info("deploying %s: %s", options.app_name, engine_deployment_options(options))
     return serve.run(application(settings, options), name=options.app_name, route_prefix="/", blocking=blocking)

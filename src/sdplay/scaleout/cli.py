@@ -26,15 +26,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The --ray flags of `sdplay serve`."""
     g = parser.add_argument_group("scale-out on Ray Serve (docs/scale-out.md)")
     g.add_argument("--ray", action="store_true", default=None, help="serve on a Ray cluster, one replica per GPU")
-    g.add_argument("--ray-address", default=None, help="cluster to join (default: `ray start`'s on this machine)")
-    g.add_argument("--ray-replicas", type=int, default=None, help="fixed number of engine replicas (no autoscaling)")
-    g.add_argument("--ray-min-replicas", type=int, default=None, help="autoscaling minimum (default 1; 0 allowed)")
-    g.add_argument("--ray-max-replicas", type=int, default=None, help="autoscaling maximum (default: one per GPU)")
-    g.add_argument("--ray-target-ongoing", type=float, default=None, help="requests per replica to aim for (default 1)")
-    g.add_argument("--ray-max-ongoing", type=int, default=None, help="requests one replica holds at once (default 2)")
-    g.add_argument("--ray-gpus-per-replica", type=float, default=None, help="default 1 if the cluster has GPUs, else 0")
-    g.add_argument("--ray-cpus-per-replica", type=float, default=None, help="CPUs reserved per replica (default 1)")
-    g.add_argument("--ray-models-per-replica", type=int, default=None, help="models kept warm per replica (default 2)")
+    g.add_argument(
+        "--ray-address",
+        metavar="ADDRESS",
+        default=None,
+        help="cluster to join (default: `ray start`'s on this machine)",
+    )
+    g.add_argument(
+        "--ray-replicas", metavar="N", type=int, default=None, help="fixed number of engine replicas (no autoscaling)"
+    )
+    g.add_argument(
+        "--ray-min-replicas", metavar="N", type=int, default=None, help="autoscaling minimum (default 1; 0 allowed)"
+    )
+    g.add_argument(
+        "--ray-max-replicas", metavar="N", type=int, default=None, help="autoscaling maximum (default: one per GPU)"
+    )
+    g.add_argument(
+        "--ray-target-ongoing",
+        metavar="X",
+        type=float,
+        default=None,
+        help="requests per replica to aim for (default 1)",
+    )
+    g.add_argument(
+        "--ray-max-ongoing", metavar="N", type=int, default=None, help="requests one replica holds at once (default 2)"
+    )
+    g.add_argument(
+        "--ray-gpus-per-replica",
+        metavar="X",
+        type=float,
+        default=None,
+        help="default 1 if the cluster has GPUs, else 0",
+    )
+    g.add_argument(
+        "--ray-cpus-per-replica", metavar="X", type=float, default=None, help="CPUs reserved per replica (default 1)"
+    )
+    g.add_argument(
+        "--ray-models-per-replica", metavar="N", type=int, default=None, help="models kept warm per replica (default 2)"
+    )
 
 
 def wants_ray(args: argparse.Namespace) -> bool:
@@ -65,7 +94,7 @@ def run_ray(args: argparse.Namespace, settings) -> int:
         raise InvalidRequest("Ray Serve is not installed.", hint='pip install "sdplay[ray]"') from exc
     from sdplay.scaleout.app import deploy
 
-    ray.init(address=options.address, log_to_driver=False)
+    ray.init(address=options.address)
     try:
         deploy(settings, options)
         resolved = serve.status().applications[options.app_name].deployments

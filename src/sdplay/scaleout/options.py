@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from sdplay.errors import InvalidRequest
@@ -35,6 +35,23 @@ class RayOptions:
     stream_latents: bool = True  # send latents with each step so the ingress can draw previews
     start_timeout_s: float = 900.0  # a job no replica has taken by then fails (cold start + model load)
     ingress_max_ongoing: int = 1000  # HTTP requests the ingress holds at once (SSE streams count)
+
+    @classmethod
+    def from_args(cls, args: dict[str, str]) -> RayOptions:
+        """Options from `key=value` strings (the arguments of `serve run ...:build`), keys named as the fields."""
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(args) - set(known))
+        if unknown:
+            raise InvalidRequest(
+                f"Unknown option(s) {', '.join(unknown)}.", hint=f"Known options: {', '.join(sorted(known))}."
+            )
+        values = {}
+        for name, raw in args.items():
+            try:
+                values[name] = _parse(str(raw), known[name].type)
+            except ValueError as exc:
+                raise InvalidRequest(f"{name}={raw!r} is not valid: {exc}.", field=name) from exc
+        return cls(**values).check()
 
     def check(self) -> RayOptions:
         """Refuse impossible combinations with a message saying what to do."""
@@ -111,3 +128,16 @@ def ingress_deployment_options(opts: RayOptions) -> dict[str, Any]:
         "ray_actor_options": {"num_cpus": 0, "resources": {HEAD_NODE_RESOURCE: 0.001}},
         "graceful_shutdown_timeout_s": 15,
     }
+
+
+def _parse(raw: str, annotation: str) -> Any:
+    """A `key=value` string as the type its field is annotated with (annotations are strings here)."""
+    if annotation == "bool":
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    if annotation.startswith("tuple"):
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    if annotation.startswith("int"):
+        return int(raw)
+    if annotation.startswith("float"):
+        return float(raw)
+    return raw
