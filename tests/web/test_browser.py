@@ -157,7 +157,7 @@ def test_validation_errors_appear_next_to_their_field(page, server, shots):
     page.fill("#prompt", "keep this prompt")
     page.fill("#steps", "999")
     page.click("#generate")
-    steps_error = page.locator('.field[data-fields~="steps"] .error')
+    steps_error = page.locator('#gen-form .field[data-fields~="steps"] .error')
     expect(steps_error).to_contain_text("150")
     expect(page.locator("#steps")).to_have_attribute("aria-invalid", "true")
     shots(page, "validation")
@@ -167,7 +167,7 @@ def test_validation_errors_appear_next_to_their_field(page, server, shots):
     page.select_option("#size", "custom")
     page.fill("input[name=width]", "100")
     page.click("#generate")
-    expect(page.locator('.field[data-fields~="width"] .error')).to_contain_text("multiple of 8")
+    expect(page.locator('#gen-form .field[data-fields~="width"] .error')).to_contain_text("multiple of 8")
     expect(page.locator("#prompt")).to_have_value("keep this prompt")
     expect(page.locator("#generate")).to_be_enabled()
     with api(server) as client:
@@ -210,3 +210,45 @@ def test_phone_width_stacks_the_form_above_the_results(page, server, shots):
     assert form["width"] <= 390 and output["y"] >= form["y"] + form["height"]
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     shots(page, "phone")
+
+
+def test_a_model_without_weights_is_refused_next_to_the_model_picker(page, server):
+    from playwright.sync_api import expect
+
+    with api(server) as client:
+        missing = [m["name"] for m in client.get("/api/v1/models").json()["models"] if not m["available"]]
+    if not missing:
+        pytest.skip("every catalog model has its weights on this machine")
+    open_app(page)
+    page.select_option("#model", missing[0])
+    expect(page.locator("#model-note")).to_contain_text("Not on this machine")
+    page.fill("#prompt", "anything")
+    page.click("#generate")
+    expect(page.locator('#gen-form .field[data-fields~="model"] .error')).to_contain_text(missing[0])
+    expect(page.locator("#prompt")).to_have_value("anything")
+
+
+def test_a_server_with_an_api_key_asks_for_it_once(browser, small, tmp_path):
+    from harness import live_server
+    from playwright.sync_api import expect
+
+    engine, model = small
+    with live_server(tmp_path, engine, model, api_key="s3cret") as keyed:
+        context = browser.new_context(base_url=keyed.url)
+        try:
+            page = context.new_page()
+            page.goto("/")
+            expect(page.locator("#auth")).to_be_visible()
+            expect(page.locator("#auth-message")).to_contain_text("API key")
+            page.fill("#api-key", "s3cret")
+            page.click("#auth button")
+            page.wait_for_selector("body[data-ready]")
+            page.fill("#prompt", "behind a key")
+            page.fill("#steps", "2")
+            page.click("#generate")
+            image = page.locator("#results .result img")
+            expect(image).to_have_count(1, timeout=90_000)
+            page.wait_for_function("document.querySelector('#results .result img').naturalWidth > 0")
+            assert image.get_attribute("src").startswith("blob:")  # fetched with the key, not a bare URL
+        finally:
+            context.close()
