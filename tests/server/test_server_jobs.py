@@ -161,3 +161,11 @@ def test_server_limits_apply_before_queueing(tmp_path):
             assert r.status_code == 400 and r.json()["error"]["field"] == field
             assert "this server allows at most" in r.json()["error"]["message"]
         assert s.engine.calls == []
+
+
+def test_found_by_fuzzing_empty_key_and_allow_header(client):
+    for _ in range(2):  # an empty Idempotency-Key means none (it used to hit the database's unique index)
+        assert client.post("/api/v1/jobs", json={"prompt": "e"}, headers={"Idempotency-Key": ""}).status_code == 202
+    wrong = client.request("OPTIONS", "/api/v1/gallery/1")
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "DELETE, GET"
+    assert client.delete("/api/v1/jobs").headers["allow"] == "GET, POST"

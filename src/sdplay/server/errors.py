@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -122,6 +123,15 @@ def _validation_error(exc: RequestValidationError) -> InvalidRequest:
     return InvalidRequest(message, field=first_field, hint="Fix the field(s) named and retry; /docs shows the schema.")
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method the API documents at this path (Starlette's 405 names only the first route's)."""
+    methods: set[str] = set()
+    for template, operations in request.app.openapi().get("paths", {}).items():
+        if re.fullmatch(re.sub(r"\\\{[^}]*\\\}", "[^/]+", re.escape(template)), request.url.path):
+            methods |= {m.upper() for m in operations}
+    return sorted(methods)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Every error becomes a 4xx/5xx JSON body in the shape of the API that was called; never a traceback."""
 
@@ -148,7 +158,9 @@ def install_error_handlers(app: FastAPI) -> None:
         else:
             err = SdplayError(str(exc.detail))
         response = error_response(api, err, exc.status_code)
-        response.headers.update(exc.headers or {})  # e.g. Allow on 405
+        response.headers.update(exc.headers or {})
+        if exc.status_code == 405:
+            response.headers["Allow"] = ", ".join(_allowed_methods(request))
         return response
 
     @app.exception_handler(Exception)

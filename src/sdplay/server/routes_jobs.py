@@ -45,6 +45,7 @@ def submit_job(
     ),
 ) -> JobView:
     """Queue a text-to-image job and return at once (202) with its id; poll it or follow its events."""
+    idempotency_key = (idempotency_key or "").strip() or None
     digest = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
     job_id, replayed = service.submit(body.to_request(), "native", idempotency_key=idempotency_key, body_hash=digest)
     response.headers["Location"] = f"/api/v1/jobs/{job_id}"
