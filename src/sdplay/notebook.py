@@ -70,13 +70,15 @@ class Playground:
     def _fill_models(self, wanted: str | None) -> None:
         """Catalog models (marked when their weights are missing), plus `wanted` if it is a path or other name."""
         infos = list(self.engine.models())
-        options = [(m.name if m.available else f"{m.name} (weights not here)", m.name) for m in infos]
+        anything = bool(getattr(getattr(self.engine, "options", None), "random_weights", False))
+        usable = {m.name: m.available or anything for m in infos}  # random weights make every model runnable
+        options = [(m.name if usable[m.name] else f"{m.name} (weights not here)", m.name) for m in infos]
         names = [m.name for m in infos]
         aliases = {a: m.name for m in infos for a in m.aliases}
         if wanted and wanted not in names and wanted not in aliases:
             options.insert(0, (wanted, wanted))
         self.model.options = options
-        ready = [m.name for m in infos if m.available]
+        ready = [m.name for m in infos if usable[m.name]]
         default = DEFAULT_MODEL if DEFAULT_MODEL in ready else (ready or names or [None])[0]
         self.model.value = aliases.get(wanted, wanted) if wanted else default
 

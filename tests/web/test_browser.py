@@ -183,7 +183,7 @@ def test_model_picker_and_no_request_leaves_the_server(page, server):
     options = page.locator("#model option").evaluate_all("os => os.map(o => [o.value, o.textContent])")
     assert [value for value, _ in options] == [m["name"] for m in models["models"]]
     for (_, label), model in zip(options, models["models"], strict=True):
-        assert ("weights not here" in label) == (not model["available"])
+        assert ("weights not here" in label) == (not model.get("usable", model["available"]))
     assert page.input_value("#model") == models["default"] == server.model
     assert page.locator("#size option").first.text_content().endswith("(native)")
     bad = [u for u in requests if not u.startswith((server.url, "data:", "blob:"))]
@@ -216,7 +216,8 @@ def test_a_model_without_weights_is_refused_next_to_the_model_picker(page, serve
     from playwright.sync_api import expect
 
     with api(server) as client:
-        missing = [m["name"] for m in client.get("/api/v1/models").json()["models"] if not m["available"]]
+        models = client.get("/api/v1/models").json()["models"]
+    missing = [m["name"] for m in models if not m.get("usable", m["available"])]
     if not missing:
         pytest.skip("every catalog model has its weights on this machine")
     open_app(page)

@@ -9,6 +9,8 @@ const KEEP_GROUPS = 12; // result groups kept on the page (older ones are in the
 const state = { models: [], job: null, lastSeed: null, controller: null };
 
 const form = () => $("#gen-form");
+// Whether the server can run a model: its `usable` flag where the server sends one, else whether the weights are here.
+const ready = (m) => m.usable ?? m.available;
 const field = (name) => form().elements.namedItem(name);
 
 // -- set-up ---------------------------------------------------------------------------------------
@@ -45,10 +47,10 @@ async function loadCatalog() {
   const picker = field("model");
   picker.replaceChildren(
     ...state.models.map((m) =>
-      el("option", { value: m.name }, `${m.name}${m.available ? "" : " (weights not here)"}`),
+      el("option", { value: m.name }, `${m.name}${ready(m) ? "" : " (weights not here)"}`),
     ),
   );
-  picker.value = models.default || (state.models.find((m) => m.available) || state.models[0] || {}).name || "";
+  picker.value = models.default || (state.models.find(ready) || state.models[0] || {}).name || "";
   field("sampler").replaceChildren(...samplers.samplers.map((s) => el("option", { value: s }, s)));
   if (system) {
     field("n_images").max = system.limits.max_images;
@@ -78,7 +80,7 @@ function applyModelDefaults() {
   field("sampler").value = model.default_sampler;
   showCustomSize();
   const note = $("#model-note");
-  note.textContent = model.available ? model.description : `${model.description} Not on this machine: ${model.how_to_get}`;
+  note.textContent = ready(model) ? model.description : `${model.description} Not on this machine: ${model.how_to_get}`;
 }
 
 function showCustomSize() {
