@@ -18,7 +18,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from fake_engine import FakeEngine
 
-pytestmark = pytest.mark.server
+
+def pytest_collection_modifyitems(config, items):
+    """Every test in tests/server runs a real server on loopback."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.server)
 
 
 @dataclass
