@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU benchmark runs behind docs/benchmarks.md. Usage: bash tests/gpu/bench_gpu.sh STAGE [STAGE...]
-# Stages: probe-sd1 probe-sdxl sd1 sd2 sdxl check telemetry. Needs diffusers (and torchsde) importable;
+# Stages: sd1 sd2 sdxl static check telemetry. Needs diffusers (and torchsde) importable;
 # writes JSON, markdown and logs under $OUT (default ./outputs/gpu). Each model runs in its own process with its
 # own empty compile cache, so its first fast image is a cold compile and its restart check a warm one.
 set -u
@@ -17,16 +17,17 @@ bench() {  # NAME LIMIT_S ARGS...
   echo "== $name: exit $?" | tee -a "$OUT/log.txt"
   tail -n 12 "$OUT/$name.md"
 }
+FAST_PROBES="sdplay-fast[compile=none],sdplay-fast[compile=none,fuse_qkv=false],sdplay-fast[host_timesteps=false]"
 for stage in "$@"; do
   case $stage in
-    probe-sd1) bench probe-sd1 330 -m sd-v1-4 --runs 5 --max-batch 1 --check --variants \
-      "diffusers,sdplay-eager,sdplay-fast,sdplay-fast[host_timesteps=false],sdplay-fast[compile=none],sdplay-fast[compile=none,fuse_qkv=false],sdplay-fast[dynamic=false],sdplay-fast[vae=compile,regions=BasicTransformerBlock+ResnetBlock2D]" ;;
-    probe-sdxl) bench probe-sdxl 220 -m sdxl-base-1.0 --runs 3 --max-batch 1 --unet-iters 20 ;;
-    sd1) bench sd1 200 -m sd-v1-4 --runs 7 --max-batch 8 --check --restart ;;
-    sd2) bench sd2 220 -m sd-v2-1 --runs 5 --max-batch 8 --check --restart ;;
-    sdxl) bench sdxl 300 -m sdxl-base-1.0 --runs 5 --max-batch 4 --large-runs 1 --check --restart ;;
+    sd1) bench sd1 330 -m sd-v1-4 --runs 7 --max-batch 8 --check --restart \
+      --variants "diffusers,sdplay-eager,sdplay-fast,$FAST_PROBES" ;;
+    sd2) bench sd2 200 -m sd-v2-1 --runs 5 --max-batch 8 --large-runs 1 --check --restart ;;
+    sdxl) bench sdxl 330 -m sdxl-base-1.0 --runs 5 --max-batch 4 --large-runs 1 --check --restart ;;
+    static) bench static 240 -m sd-v1-4 --runs 5 --max-batch 1 \
+      --variants "sdplay-fast,sdplay-fast[dynamic=false],sdplay-fast[vae=compile,regions=BasicTransformerBlock+ResnetBlock2D]" ;;
     check) SDPLAY_CACHE=/tmp/sdplay-cache-sd1 timeout 150 python3 tests/gpu/check_fastpath.py sd-v1-4 2>&1 | tail -n 5 ;;
-    telemetry) SDPLAY_CACHE=/tmp/sdplay-cache-sd1 timeout 120 python3 tests/gpu/check_telemetry.py >"$OUT/telemetry.log" 2>&1
+    telemetry) SDPLAY_CACHE=/tmp/sdplay-cache-sd1 timeout 150 python3 tests/gpu/check_telemetry.py >"$OUT/telemetry.log" 2>&1
       echo "== telemetry: exit $?"; tail -n 15 "$OUT/telemetry.log" ;;
     *) echo "unknown stage $stage"; exit 2 ;;
   esac

@@ -41,7 +41,7 @@ def test_error_measures():
 
     ref = torch.randn(100)
     assert rel_error(ref, ref) == 0.0
-    assert rel_error(ref * 1.01, ref) == pytest.approx(0.01, rel=1e-6)
+    assert rel_error(ref * 1.01, ref) == pytest.approx(0.01, rel=1e-4)
     assert math.isnan(rel_error(torch.full((3,), float("nan")), ref[:3]))
     import numpy as np
 

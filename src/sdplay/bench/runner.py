@@ -37,8 +37,8 @@ class BenchConfig:
     restart: bool = False  # first image after a restart (warm compile cache), fresh-process memory
 
 
-def run_bench(cfg: BenchConfig, log: Log = print) -> dict[str, Any]:
-    """Benchmark every model of `cfg`; returns the whole report (see sdplay.bench.report)."""
+def run_bench(cfg: BenchConfig, log: Log = print, save: Callable[[dict], None] | None = None) -> dict[str, Any]:
+    """Benchmark every model of `cfg`; returns the whole report. `save` gets the partial report as it grows."""
     from sdplay.devices import resolve_device, resolve_dtype
     from sdplay.engine import versions
 
@@ -48,8 +48,12 @@ def run_bench(cfg: BenchConfig, log: Log = print) -> dict[str, Any]:
                               "config": _jsonable(vars(cfg)), "models": []}  # fmt: skip
     report["matmul_tflops"] = probes.matmul_tflops(device, dtype)
     report["peak_tflops"] = flops.peak_tflops(device.name, dtype)
-    for model in cfg.models:
-        report["models"].append(bench_model(model, cfg, device, dtype, log, report))
+    report["save"] = save or (lambda _report: None)
+    try:
+        for model in cfg.models:
+            bench_model(model, cfg, device, dtype, log, report)
+    finally:
+        report.pop("save")
     return report
 
 
@@ -70,6 +74,8 @@ def bench_model(model: str, cfg: BenchConfig, device: DeviceInfo, dtype: str, lo
                            "steps": work.steps, "guidance": work.guidance, "sampler": work.sampler,
                            "random_weights": work.random_weights, "variants": {}}  # fmt: skip
     out["compile_cache"] = _cache_state()
+    report["models"].append(out)
+    save = report["save"]
     # 1. Build every variant from the same weights; the first run of each pays compilation and capture.
     variants: list[Variant] = []
     for text in cfg.variants:
@@ -85,6 +91,7 @@ def bench_model(model: str, cfg: BenchConfig, device: DeviceInfo, dtype: str, lo
         variants.append(v)
         res = out["variants"][v.name] = {"load_s": v.load_seconds, "setup": _jsonable(v.setup), "first_run_s": first}
         log(f"[{work.spec.name}] {v.name}: load {v.load_seconds:.1f} s, first image {first:.2f} s")
+        save(report)
     # 2. Warm up, then time end to end, interleaving variants (rotated each round).
     for k in range(cfg.warmup):
         for v in variants:
@@ -101,9 +108,10 @@ def bench_model(model: str, cfg: BenchConfig, device: DeviceInfo, dtype: str, lo
         res |= _phases_and_memory(v, cfg, work)
         res["unet_step_s"] = probes.unet_step_seconds(v.pipe, device, 2, work.width, work.height, cfg.unet_iters,
                                                       v.host_timestep)  # fmt: skip
-        res["large_batch"] = _large_batch(v, cfg)
+        res["large_batch"] = _large_batch(v, cfg) if "[" not in v.name else None  # option variants: batch 1 only
         log(f"[{work.spec.name}] {v.name}: {res['e2e_s']['median']:.3f} s/image, "
             f"UNet step {res['unet_step_s']['median'] * 1e3:.1f} ms")  # fmt: skip
+        save(report)
     # 4. FLOPs and utilisation, exactness, restarts.
     out["flops"] = _flops(variants[0].pipe, work)
     for v in variants:
@@ -115,6 +123,7 @@ def bench_model(model: str, cfg: BenchConfig, device: DeviceInfo, dtype: str, lo
         from sdplay.bench.restart import restart_all
 
         out["restart"] = restart_all(work, cfg, device, log)
+    save(report)
     return out
 
 

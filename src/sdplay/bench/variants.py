@@ -91,7 +91,7 @@ def _plain(label: str, work: Workload, device: DeviceInfo) -> Variant:
     def run(batch: int, seed: int) -> list[Any]:
         pipe.scheduler = make_scheduler(work.sampler, base_config)
         gens = [torch.Generator("cpu").manual_seed(seed + i) for i in range(batch)]
-        return pipe(prompt=[work.prompt] * batch, negative_prompt=[""] * batch, height=work.height,
+        return pipe(prompt=[work.prompt] * batch, height=work.height,  # no negative prompt: "" (SDXL: zeros)
                     width=work.width, num_inference_steps=work.steps, guidance_scale=work.guidance,
                     generator=gens, output_type="pil").images  # fmt: skip
 

@@ -77,8 +77,14 @@ def run(args: argparse.Namespace) -> int:
                       runs=args.runs, warmup=args.warmup, max_batch=args.max_batch, large_runs=args.large_runs,
                       unet_iters=args.unet_iters, random_weights=args.random_weights, check=args.check,
                       restart=args.restart)  # fmt: skip
-    report = run_bench(cfg, log=lambda msg: print(msg, file=sys.stderr, flush=True))
-    report["command"] = command_line(args)
+    command = command_line(args)
+
+    def save(partial: dict) -> None:
+        kept = {k: v for k, v in partial.items() if k != "save"}
+        write(kept | {"command": command, "partial": True}, args.json, None)
+
+    report = run_bench(cfg, log=lambda msg: print(msg, file=sys.stderr, flush=True), save=save)
+    report["command"] = command
     write(report, args.json, args.markdown)
     print(to_markdown(report))
     return 0
