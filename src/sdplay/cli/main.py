@@ -11,7 +11,7 @@ from sdplay.errors import SdplayError
 
 # One module per command under sdplay.cli; each exposes `register(subparsers)`,
 # which adds its parser and sets `func(args) -> int`.
-COMMANDS = ["generate", "models", "devices", "info", "monitor", "serve", "bench"]
+COMMANDS = ["generate", "models", "devices", "info", "monitor", "serve", "bench", "train"]
 
 
 def build_parser() -> argparse.ArgumentParser:

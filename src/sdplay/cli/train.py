@@ -1,0 +1,129 @@
+"""`sdplay train`: fetch the emoji data, train the small default model, or fine-tune a model on your images."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EXAMPLES = """examples:
+  sdplay train --prepare                               fetch the emoji images (npm) and build the data file
+  sdplay train --out runs/emoji                        train a new emoji model (GPU recommended)
+  sdplay train --out runs/emoji --resume               carry on after Ctrl-C
+  sdplay train --init sdplay-emoji --images my_pics/ --out runs/mine --steps 500
+                                                       fine-tune on images with a .txt caption beside each;
+                                                       then: sdplay generate --model runs/mine/model "..."
+"""
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train the emoji model, or fine-tune a model on captioned images",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prepare", action="store_true", help="fetch and build the emoji data file, then stop")
+    p.add_argument("--out", type=Path, default=Path("runs/emoji"), help="run folder: checkpoint and model/")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    src = p.add_argument_group("data and starting point")
+    src.add_argument("--data", type=Path, default=None, help="data .npz (default: the cached emoji set)")
+    src.add_argument("--images", type=Path, default=None, help="folder of images with a .txt caption beside each")
+    src.add_argument("--init", default=None, help="fine-tune this model (built-in name or diffusers folder)")
+    hp = p.add_argument_group("schedule (unset: the emoji model's defaults, or fine-tuning defaults with --init)")
+    hp.add_argument("--steps", type=int, default=None, help="UNet/text-encoder steps")
+    hp.add_argument("--vae-steps", type=int, default=None, help="VAE steps (new models only)")
+    hp.add_argument("--batch-size", type=int, default=None)
+    hp.add_argument("--lr", type=float, default=None, help="peak learning rate")
+    hp.add_argument("--warmup", type=int, default=None, help="warm-up steps")
+    hp.add_argument("--seed", type=int, default=None)
+    hp.add_argument("--freeze-text-encoder", action="store_true", help="train the UNet only")
+    hp.add_argument("--max-minutes", type=float, default=None, help="shorten the schedule to end in this time")
+    hp.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints")
+    hp.add_argument("--tiny", action="store_true", help="a toy-sized new model (to try the pipeline quickly)")
+    p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1, mps")
+    p.add_argument("--eval", type=int, default=0, metavar="N", help="afterwards, evaluate on N emoji prompts")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+FINE_TUNE_DEFAULTS = {"steps": 1000, "lr": 1e-4, "warmup": 100, "batch_size": 16, "checkpoint_every": 250}
+
+
+def config_from_args(args: argparse.Namespace):
+    """The TrainConfig these flags describe (on --resume, the checkpoint's config with the flags on top)."""
+    from sdplay.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
+    from sdplay.training.loop import TrainConfig
+    from sdplay.training.models import TINY
+
+    names = ("data", "images", "init", "steps", "vae_steps", "batch_size", "lr", "warmup", "seed", "device")
+    given = {k: getattr(args, k) for k in (*names, "max_minutes", "checkpoint_every") if getattr(args, k) is not None}
+    if args.freeze_text_encoder:
+        given["train_text_encoder"] = False
+    given.update(out=args.out, progress=not args.no_progress)
+    if args.resume:
+        saved = load_checkpoint(args.out / CHECKPOINT_NAME)["config"]
+        return TrainConfig.from_dict({**saved, **{k: str(v) if isinstance(v, Path) else v for k, v in given.items()}})
+    if args.tiny:
+        given["arch"] = TINY
+    if args.init:
+        given = {**FINE_TUNE_DEFAULTS, **given}
+    return TrainConfig(**given)
+
+
+def run(args: argparse.Namespace) -> int:
+    from sdplay.cli.common import quiet_libraries
+
+    quiet_libraries()
+    if args.prepare:
+        from sdplay.training.data import load_set, prepare
+
+        path = prepare(args.data)
+        data = load_set(path)
+        print(f"{path}: {len(data)} captioned images, {data.images.shape[1]}x{data.images.shape[2]}")
+        return 0
+    from sdplay.training.loop import train
+
+    cfg = config_from_args(args)
+    result = train(cfg, resume=args.resume)
+    sizes = ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in result.parameters.items())
+    print(f"model: {result.model_dir} ({sizes} parameters)")
+    print(
+        f"{result.vae_steps} VAE + {result.steps} UNet steps in {result.seconds / 60:.1f} min, loss {result.loss:.4f}"
+    )
+    print(f'try it: sdplay generate --model {result.model_dir} "red heart"')
+    if args.eval:
+        from sdplay.training.evaluate import evaluate
+        from sdplay.training.loop import pick_device
+
+        device = str(pick_device(cfg.device))
+        report, _, _ = evaluate(result.model_dir, n=args.eval, device=device, backend="diffusers")
+        print(report.summary())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m sdplay.cli.train ...`: this command alone, without importing the other subcommands."""
+    from sdplay.errors import SdplayError
+
+    parser = argparse.ArgumentParser(
+        prog="sdplay train", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except SdplayError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2 if exc.status < 500 else 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

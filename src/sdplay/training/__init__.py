@@ -1,0 +1,1 @@
+"""Training: the emoji data set, the small default model, its train loop, export and evaluation."""

@@ -1,0 +1,52 @@
+"""The model card (README.md) written into the emoji model folder: data, licences, how it was trained."""
+
+from __future__ import annotations
+
+from typing import Any
+
+LICENCES = """\
+## Licences
+
+- **Weights**: Apache-2.0, like sdplay. They were trained on the images below and are a derivative of them.
+- **Training images**: Noto Emoji by Google, from the npm package `emoji-datasource-google` v16
+  (`img/google/64/`), Apache License 2.0 (https://github.com/googlefonts/noto-emoji/blob/main/LICENSE).
+- **Emoji names, short names and categories**: `emoji.json` of `emoji-datasource-google` v16
+  (iamcal/emoji-data), MIT License, Copyright (c) 2013 Cal Henderson.
+- **CLDR names** ("red heart", "grinning face with big eyes"): the Python package `emoji` 2.x,
+  New BSD License, Copyright (c) 2014-2026 Taehoon Kim, Kevin Wurster; derived from Unicode CLDR data
+  (Unicode License v3).
+- **Tokenizer** (`tokenizer/vocab.json`, `tokenizer/merges.txt`): OpenAI CLIP's BPE vocabulary, MIT License,
+  Copyright (c) 2021 OpenAI.
+"""
+
+
+def card(config: dict[str, Any], vae_steps: int, steps: int, loss: float) -> str:
+    """README.md for a model trained from scratch by `sdplay train`."""
+    arch = config.get("arch", {})
+    return f"""# sdplay-emoji
+
+A small text-to-image model that sdplay trains itself and ships as its default: 64x64 emoji from a
+caption such as "red heart" or "grinning face with big eyes", offline, in about a second on a CPU.
+It is a standard diffusers `StableDiffusionPipeline` folder (CLIP text encoder, UNet2DConditionModel,
+AutoencoderKL, DPM++ 2M scheduler) and loads with `StableDiffusionPipeline.from_pretrained(folder)`.
+
+- Architecture: text encoder hidden {arch.get("text_hidden")} x {arch.get("text_layers")} layers over the
+  full CLIP vocabulary; UNet channels {arch.get("unet_channels")} on {arch.get("latent_channels")}-channel
+  latents; VAE channels {arch.get("vae_channels")} (64x64 pixels <-> 16x16 latents).
+- Training: `sdplay train` with seed {config.get("seed")}: {vae_steps} VAE steps (batch
+  {config.get("vae_batch_size")}), then {steps} UNet + text-encoder steps (batch {config.get("batch_size")},
+  lr {config.get("lr")}, EMA {config.get("ema_decay")}), final loss {loss:.4f}.
+- Weights are stored as fp16 safetensors.
+
+{LICENCES}"""
+
+
+def fine_tune_note(config: dict[str, Any], steps: int, loss: float) -> str:
+    """A section appended to the base model's card by each fine-tuning run."""
+    data = config.get("images") or config.get("data") or "the emoji set"
+    text = "trained" if config.get("train_text_encoder", True) else "frozen"
+    return f"""## Fine-tuned
+
+`sdplay train --init {config.get("init")}` on {data}: {steps} steps (batch {config.get("batch_size")},
+lr {config.get("lr")}, seed {config.get("seed")}, text encoder {text}, VAE frozen), final loss {loss:.4f}.
+"""

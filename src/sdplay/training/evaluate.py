@@ -1,0 +1,283 @@
+"""Does the model draw what it is asked? Nearest-training-image retrieval, colour checks, a sample grid.
+
+For each caption prompt, generate one image with a fixed seed and rank every training image by its
+distance to it (32x32 pixels); a hit at k means an image with that caption is among the k nearest.
+Run `python -m sdplay.training.evaluate` for the full report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from sdplay.training.data import CaptionedImages, load_set
+
+COLOUR_CHECKS = (("red heart", "red"), ("blue heart", "blue"), ("green heart", "green"), ("green apple", "green"))
+FEATURE_SIZE = 32
+
+
+@dataclass
+class Report:
+    """Retrieval accuracy of generated images against the training set."""
+
+    n: int
+    top1: float
+    top5: float
+    colours: dict[str, float] = field(default_factory=dict)
+    per_category: dict[str, float] = field(default_factory=dict)
+    misses: list[tuple[str, str]] = field(default_factory=list)  # (prompt, caption of the nearest image)
+    seconds: float = 0.0
+    settings: dict = field(default_factory=dict)
+
+    def summary(self) -> str:
+        colours = ", ".join(f"{p!r} {s:.0%}" for p, s in self.colours.items())
+        return f"n={self.n} top-1 {self.top1:.1%} top-5 {self.top5:.1%} | colour share: {colours}"
+
+
+def eval_indices(data: CaptionedImages, n: int) -> list[int]:
+    """A fixed, evenly spread choice of `n` images (every category is covered)."""
+    picks = np.unique(np.linspace(0, len(data) - 1, min(n, len(data))).round().astype(int))
+    return [int(i) for i in picks]
+
+
+def features(images: np.ndarray) -> np.ndarray:
+    """(N, H, W, 3) uint8 -> (N, 32*32*3) float32: area-downsampled pixels in [0, 1]."""
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255
+    x = F.adaptive_avg_pool2d(x, FEATURE_SIZE)  # (N, 3, 32, 32)
+    return x.flatten(1).numpy()
+
+
+def nearest(generated: np.ndarray, reference: np.ndarray, k: int = 5) -> np.ndarray:
+    """Indices (N, k) of the k reference images nearest to each generated one (squared L2)."""
+    g, r = features(generated), features(reference)
+    d = (g * g).sum(1)[:, None] - 2 * g @ r.T + (r * r).sum(1)[None, :]  # (N_gen, N_ref)
+    return np.argsort(d, axis=1)[:, :k]
+
+
+def colour_share(image: np.ndarray, colour: str, margin: int = 40) -> float:
+    """Share of the non-white pixels in which `colour` ('red', 'green', 'blue') clearly dominates."""
+    px = image.reshape(-1, 3).astype(int)
+    ink = px[px.min(1) < 225]
+    if len(ink) == 0:
+        return 0.0
+    c = "rgb".index(colour[0])
+    others = [ink[:, j] for j in range(3) if j != c]
+    return float(((ink[:, c] > others[0] + margin) & (ink[:, c] > others[1] + margin)).mean())
+
+
+def score(prompts: list[str], images: np.ndarray, data: CaptionedImages) -> Report:
+    """Top-1 / top-5 retrieval of `images` (generated from `prompts`) among the training images."""
+    near = nearest(images, data.images)
+    hits1 = [data.captions[row[0]] == p for p, row in zip(prompts, near, strict=True)]
+    hits5 = [any(data.captions[j] == p for j in row) for p, row in zip(prompts, near, strict=True)]
+    category = dict(zip(data.captions, data.categories or [""] * len(data), strict=True))
+    per: dict[str, list[bool]] = {}
+    for p, hit in zip(prompts, hits5, strict=True):
+        per.setdefault(category.get(p, ""), []).append(hit)
+    misses = [(p, data.captions[row[0]]) for p, row, h in zip(prompts, near, hits1, strict=True) if not h]
+    return Report(
+        n=len(prompts),
+        top1=float(np.mean(hits1)),
+        top5=float(np.mean(hits5)),
+        per_category={c: float(np.mean(v)) for c, v in sorted(per.items())},
+        misses=misses,
+    )
+
+
+# Generation --------------------------------------------------------------------------------------
+
+
+def load_pipeline(model: str | Path, device: str = "cpu", sampler: str = "DPM++ 2M"):
+    """A diffusers StableDiffusionPipeline of a model folder (or built-in name), float32, on `device`."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from sdplay.training.export import model_folder
+
+    folder = model_folder(str(model))
+    pipe = StableDiffusionPipeline.from_pretrained(folder, dtype=torch.float32, local_files_only=True)
+    pipe.scheduler = scheduler_for(sampler, pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def scheduler_for(sampler: str, config):
+    """The diffusers scheduler for an A1111 sampler name (the few the evaluation compares)."""
+    from diffusers import (
+        DDIMScheduler,
+        DPMSolverMultistepScheduler,
+        EulerAncestralDiscreteScheduler,
+        EulerDiscreteScheduler,
+    )
+
+    table = {
+        "DPM++ 2M": (DPMSolverMultistepScheduler, {}),
+        "DPM++ 2M Karras": (DPMSolverMultistepScheduler, {"use_karras_sigmas": True}),
+        "Euler": (EulerDiscreteScheduler, {}),
+        "Euler a": (EulerAncestralDiscreteScheduler, {}),
+        "DDIM": (DDIMScheduler, {}),
+    }
+    cls, extra = table[sampler]
+    return cls.from_config(config, **extra)
+
+
+def generate_with_pipeline(
+    pipe, prompts: list[str], seed: int = 0, steps: int = 20, guidance: float = 4.0, batch: int = 32
+) -> np.ndarray:
+    """One image per prompt, each from a generator seeded with `seed`, as (N, 64, 64, 3) uint8."""
+    import torch
+
+    out = []
+    for start in range(0, len(prompts), batch):
+        chunk = prompts[start : start + batch]
+        gens = [torch.Generator(pipe.device).manual_seed(seed) for _ in chunk]
+        result = pipe(chunk, num_inference_steps=steps, guidance_scale=guidance, generator=gens, output_type="np")
+        out.append((result.images * 255).round().clip(0, 255).astype(np.uint8))
+    return np.concatenate(out)
+
+
+def generate_with_engine(model: str, prompts: list[str], seed: int, steps: int, guidance: float, sampler: str):
+    """The same through sdplay's Engine, one request per prompt."""
+    from sdplay.engine import Engine
+    from sdplay.types import GenerationRequest
+
+    engine = Engine()
+    out = []
+    for p in prompts:
+        request = GenerationRequest(
+            prompt=p, model=model, seed=seed, steps=steps, guidance=guidance, sampler=sampler, device="cpu"
+        )
+        out.append(np.asarray(engine.generate(request).images[0].convert("RGB")))
+    return np.stack(out)
+
+
+def generate(model, prompts, seed=0, steps=20, guidance=4.0, sampler="DPM++ 2M", device="cpu", backend="auto"):
+    """Images for `prompts` through the Engine when it exists (backend 'auto'/'engine'), else diffusers."""
+    if backend in ("auto", "engine"):
+        try:
+            import sdplay.engine  # noqa: F401
+        except ImportError:
+            if backend == "engine":
+                raise
+        else:
+            return generate_with_engine(str(model), prompts, seed, steps, guidance, sampler)
+    return generate_with_pipeline(load_pipeline(model, device, sampler), prompts, seed, steps, guidance)
+
+
+def evaluate(
+    model: str | Path = "sdplay-emoji",
+    data: CaptionedImages | None = None,
+    n: int = 256,
+    seed: int = 0,
+    steps: int = 20,
+    guidance: float = 4.0,
+    sampler: str = "DPM++ 2M",
+    device: str = "cpu",
+    backend: str = "auto",
+) -> tuple[Report, np.ndarray, list[str]]:
+    """Generate for `n` fixed caption prompts plus the colour checks, and score them."""
+    data = data or load_set()
+    prompts = [data.captions[i] for i in eval_indices(data, n)]
+    colour_prompts = [p for p, _ in COLOUR_CHECKS if p in data.captions]
+    began = time.perf_counter()
+    images = generate(model, prompts + colour_prompts, seed, steps, guidance, sampler, device, backend)
+    report = score(prompts, images[: len(prompts)], data)
+    report.seconds = time.perf_counter() - began
+    colours = dict(COLOUR_CHECKS)
+    report.colours = {
+        p: colour_share(im, colours[p]) for p, im in zip(colour_prompts, images[len(prompts) :], strict=True)
+    }
+    report.settings = {"model": str(model), "seed": seed, "steps": steps, "guidance": guidance, "sampler": sampler}
+    return report, images, prompts + colour_prompts
+
+
+def save_grid(images: np.ndarray, captions: list[str], path: Path, cols: int = 8, scale: int = 2) -> Path:
+    """A PNG grid of images, each with its prompt written under it."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    side, label = images.shape[1] * scale, 30
+    rows = -(-len(images) // cols)
+    cell_w = side + 40
+    grid = Image.new("RGB", (cols * cell_w, rows * (side + label)), "white")
+    draw = ImageDraw.Draw(grid)
+    try:
+        font = ImageFont.load_default(size=11)
+    except TypeError:
+        font = ImageFont.load_default()
+    for i, (im, text) in enumerate(zip(images, captions, strict=True)):
+        x, y = (i % cols) * cell_w, (i // cols) * (side + label)
+        grid.paste(Image.fromarray(im).resize((side, side), Image.NEAREST), (x + 20, y))
+        for line_no, line in enumerate(_wrap(text, 22)[:2]):
+            width = draw.textlength(line, font=font)
+            draw.text((x + (cell_w - width) / 2, y + side + 2 + 12 * line_no), line, fill="black", font=font)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path, optimize=True)
+    return path
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    lines, line = [], ""
+    for word in text.split():
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    return [*lines, line]
+
+
+GRID_PROMPTS = (
+    "red heart", "blue heart", "grinning face with big eyes", "face with tears of joy", "smiling face with sunglasses",
+    "thumbs up", "fire", "sparkles", "rocket", "pizza", "red apple", "banana", "cat face", "dog face",
+    "sun", "snowflake", "rainbow", "japan flag", "soccer ball", "birthday cake", "light bulb", "musical note",
+    "ghost", "alien", "hamburger", "avocado", "t-rex", "octopus", "four leaf clover", "hot beverage",
+    "crescent moon", "star",
+)  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: print the full evaluation report (and optionally save the sample grid)."""
+    parser = argparse.ArgumentParser(prog="python -m sdplay.training.evaluate", description=main.__doc__)
+    parser.add_argument("--model", default="sdplay-emoji", help="built-in name or diffusers folder")
+    parser.add_argument("--data", type=Path, default=None, help="the .npz set (default: the emoji cache)")
+    parser.add_argument("-n", type=int, default=256, help="number of caption prompts")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--guidance", type=float, default=4.0)
+    parser.add_argument("--sampler", default="DPM++ 2M")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--backend", choices=["auto", "engine", "diffusers"], default="auto")
+    parser.add_argument("--grid", type=Path, default=None, help="write a sample grid PNG here")
+    parser.add_argument("--json", type=Path, default=None, help="write the report as JSON here")
+    args = parser.parse_args(argv)
+    return run_report(args)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    """Evaluate as `args` say, print the report, write the grid and JSON if asked."""
+    data = load_set(args.data)
+    settings = {k: getattr(args, k) for k in ("seed", "steps", "guidance", "sampler", "device", "backend")}
+    report, _, _ = evaluate(args.model, data, n=args.n, **settings)
+    print(report.summary(), f"({report.seconds:.1f} s)")
+    for cat, value in report.per_category.items():
+        print(f"  top-5 {value:6.1%}  {cat}")
+    print("  first misses (prompt -> nearest):", "; ".join(f"{p} -> {q}" for p, q in report.misses[:12]))
+    if args.grid:
+        prompts = [p for p in GRID_PROMPTS if p in data.captions]
+        grid_images = generate(args.model, prompts, **settings)
+        print("grid:", save_grid(grid_images, prompts, args.grid))
+    if args.json:
+        args.json.write_text(json.dumps(asdict(report), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,495 @@
+"""The train loop: first the VAE (new models only), then the UNet and text encoder on its latents.
+
+Every stage is resumable: a checkpoint holds weights, optimiser, EMA and random-generator state,
+so a run stopped with Ctrl-C and resumed ends with the same weights as one never stopped (on CPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sdplay.errors import DataError
+from sdplay.training import data as datasets
+from sdplay.training import export, models
+from sdplay.training.checkpoint import CHECKPOINT_NAME, Ema, load_checkpoint, save_checkpoint
+from sdplay.training.models import EmojiArch
+
+StepHook = Callable[[str, int, int, float], None]  # (stage, step, total_steps, loss)
+
+
+@dataclass
+class TrainConfig:
+    """What to train on, from what, for how long; defaults are those of the shipped emoji model."""
+
+    out: Path = Path("runs/emoji")
+    data: Path | None = None  # a cached .npz set; None = the emoji set
+    images: Path | None = None  # a folder of images with .txt captions (fine-tuning)
+    init: str | None = None  # model to fine-tune (name or folder); None = a new emoji model
+    arch: EmojiArch = field(default_factory=EmojiArch)
+    steps: int = 30_000
+    vae_steps: int = 4_000
+    batch_size: int = 256
+    vae_batch_size: int = 128
+    lr: float = 5e-4
+    vae_lr: float = 1e-3
+    warmup: int = 500
+    weight_decay: float = 0.01
+    ema_decay: float = 0.999
+    caption_dropout: float = 0.1
+    train_text_encoder: bool = True
+    seed: int = 0
+    device: str = "auto"
+    checkpoint_every: int = 2_000
+    max_minutes: float | None = None  # shorten the schedules (once, early) to end within this time
+    progress: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.update(out=str(self.out), data=self.data and str(self.data), images=self.images and str(self.images))
+        out["arch"] = asdict(self.arch)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        d = {k: v for k, v in d.items() if k in {f.name for f in fields(cls)}}
+        arch = d.pop("arch", None) or {}
+        arch = EmojiArch(**{k: tuple(v) if isinstance(v, list) else v for k, v in arch.items()})
+        paths = {k: Path(d[k]) if d.get(k) else None for k in ("out", "data", "images")}
+        return cls(**{**d, **paths, "arch": arch})
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced."""
+
+    model_dir: Path
+    steps: int
+    vae_steps: int
+    seconds: float
+    loss: float
+    parameters: dict[str, int]
+
+
+@dataclass
+class _Run:
+    """Everything a run holds while training."""
+
+    cfg: TrainConfig
+    device: torch.device
+    te: Any
+    unet: Any
+    vae: Any
+    tokenizer: Any
+    scheduler: dict
+    tokenizer_dir: Path | None
+    new_model: bool
+    pixels: torch.Tensor  # (N, 3, H, W) uint8
+    tokens: torch.Tensor  # (V, 77) token ids of every caption variant
+    var_start: torch.Tensor  # (N,) first variant of each image; variant 0 is its main caption
+    var_count: torch.Tensor  # (N,)
+    empty: torch.Tensor  # (77,) the empty caption, for classifier-free guidance
+    gen: torch.Generator
+    stage: str = "vae"
+    step: int = 0
+    total: int = 0
+    scaling_factor: float = 1.0
+    lat_mean: torch.Tensor | None = None
+    lat_std: torch.Tensor | None = None
+    ema: Ema | None = None
+    opt: Any = None
+    deadline: float | None = None
+    loss: float = float("nan")
+    vae_total: int = 0
+    saved: dict | None = None  # the checkpoint resumed from: optimiser and EMA state for its stage
+    noise: Any = None  # the DDPM noise schedule of the UNet stage
+
+
+def pick_device(name: str) -> torch.device:
+    """'auto' -> cuda if present, else mps, else cpu; anything else as torch names it."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def train(cfg: TrainConfig, resume: bool = False, on_step: StepHook | None = None) -> TrainResult:
+    """Train (or fine-tune) as `cfg` says, writing checkpoints to cfg.out and the model to cfg.out/model."""
+    started = time.monotonic()
+    ckpt_path = cfg.out / CHECKPOINT_NAME
+    state = load_checkpoint(ckpt_path) if resume else None
+    torch.manual_seed(cfg.seed)
+    run = _setup(cfg)
+    if cfg.max_minutes:
+        run.deadline = started + 60 * cfg.max_minutes
+    if state is not None:
+        _restore(run, state)
+    with _stop_on_sigint() as stop:
+        if run.stage == "vae":
+            _train_vae(run, stop, on_step, ckpt_path)
+        _encode_latents(run)
+        if run.stage == "unet":
+            _train_unet(run, stop, on_step, ckpt_path)
+    folder = write(run, cfg.out / "model")
+    counts = {n: models.parameter_count(m) for n, m in (("text_encoder", run.te), ("unet", run.unet), ("vae", run.vae))}
+    return TrainResult(folder, run.total, run.vae_total, time.monotonic() - started, run.loss, counts)
+
+
+# 1. Set-up ---------------------------------------------------------------------------------------
+
+
+def _setup(cfg: TrainConfig) -> _Run:
+    """Build or load the networks, load the data, tokenize every caption variant."""
+    device = pick_device(cfg.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    if cfg.init:
+        folder = export.model_folder(cfg.init)
+        te, unet, vae, tokenizer, scheduler = export.load_parts(folder)
+        tokenizer_dir, new_model = folder / "tokenizer", False
+    else:
+        te, unet, vae = (build(cfg.arch) for build in (models.build_text_encoder, models.build_unet, models.build_vae))
+        tokenizer, scheduler = export.load_tokenizer(), models.scheduler_config()
+        tokenizer_dir, new_model = None, True
+    size = 2 ** (len(vae.config.block_out_channels) - 1) * unet.config.sample_size
+    data = datasets.load_folder(cfg.images, size) if cfg.images else datasets.load_set(cfg.data)
+    if data.images.shape[1:3] != (size, size):
+        data = _resized(data, size)
+    flat = [c for v in data.variants for c in v]
+    counts = torch.tensor([len(v) for v in data.variants])
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    run = _Run(
+        cfg=cfg,
+        device=device,
+        te=te.to(device).train(cfg.train_text_encoder),
+        unet=unet.to(device).train(),
+        vae=vae.to(device).eval(),
+        tokenizer=tokenizer,
+        scheduler=scheduler,
+        tokenizer_dir=tokenizer_dir,
+        new_model=new_model,
+        pixels=torch.from_numpy(data.images).permute(0, 3, 1, 2).contiguous().to(device),
+        tokens=tokenize(tokenizer, flat).to(device),
+        var_start=(torch.cumsum(counts, 0) - counts).to(device),
+        var_count=counts.to(device),
+        empty=tokenize(tokenizer, [""])[0].to(device),
+        gen=gen,
+        stage="vae" if new_model else "unet",
+    )
+    te.requires_grad_(cfg.train_text_encoder)
+    return run
+
+
+def tokenize(tokenizer, texts: list[str]) -> torch.Tensor:
+    """Token ids padded to the tokenizer's length (77), as the pipeline pads them."""
+    return tokenizer(
+        texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
+
+
+def _resized(data: datasets.CaptionedImages, size: int) -> datasets.CaptionedImages:
+    from PIL import Image
+
+    images = np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.LANCZOS)) for im in data.images])
+    return datasets.CaptionedImages(images, data.captions, data.variants, data.source)
+
+
+@contextlib.contextmanager
+def _stop_on_sigint():
+    """Turn the first Ctrl-C into a request to stop after the current step (the second stops at once)."""
+    flag = {"stop": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        if flag["stop"]:
+            raise KeyboardInterrupt
+        flag["stop"] = True
+
+    old = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+# 2. Checkpoints ----------------------------------------------------------------------------------
+
+
+def _state(run: _Run) -> dict[str, Any]:
+    return {
+        "stage": run.stage,
+        "step": run.step,
+        "total": run.total,
+        "vae_total": run.vae_total,
+        "scaling_factor": run.scaling_factor,
+        "te": run.te.state_dict(),
+        "unet": run.unet.state_dict(),
+        "vae": run.vae.state_dict(),
+        "ema": run.ema.state_dict() if run.ema else None,
+        "opt": run.opt.state_dict() if run.opt else None,
+        "gen": run.gen.get_state(),
+        "config": run.cfg.to_dict(),
+    }
+
+
+def _restore(run: _Run, state: dict[str, Any]) -> None:
+    """Put a checkpoint's weights, stage, step and generator state back into the run."""
+    try:
+        for name in ("te", "unet", "vae"):
+            getattr(run, name).load_state_dict(state[name])
+    except (RuntimeError, KeyError) as exc:
+        raise DataError(
+            f"The checkpoint in {run.cfg.out} is for another model architecture ({exc}).",
+            hint="Resume with the same options the run started with, or start a new --out folder.",
+        ) from exc
+    run.stage, run.step, run.total = state["stage"], int(state["step"]), int(state["total"])
+    run.vae_total = int(state.get("vae_total", 0))
+    run.scaling_factor = float(state["scaling_factor"])
+    run.gen.set_state(state["gen"])
+    run.saved = state
+
+
+def _save(run: _Run, path: Path) -> None:
+    save_checkpoint(_state(run), path)
+
+
+# 3. Stages ---------------------------------------------------------------------------------------
+
+
+def _schedule(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to a tenth of the peak learning rate."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _fit_to_deadline(run: _Run, first: int, began: list[float], share: float) -> None:
+    """Once, 60 steps in: shorten the schedule so this stage ends within `share` of the time left.
+
+    The rate is measured over steps 10-60 of the stage, after warm-up (allocation, kernel selection).
+    """
+    if run.deadline is None or run.step not in (first + 10, first + 60):
+        return
+    if run.device.type == "cuda":
+        torch.cuda.synchronize()
+    if run.step == first + 10:
+        began[0] = time.monotonic()
+        return
+    rate = 50 / max(1e-6, time.monotonic() - began[0])
+    budget = share * (run.deadline - time.monotonic())
+    run.total = max(run.step + 1, min(run.total, run.step + int(rate * budget)))
+
+
+def _loop(run: _Run, stage: str, step_fn, stop: dict, on_step: StepHook | None, ckpt: Path, share: float) -> None:
+    """Run `step_fn` until the stage's total, with progress, checkpoints and Ctrl-C handling."""
+    from tqdm.auto import tqdm
+
+    cfg = run.cfg
+    first, began = run.step, [time.monotonic()]
+    import sys
+
+    interval = 1 if sys.stderr.isatty() else 30  # a log file gets a line every 30 s, not a flood
+    bar = tqdm(total=run.total, initial=run.step, desc=stage, disable=not cfg.progress, mininterval=interval)
+    running = None
+    while run.step < run.total:
+        for group in run.opt.param_groups:
+            group["lr"] = group["initial_lr"] * _schedule(run.step, run.total, cfg.warmup)
+        loss = step_fn(run)
+        running = loss if running is None else 0.98 * running + 0.02 * loss
+        run.step += 1
+        _fit_to_deadline(run, first, began, share)
+        bar.total = run.total
+        bar.update(1)
+        if run.step % 25 == 0 or run.step == run.total:
+            run.loss = float(running)
+            bar.set_postfix(loss=f"{run.loss:.4f}", refresh=False)
+        if on_step:
+            on_step(stage, run.step, run.total, float(loss))
+        if stop["stop"] or run.step % cfg.checkpoint_every == 0:
+            _save(run, ckpt)
+        if stop["stop"]:
+            bar.close()
+            print(f"stopped at {stage} step {run.step}; checkpoint {ckpt}. Resume with --resume.")
+            raise KeyboardInterrupt
+    bar.close()
+    run.loss = float(running) if running is not None else run.loss
+
+
+def _optimizer(run: _Run, params: list, lr: float, state_key: str) -> torch.optim.Optimizer:
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=run.cfg.weight_decay, betas=(0.9, 0.99))
+    for group in opt.param_groups:
+        group["initial_lr"] = lr
+    saved = run.saved
+    if saved and saved.get("stage") == state_key and saved.get("opt"):
+        opt.load_state_dict(saved["opt"])
+        for group in opt.param_groups:
+            group["initial_lr"] = lr
+    return opt
+
+
+def _autocast(run: _Run):
+    if run.device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _train_vae(run: _Run, stop: dict, on_step: StepHook | None, ckpt: Path) -> None:
+    """Stage 1: the autoencoder, on L1 + image-gradient L1 + a very small KL term."""
+    cfg = run.cfg
+    if run.step == 0 and run.total == 0:
+        run.total = cfg.vae_steps
+    run.vae.train().requires_grad_(True)
+    run.opt = _optimizer(run, list(run.vae.parameters()), cfg.vae_lr, "vae")
+    _loop(run, "vae", _vae_step, stop, on_step, ckpt, share=0.25)
+    run.vae.eval().requires_grad_(False)
+    run.vae_total = run.total
+    run.scaling_factor = _scaling_factor(run)
+    run.stage, run.step, run.total, run.opt = "unet", 0, 0, None
+    _save(run, ckpt)
+
+
+def _vae_step(run: _Run) -> float:
+    idx = torch.randint(len(run.pixels), (run.cfg.vae_batch_size,), generator=run.gen, device=run.device)
+    x = run.pixels[idx].float() / 127.5 - 1  # (B, 3, H, W) in [-1, 1]
+    with _autocast(run):
+        posterior = run.vae.encode(x).latent_dist
+        rec = run.vae.decode(posterior.sample(generator=run.gen)).sample.float()
+    dx = lambda t: t[..., :, 1:] - t[..., :, :-1]  # noqa: E731
+    dy = lambda t: t[..., 1:, :] - t[..., :-1, :]  # noqa: E731
+    loss = F.l1_loss(rec, x) + 0.5 * (F.l1_loss(dx(rec), dx(x)) + F.l1_loss(dy(rec), dy(x)))
+    loss = loss + 1e-6 * posterior.kl().mean()
+    run.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(run.vae.parameters(), 1.0)
+    run.opt.step()
+    return loss.detach()
+
+
+@torch.no_grad()
+def _posterior(run: _Run) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard deviation of every image's latent (unscaled)."""
+    means, stds = [], []
+    for chunk in run.pixels.split(64):
+        dist = run.vae.encode(chunk.float() / 127.5 - 1).latent_dist
+        means.append(dist.mean)
+        stds.append(dist.std)
+    return torch.cat(means), torch.cat(stds)
+
+
+def _scaling_factor(run: _Run) -> float:
+    """1 / std of the latents, so the UNet sees unit-variance inputs (as SD's 0.18215 does)."""
+    mean, _ = _posterior(run)
+    return float(1.0 / mean.float().std())
+
+
+def _encode_latents(run: _Run) -> None:
+    if run.new_model:
+        run.vae.register_to_config(scaling_factor=run.scaling_factor)
+    else:
+        run.scaling_factor = float(run.vae.config.scaling_factor)
+    run.vae.eval().requires_grad_(False)
+    run.lat_mean, run.lat_std = _posterior(run)
+
+
+def _trainable(run: _Run) -> list[torch.nn.Parameter]:
+    params = list(run.unet.parameters())
+    return params + list(run.te.parameters()) if run.cfg.train_text_encoder else params
+
+
+def _train_unet(run: _Run, stop: dict, on_step: StepHook | None, ckpt: Path) -> None:
+    """Stage 2: the UNet (and text encoder) on noise prediction, min-SNR weighted."""
+    from diffusers import DDPMScheduler
+
+    cfg = run.cfg
+    if run.step == 0 and run.total == 0:
+        run.total = cfg.steps
+    params = _trainable(run)
+    run.opt = _optimizer(run, params, cfg.lr, "unet")
+    run.ema = Ema(params, cfg.ema_decay)
+    if run.saved and run.saved.get("stage") == "unet" and run.saved.get("ema"):
+        run.ema.load_state_dict(run.saved["ema"])
+    keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "prediction_type")
+    run.noise = DDPMScheduler(**{k: run.scheduler[k] for k in keys if k in run.scheduler})
+    run.noise.alphas_cumprod = run.noise.alphas_cumprod.to(run.device)
+    _loop(run, "unet", _unet_step, stop, on_step, ckpt, share=0.97)
+    run.stage = "done"
+    _save(run, ckpt)
+
+
+def _unet_step(run: _Run) -> torch.Tensor:
+    cfg, g, dev = run.cfg, run.gen, run.device
+    b = cfg.batch_size
+    idx = torch.randint(len(run.pixels), (b,), generator=g, device=dev)
+    # half the time the main caption, otherwise any variant; `caption_dropout` of them empty
+    any_variant = (torch.rand(b, generator=g, device=dev) * run.var_count[idx]).long()
+    main = torch.rand(b, generator=g, device=dev) < 0.5
+    tokens = run.tokens[run.var_start[idx] + torch.where(main, 0, any_variant)]
+    drop = torch.rand(b, generator=g, device=dev) < cfg.caption_dropout
+    tokens = torch.where(drop[:, None], run.empty[None], tokens)  # (B, 77)
+    eps = torch.randn(run.lat_mean[idx].shape, generator=g, device=dev)
+    latents = (run.lat_mean[idx] + run.lat_std[idx] * eps) * run.scaling_factor  # (B, 4, h, w)
+    noise = torch.randn(latents.shape, generator=g, device=dev)
+    t = torch.randint(0, run.noise.config.num_train_timesteps, (b,), generator=g, device=dev)
+    noisy = run.noise.add_noise(latents, noise, t)
+    v_pred = run.scheduler.get("prediction_type", "epsilon") == "v_prediction"
+    target = run.noise.get_velocity(latents, noise, t) if v_pred else noise
+    with _autocast(run):
+        context = run.te(tokens)[0]
+        pred = run.unet(noisy, t, encoder_hidden_states=context).sample.float()
+    snr = run.noise.alphas_cumprod[t] / (1 - run.noise.alphas_cumprod[t])
+    weight = snr.clamp(max=5.0) / (snr + 1 if v_pred else snr)  # min-SNR-5, Hang et al. (2023)
+    loss = (weight * (pred - target).pow(2).mean(dim=(1, 2, 3))).mean()
+    run.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    params = _trainable(run)
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    run.opt.step()
+    run.ema.update(params, run.step)
+    return loss.detach()
+
+
+# 4. Export ---------------------------------------------------------------------------------------
+
+
+def write(run: _Run, folder: Path) -> Path:
+    """Write the EMA weights as a diffusers folder (fp16 safetensors)."""
+    import copy
+
+    te, unet = copy.deepcopy(run.te), copy.deepcopy(run.unet)
+    if run.ema is not None:
+        run.ema.copy_to(_trainable_of(te, unet, run.cfg.train_text_encoder))
+    return export.write_model(folder, te, unet, run.vae, run.scheduler, run.tokenizer_dir, model_readme(run))
+
+
+def _trainable_of(te, unet, with_text: bool) -> list[torch.nn.Parameter]:
+    return list(unet.parameters()) + (list(te.parameters()) if with_text else [])
+
+
+def model_readme(run: _Run) -> str:
+    """The model card written beside the weights: data, licences, training settings."""
+    from sdplay.training.card import card, fine_tune_note
+
+    if run.new_model:
+        return card(run.cfg.to_dict(), run.vae_total, run.total, run.loss)
+    base = run.tokenizer_dir.parent / "README.md" if run.tokenizer_dir else None
+    text = base.read_text() if base and base.is_file() else f"# Fine-tuned from {run.cfg.init}\n"
+    return text.rstrip() + "\n\n" + fine_tune_note(run.cfg.to_dict(), run.total, run.loss)
