@@ -22,7 +22,7 @@ from tiny import make_tiny_folder
 from sdplay import catalog
 from sdplay.images import read_png_info
 
-pytestmark = [pytest.mark.slow, pytest.mark.server, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.slow, pytest.mark.server, pytest.mark.timeout(180)]
 
 READY_S = 90  # two replicas importing torch and loading the model on two cores
 
@@ -43,7 +43,10 @@ def _model(tmp: Path) -> str:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory) -> Iterator[dict]:
-    """A local Ray cluster (3 logical CPUs) serving sdplay with 2 fixed CPU replicas; always shut down."""
+    """A local Ray cluster (3 logical CPUs) serving sdplay with 2 fixed CPU replicas; always shut down.
+
+    Each replica keeps one model: both load `model` at start; `other` is offered but loaded on demand.
+    """
     from ray import serve
 
     from sdplay.scaleout.app import deploy
@@ -52,18 +55,21 @@ def cluster(tmp_path_factory) -> Iterator[dict]:
 
     tmp = tmp_path_factory.mktemp("ray")
     model = _model(tmp)
+    other = str(make_tiny_folder("sd1", tmp / "tiny-other", seed=1))  # in the catalog, loaded by no replica
     env = {"HF_HUB_OFFLINE": "1", "SDPLAY_CACHE": str(tmp / "cache"), "OMP_NUM_THREADS": "1"}
     ray.init(num_cpus=3, num_gpus=0, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env},
              object_store_memory=256 * 2**20)  # fmt: skip
     try:
         port = _free_port()
         settings = Settings(port=port, output_dir=tmp / "out", gallery_db=tmp / "gallery.sqlite3",
-                            default_model=model, models_preload=(model,), max_batch=2, batch_window_ms=0.0)  # fmt: skip
-        options = RayOptions(replicas=2, num_cpus=1, max_ongoing_requests=2, start_timeout_s=60)
+                            default_model=model, models_preload=(model, other), max_batch=2,
+                            batch_window_ms=0.0)  # fmt: skip
+        options = RayOptions(replicas=2, num_cpus=1, max_ongoing_requests=2, models_per_replica=1,
+                             start_timeout_s=60)  # fmt: skip
         deploy(settings, options)
         url = f"http://127.0.0.1:{port}"
         _wait_healthy(url)
-        yield {"url": url, "model": model, "out": tmp / "out"}
+        yield {"url": url, "model": model, "other": other, "out": tmp / "out"}
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -149,6 +155,22 @@ def test_requests_through_http_spread_over_both_replicas(cluster, client):
     assert client.get("/api/v1/system").json()["workers"] == ["ray-0", "ray-1", "ray-2", "ray-3"]  # 2 x 2 slots
     served = client.get("/api/v1/cluster").json()["served"]
     assert set(served) == set(replicas) and sum(served.values()) >= 5  # 8 jobs (some batched in pairs) + 1
+
+
+def made_on(client: httpx.Client, model: str) -> str:
+    """Run one short job on `model` alone; the replica that made it."""
+    job = client.post("/api/v1/jobs", json={"prompt": "route me", "model": model, "steps": 4}).json()
+    view = wait_job(client, job["id"])
+    assert view["status"] == "done", view
+    return serving(client, view)[0]["replica"]
+
+
+def test_requests_go_to_the_replica_that_holds_their_model(cluster, client):
+    loader = made_on(client, cluster["other"])  # that replica swaps its model for `other`
+    time.sleep(1.5)  # replicas report the models they hold to the routers every 0.1 s
+    assert [made_on(client, cluster["other"]) for _ in range(4)] == [loader] * 4
+    holders = {made_on(client, cluster["model"]) for _ in range(4)}
+    assert len(holders) == 1 and loader not in holders  # only the other replica still holds `model`
 
 
 def test_progress_and_previews_stream_back(cluster, client):

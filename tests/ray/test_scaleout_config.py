@@ -95,7 +95,8 @@ def test_results_travel_as_png_bytes_and_come_back_equal():
     assert all(png.startswith(b"\x89PNG\r\n\x1a\n") for png in sent.pngs)
     got = wire.from_wire(sent, {"backend": "ray", "replica": "r1", "attempt": 2})
     assert [img.tobytes() for img in got.images] == [img.tobytes() for img in _result().images]
-    assert (got.seeds, got.request, got.timings, got.nsfw) == ([5, 6], _result().request, _result().timings, [False, True])
+    assert (got.seeds, got.request, got.timings) == ([5, 6], _result().request, _result().timings)
+    assert got.nsfw == [False, True] and got.peak_memory_bytes == 123 and got.telemetry == {"gpu_util": 50}
     assert got.metadata == {"model": "m", "serving": {"backend": "ray", "replica": "r1", "attempt": 2}}
 
 
