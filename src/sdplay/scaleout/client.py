@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import itertools
 import logging
 import random
@@ -117,8 +118,8 @@ class RayEngineClient(EngineProtocol):
                     lost = self.running[call]["replica"]
                     log.warning("replica %s died during attempt %d of %d: %s", lost, attempt, ATTEMPTS, exc)
                     if attempt < ATTEMPTS:
-                        self.retries += 1
-            self.failures += 1
+                        self._count("retries")
+            self._count("failures")
             raise ReplicaFailed(
                 f"The engine replica running this job died, and so did the one it was retried on ({ATTEMPTS} tries).",
                 hint="Submit the job again; if it keeps failing, check the replicas' logs (`ray logs`) for the cause, "
@@ -156,6 +157,10 @@ class RayEngineClient(EngineProtocol):
         except Cancelled:
             stream.cancel()  # the replica stops at its next step
             raise
+        except LOST:
+            with contextlib.suppress(Exception):  # if it only looked dead (unreachable), stop it anyway
+                stream.cancel()
+            raise
         except (ray.exceptions.TaskCancelledError, concurrent.futures.CancelledError) as exc:
             raise self._not_taken() from exc
         finally:
@@ -169,8 +174,12 @@ class RayEngineClient(EngineProtocol):
         serving = {"backend": "ray", "replica": replica, "attempt": attempt}
         return [wire.from_wire(r, serving) for r in results]
 
+    def _count(self, name: str) -> None:
+        with self._lock:
+            setattr(self, name, getattr(self, name) + 1)
+
     def _not_taken(self) -> SdplayError:
-        self.failures += 1
+        self._count("failures")
         return ReplicaFailed(
             f"No engine replica took the job within {self.options.start_timeout_s:.0f} s.",
             hint="Check that the cluster has the resources one replica needs (`ray status`) and the replicas' logs.",
