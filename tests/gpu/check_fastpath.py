@@ -2,7 +2,7 @@
 
 Run on a CUDA machine: `python tests/gpu/check_fastpath.py [sd-v1-4 sd-v2-1 sdxl-base-1.0]`; writes
 $OUT/fastpath_check.json when OUT is set. Random full-size weights in fp16 (the same seed for both), fresh random
-inputs for every trial, a second UNet shape (batch 1, another height) to exercise recapture. Passes when every
+inputs for every trial, a second UNet shape (another height) to exercise recapture. Passes when every
 relative error is at most 1e-2 and every output is finite.
 """
 

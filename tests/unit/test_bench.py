@@ -61,11 +61,12 @@ def report(tiny_models):
 def test_report_has_every_variant_with_phases_and_throughput(report):
     model = report["models"][0]
     assert set(model["variants"]) == {"diffusers", "sdplay-eager", "sdplay-fast[backend=eager]"}
-    for res in model["variants"].values():
+    for name, res in model["variants"].items():
         assert len(res["e2e_s"]["runs"]) == 2 and res["e2e_s"]["median"] > 0
         assert res["images_per_s"] == pytest.approx(1 / res["e2e_s"]["median"])
         assert res["phases_s"]["text"] > 0 and res["phases_s"]["vae"] > 0 and res["phases_s"]["unet_call"] > 0
-        assert res["unet_step_s"]["median"] > 0 and res["large_batch"]["batch"] == 2
+        assert res["unet_step_s"]["median"] > 0
+        assert (res["large_batch"] is None) if "[" in name else (res["large_batch"]["batch"] == 2)  # probes: b1 only
         assert res["mfu"] is None  # no known peak for a CPU
     fast = model["variants"]["sdplay-fast[backend=eager]"]["setup"]["optimisation"]["fast_path"]
     assert fast["compiled"] and fast["config"]["backend"] == "eager"
@@ -75,7 +76,7 @@ def test_report_has_every_variant_with_phases_and_throughput(report):
 
 def test_fast_path_exactness_is_measured(report):
     check = report["models"][0]["exactness"]["fast_vs_eager"]
-    assert [u["batch"] for u in check["unet"]] == [2, 1]
+    assert [(u["batch"], u["height"]) for u in check["unet"]] == [(2, 64), (2, 128)]
     assert max(u["rel_error"] for u in check["unet"]) < 1e-4
     assert check["vae"]["rel_error"] < 1e-4 and check["image_max_abs_diff"] <= 1
     assert report["models"][0]["exactness"]["eager_vs_diffusers"]["image_psnr_db"] > 40

@@ -30,7 +30,7 @@ def compare(ref: Variant, new: Variant, work: Workload, seed: int, trials: int =
     """UNet (two shapes), VAE decode and text encoder errors on fresh random inputs, then same-seed images."""
     out: dict[str, Any] = {}
     if modules:
-        shapes = [(2, work.width, work.height), (1, work.width, _other_side(work.height))]
+        shapes = [(2, work.width, work.height), (2, work.width, _other_side(work.height))]
         out["unet"] = [_unet_error(ref, new, *shape, trials) for shape in shapes]
         out["vae"] = _vae_error(ref, new, work, trials)
         out["text_encoder"] = _text_error(ref, new, trials)

@@ -96,8 +96,7 @@ def _unet_inputs(pipe: Any, batch: int, width: int, height: int, host_timestep: 
 
     unet = pipe.unet
     dev, dtype, cfg = unet.device, unet.dtype, unet.config
-    sample = torch.randn(batch, cfg.in_channels, height // 8, width // 8, device=dev, dtype=dtype)
-    sample = sample.contiguous(memory_format=torch.channels_last) if _channels_last(unet) else sample
+    sample = torch.randn(batch, cfg.in_channels, height // 8, width // 8, device=dev, dtype=dtype)  # as pipelines
     t = torch.tensor(499) if host_timestep else torch.tensor(499, device=dev)
     states = torch.randn(batch, 77, cfg.cross_attention_dim, device=dev, dtype=dtype)
     kwargs: dict[str, Any] = {"encoder_hidden_states": states, "return_dict": False}
@@ -108,13 +107,6 @@ def _unet_inputs(pipe: Any, batch: int, width: int, height: int, host_timestep: 
             "time_ids": torch.tensor([[height, width, 0, 0, height, width]] * batch, device=dev, dtype=dtype),
         }
     return (sample, t), kwargs
-
-
-def _channels_last(module: Any) -> bool:
-    import torch
-
-    weight = next((p for p in module.parameters() if p.dim() == 4), None)
-    return weight is not None and weight.is_contiguous(memory_format=torch.channels_last)
 
 
 def unet_step_seconds(pipe: Any, device: DeviceInfo, batch: int, width: int, height: int, iters: int,
@@ -145,16 +137,19 @@ def weight_bytes(pipe: Any) -> int:
     return sum(seen.values())
 
 
-def graph_pool_bytes(pipe: Any) -> int:
+def graph_pool_bytes(pipe: Any) -> int | None:
     """Bytes the pipeline's CUDA graphs hold in their private memory pool (0 without graphs)."""
     fast = getattr(pipe, "sdplay_fast", None)
     if fast is None or fast.pool.handle is None:
         return 0
     import torch
 
-    pool = tuple(fast.pool.handle)
-    segments = torch.cuda.memory_snapshot()
-    return sum(s["total_size"] for s in segments if tuple(s.get("segment_pool_id", ())) == pool)
+    try:
+        pool = tuple(fast.pool.handle)
+        segments = torch.cuda.memory_snapshot()
+        return sum(s["total_size"] for s in segments if tuple(s.get("segment_pool_id", ())) == pool)
+    except (TypeError, KeyError, RuntimeError):  # snapshot layout differs between torch versions
+        return None
 
 
 def matmul_tflops(device: DeviceInfo, dtype: str, n: int = 8192, iters: int = 10) -> float | None:

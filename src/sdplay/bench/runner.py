@@ -154,7 +154,7 @@ def _phases_and_memory(v: Variant, cfg: BenchConfig, work: Workload) -> dict[str
         activations = torch.cuda.max_memory_allocated() - before
         weights, pool = probes.weight_bytes(v.pipe), probes.graph_pool_bytes(v.pipe)
         res["memory"] = {"weights": weights, "run_peak_above_weights": activations, "graph_pool": pool,
-                         "peak": weights + activations + pool}  # fmt: skip
+                         "peak": weights + activations + (pool or 0)}  # fmt: skip
     return res
 
 
