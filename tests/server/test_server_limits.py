@@ -140,3 +140,12 @@ def test_sixteen_clients_four_requests_each_get_their_own_images(tmp_path):
         assert sum(engine.calls) == 64 and max(engine.calls) > 1
         assert len(engine.threads) == 1  # one worker thread owns the engine
         assert s.service.gallery.search(limit=1)[1] == 64
+
+
+def test_models_say_whether_the_server_can_run_them(tmp_path):
+    with live_server(tmp_path) as s, s.client() as c:
+        usable = {m["name"]: m["usable"] for m in c.get("/api/v1/models").json()["models"]}
+        assert usable == {"sdplay-emoji": True, "sd-v1-4": True, "sdxl-base-1.0": False}
+    with live_server(tmp_path, random_weights=True) as s, s.client() as c:
+        assert all(m["usable"] for m in c.get("/api/v1/models").json()["models"])
+        assert c.post("/api/v1/jobs", json={"prompt": "x", "model": "sdxl-base-1.0"}).status_code == 202

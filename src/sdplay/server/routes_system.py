@@ -46,7 +46,7 @@ def models(service: Service = Depends(get_service)) -> ModelList:
         default = service.default_model()
     except ModelNotAvailable:
         default = None
-    return ModelList(models=[ModelView.of(m) for m in service.catalog.models], default=default)
+    return ModelList(models=[ModelView.of(m, service.usable(m)) for m in service.catalog.models], default=default)
 
 
 @protected.get("/api/v1/samplers", response_model=SamplerList)

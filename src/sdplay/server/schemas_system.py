@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from sdplay.types import ModelInfo
 
@@ -17,6 +17,7 @@ class ModelView(BaseModel):
     default_steps: int
     default_guidance: float
     available: bool
+    usable: bool = Field(description="The server can run it: weights here, or models built with random weights.")
     loaded: bool = False
     aliases: list[str] = []
     description: str = ""
@@ -24,8 +25,8 @@ class ModelView(BaseModel):
     how_to_get: str = ""
 
     @classmethod
-    def of(cls, info: ModelInfo) -> ModelView:
-        return cls(**asdict(info))
+    def of(cls, info: ModelInfo, usable: bool) -> ModelView:
+        return cls(**asdict(info), usable=usable)
 
 
 class ModelList(BaseModel):
