@@ -51,11 +51,13 @@ class Engine(EngineProtocol):
         *,
         max_models: int = 2,
         memory_budget_bytes: int | None = None,
+        monitor: bool = False,
         **overrides: Any,
     ):
         self.options = replace(options or LoadOptions(), **overrides)
         self.max_models = max_models
         self.memory_budget_bytes = memory_budget_bytes
+        self.monitor = monitor  # record device telemetry during every generation
         self._models: OrderedDict[tuple[str, str, str], LoadedModel] = OrderedDict()
         self._lock = threading.RLock()
         self._devices: list[DeviceInfo] | None = None
@@ -115,18 +117,18 @@ class Engine(EngineProtocol):
 
     # -- generation -----------------------------------------------------------------------
     def generate(
-        self, request: GenerationRequest, on_step: StepCallback | None = None, monitor: bool = False
+        self, request: GenerationRequest, on_step: StepCallback | None = None, monitor: bool | None = None
     ) -> GenerationResult:
         return self.generate_batch([request], on_step, monitor)[0]
 
     def generate_batch(
-        self, requests: list[GenerationRequest], on_step: StepCallback | None = None, monitor: bool = False
+        self, requests: list[GenerationRequest], on_step: StepCallback | None = None, monitor: bool | None = None
     ) -> list[GenerationResult]:
         """Generate several compatible requests as shared UNet batches; each keeps its prompts and seeds."""
         resolved = [self.resolve(r) for r in requests]
         _check_compatible(resolved)
         with self._lock:
-            if not monitor:
+            if not (self.monitor if monitor is None else monitor):
                 return self._generate(resolved, on_step)
             from sdplay.telemetry import record
 

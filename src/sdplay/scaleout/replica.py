@@ -27,7 +27,9 @@ class EngineReplica:
 
         self.options = options
         # The multiplexer decides which models stay (and tells the router); the engine never evicts on its own.
-        self.engine = Engine(random_weights=options.random_weights, max_models=options.models_per_replica + 1)
+        self.engine = Engine(
+            random_weights=options.random_weights, max_models=options.models_per_replica + 1, monitor=True
+        )
         context = serve.get_replica_context()
         self.replica = context.replica_id.unique_id
         self.actor_name = context.replica_id.to_full_id_str()

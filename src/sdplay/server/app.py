@@ -85,7 +85,7 @@ def default_engine(settings: Settings) -> EngineProtocol:
     """The real engine (imported only when no engine is given)."""
     from sdplay.engine import Engine
 
-    return Engine(random_weights=settings.random_weights)
+    return Engine(random_weights=settings.random_weights, monitor=True)
 
 
 class BodyLimit:
