@@ -144,18 +144,21 @@ def generate_with_pipeline(
     return np.concatenate(out)
 
 
-def generate_with_engine(model: str, prompts: list[str], seed: int, steps: int, guidance: float, sampler: str):
-    """The same through sdplay's Engine, one request per prompt."""
+def generate_with_engine(
+    model: str, prompts: list[str], seed: int, steps: int, guidance: float, sampler: str, batch: int = 32
+) -> np.ndarray:
+    """The same through sdplay's Engine: one request per prompt, run as shared batches."""
     from sdplay.engine import Engine
     from sdplay.types import GenerationRequest
 
     engine = Engine()
     out = []
-    for p in prompts:
-        request = GenerationRequest(
-            prompt=p, model=model, seed=seed, steps=steps, guidance=guidance, sampler=sampler, device="cpu"
-        )
-        out.append(np.asarray(engine.generate(request).images[0].convert("RGB")))
+    for start in range(0, len(prompts), batch):
+        requests = [
+            GenerationRequest(prompt=p, model=model, seed=seed, steps=steps, guidance=guidance, sampler=sampler)
+            for p in prompts[start : start + batch]
+        ]
+        out += [np.asarray(r.images[0].convert("RGB")) for r in engine.generate_batch(requests)]
     return np.stack(out)
 
 

@@ -1,0 +1,72 @@
+"""The shipped emoji model draws what it is asked, through the Engine, on the CPU.
+
+Generates 40 caption prompts of the training data (a fixed spread over all categories) at the catalog's
+default settings and seed 0, and checks each image's nearest training image; the full 256-prompt report
+is `python -m sdplay.training.evaluate` (figures in docs/emoji-model.md).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from sdplay.catalog import ASSETS, builtin
+from sdplay.errors import DataError
+from sdplay.training.data import load_set, prepare
+from sdplay.training.evaluate import evaluate
+from sdplay.training.export import check_folder, folder_size
+
+pytestmark = pytest.mark.slow
+FOLDER = ASSETS / "sdplay-emoji"
+N_PROMPTS = 40
+
+
+@pytest.fixture(scope="module")
+def emoji_set():
+    """The training images (fetched with npm and cached on first use)."""
+    try:
+        return load_set(prepare())
+    except DataError:
+        if shutil.which("npm") is None:
+            pytest.skip("npm is needed to fetch the emoji images for the reference set")
+        raise
+
+
+@pytest.fixture(scope="module")
+def report(emoji_set):
+    spec = builtin("sdplay-emoji")
+    settings = dict(steps=spec.default_steps, guidance=spec.default_guidance, sampler=spec.default_sampler)
+    result, images, prompts = evaluate("sdplay-emoji", emoji_set, n=N_PROMPTS, seed=0, backend="engine", **settings)
+    assert images.shape == (len(prompts), 64, 64, 3)
+    return result
+
+
+def test_images_are_nearest_to_their_own_emoji(report):
+    # measured on this subset: see docs/emoji-model.md; the bars sit well below, so a broken model fails
+    assert report.n == N_PROMPTS
+    assert report.top5 >= 0.85, report.misses
+    assert report.top1 >= 0.75, report.misses
+
+
+def test_colours_follow_the_prompt(report):
+    assert report.colours["red heart"] >= 0.6
+    assert report.colours["blue heart"] >= 0.6
+
+
+def test_folder_is_a_small_plain_diffusers_pipeline():
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    check_folder(FOLDER)
+    assert folder_size(FOLDER) < 30e6
+    index = json.loads((FOLDER / "model_index.json").read_text())
+    assert index["safety_checker"] == [None, None] and index["requires_safety_checker"] is False
+    pipe = StableDiffusionPipeline.from_pretrained(FOLDER, dtype=torch.float32, local_files_only=True)
+    assert pipe.vae_scale_factor * pipe.unet.config.sample_size == builtin("sdplay-emoji").native_size
+    assert pipe.tokenizer.vocab_size == 49408
+    for name in ("vocab.json", "merges.txt"):
+        assert (FOLDER / "tokenizer" / name).read_bytes() == (ASSETS / "clip_tokenizer" / name).read_bytes()
+    licences = (FOLDER / "README.md").read_text()
+    assert "Apache License 2.0" in licences and "MIT License" in licences
