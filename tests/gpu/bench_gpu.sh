@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU benchmark runs behind docs/benchmarks.md. Usage: bash tests/gpu/bench_gpu.sh STAGE [STAGE...]
-# Stages: sd1 sd2 sdxl static check telemetry. Needs diffusers (and torchsde) importable;
+# Stages: sd1 sd1-compile sd2 sdxl check telemetry. Needs diffusers (and torchsde) importable;
 # writes JSON, markdown and logs under $OUT (default ./outputs/gpu). Each model runs in its own process with its
 # own empty compile cache, so its first fast image is a cold compile and its restart check a warm one.
 set -u
@@ -17,6 +17,7 @@ bench() {  # NAME LIMIT_S ARGS...
   echo "== $name: exit $?" | tee -a "$OUT/log.txt"
   tail -n 12 "$OUT/$name.md"
 }
+R2="sdplay-fast[regions=BasicTransformerBlock+ResnetBlock2D]" FULL="sdplay-fast[compile=full,dynamic=false]"
 FAST_PROBES="sdplay-fast[compile=none],sdplay-fast[compile=none,fuse_qkv=false],sdplay-fast[host_timesteps=false]"
 for stage in "$@"; do
   case $stage in
@@ -24,8 +25,8 @@ for stage in "$@"; do
       --variants "diffusers,sdplay-eager,sdplay-fast,$FAST_PROBES" ;;
     sd2) bench sd2 200 -m sd-v2-1 --runs 5 --max-batch 8 --large-runs 1 --check --restart ;;
     sdxl) bench sdxl 330 -m sdxl-base-1.0 --runs 5 --max-batch 4 --large-runs 1 --check --restart ;;
-    static) bench static 240 -m sd-v1-4 --runs 5 --max-batch 1 \
-      --variants "sdplay-fast,sdplay-fast[dynamic=false],sdplay-fast[vae=compile,regions=BasicTransformerBlock+ResnetBlock2D]" ;;
+    sd1-compile) bench sd1-compile 500 -m sd-v1-4 --runs 7 --max-batch 8 --check \
+      --variants "diffusers,sdplay-eager,sdplay-fast,$R2,$FULL" --restart-variants "sdplay-fast,$R2,$FULL" ;;
     check) SDPLAY_CACHE=/tmp/sdplay-cache-sd1 timeout 150 python3 tests/gpu/check_fastpath.py sd-v1-4 2>&1 | tail -n 5 ;;
     telemetry) SDPLAY_CACHE=/tmp/sdplay-cache-sd1 timeout 150 python3 tests/gpu/check_telemetry.py >"$OUT/telemetry.log" 2>&1
       echo "== telemetry: exit $?"; tail -n 15 "$OUT/telemetry.log" ;;

@@ -19,7 +19,8 @@ MARK = "SDPLAY_RESTART_RESULT "
 def restart_all(work: Any, cfg: Any, device: DeviceInfo, log: Any) -> dict[str, Any]:
     """Run every variant once in its own process; returns load, first and second image times, fresh memory."""
     results = {}
-    for text in [t for t in cfg.variants if "[" not in t]:  # the plain variants; option variants are probes
+    chosen = cfg.restart_variants or [t for t in cfg.variants if "[" not in t]  # by default not the probes
+    for text in chosen:
         cmd = [sys.executable, "-m", "sdplay.bench.restart", "--variant", text, "--device", device.id,
                "--model", work.spec.name if work.random_weights else str(work.spec.weights_dir or work.spec.name),
                "--work", json.dumps(_work_dict(work)), "--seed", str(cfg.seed)]  # fmt: skip

@@ -35,6 +35,7 @@ class BenchConfig:
     seed: int = 1
     check: bool = False  # exactness of the fast path against sdplay eager
     restart: bool = False  # first image after a restart (warm compile cache), fresh-process memory
+    restart_variants: tuple[str, ...] | None = None  # None: the variants without options
 
 
 def run_bench(cfg: BenchConfig, log: Log = print, save: Callable[[dict], None] | None = None) -> dict[str, Any]:

@@ -33,6 +33,7 @@ def register(sub) -> None:
     p.add_argument("--unet-iters", type=int, default=30)
     p.add_argument("--check", action="store_true", help="also measure fast-path exactness against eager")
     p.add_argument("--restart", action="store_true", help="also time the first image in a fresh process")
+    p.add_argument("--restart-variants", default=None, help="which variants --restart covers (default: no [options])")
     p.add_argument("--json", type=Path, default=None, help="write the full report here")
     p.add_argument("--markdown", type=Path, default=None, help="write the table here")
     p.set_defaults(func=run)
@@ -72,11 +73,12 @@ def run(args: argparse.Namespace) -> int:
     from sdplay.bench.report import to_markdown, write
 
     width, height = parse_size(args.size)
+    chosen = variant_list(args.restart_variants) if args.restart_variants else None
     cfg = BenchConfig(models=tuple(args.model or ["sd-v1-4"]), variants=variant_list(args.variants),
                       device=args.device, dtype=args.dtype, steps=args.steps, width=width, height=height,
                       runs=args.runs, warmup=args.warmup, max_batch=args.max_batch, large_runs=args.large_runs,
                       unet_iters=args.unet_iters, random_weights=args.random_weights, check=args.check,
-                      restart=args.restart)  # fmt: skip
+                      restart=args.restart or bool(args.restart_variants), restart_variants=chosen)  # fmt: skip
     command = command_line(args)
 
     def save(partial: dict) -> None:
