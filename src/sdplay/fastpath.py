@@ -31,6 +31,7 @@ class FastConfig:
     fuse_qkv: bool = True  # one projection for query, key and value (shared storage, no extra memory)
     vae: str = "graph"  # "compile" (regional ResnetBlock2D + graph), "graph", "off"
     vae_channels_last: bool = False  # measured slower on an H100 (GroupNorm and upsampling at full resolution)
+    vae_half: bool = True  # SD 1.x/2.x decode in the pipeline's dtype, as diffusers' own pipeline does (not SDXL)
     text: str = "graph"  # "graph" or "off" for the text encoders
     host_timesteps: bool = True  # scheduler arithmetic on the host: no device sync per step
     max_graphs: int = 8  # signatures kept per module (least recently used dropped)
@@ -96,17 +97,22 @@ def apply_fast_path(pipe: Any, device: DeviceInfo, opts: Any, family: Family) ->
     config = FastConfig.parse(os.environ.get(ENV))
     if device.kind != "cuda":
         config = replace(config, graphs=False, host_timesteps=False)
-    return accelerate(pipe, device, config)
+    return accelerate(pipe, device, config, family=family)
 
 
-def accelerate(pipe: Any, device: DeviceInfo, config: FastConfig, recorder: Any = None) -> dict[str, Any]:
+def accelerate(
+    pipe: Any, device: DeviceInfo, config: FastConfig, recorder: Any = None, family: Family | None = None
+) -> dict[str, Any]:
     """Install the fast path on a pipeline already on its device; returns the choices made."""
     import torch
 
-    # 1. Fused query/key/value projections; the VAE's memory layout.
+    # 1. Fused query/key/value projections; the VAE's memory layout and dtype.
     choices: dict[str, Any] = {"fused_qkv": fuse_qkv(pipe) if config.fuse_qkv else []}
     layout = torch.channels_last if config.vae_channels_last else torch.contiguous_format
     pipe.vae.to(memory_format=layout)
+    if config.vae_half and family in (Family.SD1, Family.SD2) and pipe.vae.dtype != pipe.unet.dtype:
+        pipe.vae.to(dtype=pipe.unet.dtype)  # sdplay eager upcasts these VAEs; diffusers' pipeline does not
+    choices["vae_dtype"] = str(pipe.vae.dtype).removeprefix("torch.")
     # 2. torch.compile over repeated blocks, cached on disk across restarts.
     if config.compile != "none" or config.vae == "compile":
         choices["compile_cache"] = str(compile_cache_dir())
@@ -193,8 +199,8 @@ def compile_modules(pipe: Any, config: FastConfig) -> list[str]:
     torch._dynamo.config.suppress_errors = True  # a block that fails to compile runs eagerly (logged), never fails
     kw = {"backend": config.backend, "dynamic": config.dynamic, "fullgraph": True}
     done = []
-    if config.compile == "full":
-        pipe.unet.compile(**(kw | {"fullgraph": False}))
+    if config.compile == "full":  # the forward only: module hooks stay outside the compiled code
+        pipe.unet.forward = torch.compile(pipe.unet.forward, **(kw | {"fullgraph": False}))
         done.append("unet")
     elif config.compile == "regional":
         n = _compile_regions(pipe.unet, config.regions, kw)

@@ -46,9 +46,7 @@ def _row(model: dict, name: str, res: dict) -> list[str]:
     restart = (model.get("restart") or {}).get(name, {})
     in_loop = phases.get("unet_total")
     per_step = in_loop / model["steps"] if in_loop else None
-    peak = (res.get("memory") or {}).get("peak")
-    if restart.get("peak_reserved"):
-        peak = restart["peak_reserved"]
+    peak = (res.get("memory") or {}).get("peak")  # in-process: weights + run peak + graph pool, same for all
     return [model["model"], name, _num(res["e2e_s"]["median"], 3), _num(res["images_per_s"], 2),
             f"{_num(big['images_per_s'], 2)} (b{big['batch']})" if big else "n/a",
             _ms(phases.get("text")), _ms(res["unet_step_s"]["median"]), _ms(per_step), _ms(phases.get("vae")),

@@ -25,8 +25,8 @@ def card(config: dict[str, Any], vae_steps: int, steps: int, loss: float) -> str
     arch = config.get("arch", {})
     return f"""# sdplay-emoji
 
-A small text-to-image model that sdplay trains itself and ships as its default: 64x64 emoji from a
-caption such as "red heart" or "grinning face with big eyes", offline, in about a second on a CPU.
+A small text-to-image model trained by `sdplay train` (sdplay ships one as its default): 64x64 emoji
+from a caption such as "red heart" or "grinning face with big eyes", small enough to run offline on a CPU.
 It is a standard diffusers `StableDiffusionPipeline` folder (CLIP text encoder, UNet2DConditionModel,
 AutoencoderKL, DPM++ 2M scheduler) and loads with `StableDiffusionPipeline.from_pretrained(folder)`.
 
