@@ -1,6 +1,6 @@
 """The shipped emoji model draws what it is asked, through the Engine, on the CPU.
 
-Generates 40 caption prompts of the training data (a fixed spread over all categories) at the catalog's
+Generates 32 caption prompts of the training data (a fixed spread over all categories) at the catalog's
 default settings and seed 0, and checks each image's nearest training image; the full 256-prompt report
 is `python -m sdplay.training.evaluate` (figures in docs/emoji-model.md).
 """
@@ -20,7 +20,7 @@ from sdplay.training.export import check_folder, folder_size
 
 pytestmark = pytest.mark.slow
 FOLDER = ASSETS / "sdplay-emoji"
-N_PROMPTS = 40
+N_PROMPTS = 32
 
 
 @pytest.fixture(scope="module")

@@ -127,9 +127,11 @@ def test_fine_tune_on_a_folder_of_captioned_images(tmp_path, trained):
     assert (folder / vae).read_bytes() == (trained / vae).read_bytes()  # the VAE stays frozen
     assert (folder / unet).read_bytes() != (trained / unet).read_bytes()
     assert "## Fine-tuned" in (folder / "README.md").read_text()
-    from sdplay.catalog import resolve
+    from sdplay.engine import Engine
+    from sdplay.types import GenerationRequest
 
-    assert resolve(str(folder)).native_size == 64 or resolve(str(folder)).weights_dir == folder
+    request = GenerationRequest("yellow square", model=str(folder), steps=2, width=16, height=16, seed=1, device="cpu")
+    assert Engine().generate(request).images[0].size == (16, 16)  # sdplay loads the new folder by path
 
 
 @pytest.mark.parametrize(
