@@ -7,12 +7,9 @@ so a run stopped with Ctrl-C and resumed ends with the same weights as one never
 from __future__ import annotations
 
 import contextlib
-import math
-import signal
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,62 +21,10 @@ from sdplay.errors import DataError
 from sdplay.training import data as datasets
 from sdplay.training import export, models
 from sdplay.training.checkpoint import CHECKPOINT_NAME, Ema, load_checkpoint, save_checkpoint
-from sdplay.training.models import EmojiArch
+from sdplay.training.config import TrainConfig, TrainResult, pick_device
+from sdplay.training.control import fit_to_deadline, schedule, stop_on_sigint
 
 StepHook = Callable[[str, int, int, float], None]  # (stage, step, total_steps, loss)
-
-
-@dataclass
-class TrainConfig:
-    """What to train on, from what, for how long; defaults are those of the shipped emoji model."""
-
-    out: Path = Path("runs/emoji")
-    data: Path | None = None  # a cached .npz set; None = the emoji set
-    images: Path | None = None  # a folder of images with .txt captions (fine-tuning)
-    init: str | None = None  # model to fine-tune (name or folder); None = a new emoji model
-    arch: EmojiArch = field(default_factory=EmojiArch)
-    steps: int = 30_000
-    vae_steps: int = 4_000
-    batch_size: int = 256
-    vae_batch_size: int = 128
-    lr: float = 5e-4
-    vae_lr: float = 1e-3
-    warmup: int = 500
-    weight_decay: float = 0.01
-    ema_decay: float = 0.999
-    caption_dropout: float = 0.1
-    train_text_encoder: bool = True
-    seed: int = 0
-    device: str = "auto"
-    checkpoint_every: int = 2_000
-    max_minutes: float | None = None  # shorten the schedules (once, early) to end within this time
-    progress: bool = True
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out.update(out=str(self.out), data=self.data and str(self.data), images=self.images and str(self.images))
-        out["arch"] = asdict(self.arch)
-        return out
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        d = {k: v for k, v in d.items() if k in {f.name for f in fields(cls)}}
-        arch = d.pop("arch", None) or {}
-        arch = EmojiArch(**{k: tuple(v) if isinstance(v, list) else v for k, v in arch.items()})
-        paths = {k: Path(d[k]) if d.get(k) else None for k in ("out", "data", "images")}
-        return cls(**{**d, **paths, "arch": arch})
-
-
-@dataclass
-class TrainResult:
-    """What a finished run produced."""
-
-    model_dir: Path
-    steps: int
-    vae_steps: int
-    seconds: float
-    loss: float
-    parameters: dict[str, int]
 
 
 @dataclass
@@ -116,17 +61,6 @@ class _Run:
     noise: Any = None  # the DDPM noise schedule of the UNet stage
 
 
-def pick_device(name: str) -> torch.device:
-    """'auto' -> cuda if present, else mps, else cpu; anything else as torch names it."""
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
 def train(cfg: TrainConfig, resume: bool = False, on_step: StepHook | None = None) -> TrainResult:
     """Train (or fine-tune) as `cfg` says, writing checkpoints to cfg.out and the model to cfg.out/model."""
     started = time.monotonic()
@@ -138,7 +72,7 @@ def train(cfg: TrainConfig, resume: bool = False, on_step: StepHook | None = Non
         run.deadline = started + 60 * cfg.max_minutes
     if state is not None:
         _restore(run, state)
-    with _stop_on_sigint() as stop:
+    with stop_on_sigint() as stop:
         if run.stage == "vae":
             _train_vae(run, stop, on_step, ckpt_path)
         _encode_latents(run)
@@ -210,26 +144,6 @@ def _resized(data: datasets.CaptionedImages, size: int) -> datasets.CaptionedIma
     return datasets.CaptionedImages(images, data.captions, data.variants, data.source)
 
 
-@contextlib.contextmanager
-def _stop_on_sigint():
-    """Turn the first Ctrl-C into a request to stop after the current step (the second stops at once)."""
-    flag = {"stop": False}
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-
-    def handler(signum, frame):
-        if flag["stop"]:
-            raise KeyboardInterrupt
-        flag["stop"] = True
-
-    old = signal.signal(signal.SIGINT, handler)
-    try:
-        yield flag
-    finally:
-        signal.signal(signal.SIGINT, old)
-
-
 # 2. Checkpoints ----------------------------------------------------------------------------------
 
 
@@ -274,31 +188,6 @@ def _save(run: _Run, path: Path) -> None:
 # 3. Stages ---------------------------------------------------------------------------------------
 
 
-def _schedule(step: int, total: int, warmup: int) -> float:
-    """Linear warm-up, then cosine decay to a tenth of the peak learning rate."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def _fit_to_deadline(run: _Run, first: int, began: list[float], share: float) -> None:
-    """Once, 60 steps in: shorten the schedule so this stage ends within `share` of the time left.
-
-    The rate is measured over steps 10-60 of the stage, after warm-up (allocation, kernel selection).
-    """
-    if run.deadline is None or run.step not in (first + 10, first + 60):
-        return
-    if run.device.type == "cuda":
-        torch.cuda.synchronize()
-    if run.step == first + 10:
-        began[0] = time.monotonic()
-        return
-    rate = 50 / max(1e-6, time.monotonic() - began[0])
-    budget = share * (run.deadline - time.monotonic())
-    run.total = max(run.step + 1, min(run.total, run.step + int(rate * budget)))
-
-
 def _loop(run: _Run, stage: str, step_fn, stop: dict, on_step: StepHook | None, ckpt: Path, share: float) -> None:
     """Run `step_fn` until the stage's total, with progress, checkpoints and Ctrl-C handling."""
     from tqdm.auto import tqdm
@@ -312,11 +201,11 @@ def _loop(run: _Run, stage: str, step_fn, stop: dict, on_step: StepHook | None, 
     running = None
     while run.step < run.total:
         for group in run.opt.param_groups:
-            group["lr"] = group["initial_lr"] * _schedule(run.step, run.total, cfg.warmup)
+            group["lr"] = group["initial_lr"] * schedule(run.step, run.total, cfg.warmup)
         loss = step_fn(run)
         running = loss if running is None else 0.98 * running + 0.02 * loss
         run.step += 1
-        _fit_to_deadline(run, first, began, share)
+        fit_to_deadline(run, first, began, share)
         bar.total = run.total
         bar.update(1)
         if run.step % 25 == 0 or run.step == run.total:

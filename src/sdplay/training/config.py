@@ -1,0 +1,75 @@
+"""What a training run is told (TrainConfig) and what it reports (TrainResult); device choice."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sdplay.training.models import EmojiArch
+
+
+@dataclass
+class TrainConfig:
+    """What to train on, from what, for how long; defaults are those of the shipped emoji model."""
+
+    out: Path = Path("runs/emoji")
+    data: Path | None = None  # a cached .npz set; None = the emoji set
+    images: Path | None = None  # a folder of images with .txt captions (fine-tuning)
+    init: str | None = None  # model to fine-tune (name or folder); None = a new emoji model
+    arch: EmojiArch = field(default_factory=EmojiArch)
+    steps: int = 30_000
+    vae_steps: int = 4_000
+    batch_size: int = 256
+    vae_batch_size: int = 128
+    lr: float = 5e-4
+    vae_lr: float = 1e-3
+    warmup: int = 500
+    weight_decay: float = 0.01
+    ema_decay: float = 0.999
+    caption_dropout: float = 0.1
+    train_text_encoder: bool = True
+    seed: int = 0
+    device: str = "auto"
+    checkpoint_every: int = 2_000
+    max_minutes: float | None = None  # shorten the schedules (once, early) to end within this time
+    progress: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.update(out=str(self.out), data=self.data and str(self.data), images=self.images and str(self.images))
+        out["arch"] = asdict(self.arch)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        d = {k: v for k, v in d.items() if k in {f.name for f in fields(cls)}}
+        arch = d.pop("arch", None) or {}
+        arch = EmojiArch(**{k: tuple(v) if isinstance(v, list) else v for k, v in arch.items()})
+        paths = {k: Path(d[k]) if d.get(k) else None for k in ("out", "data", "images")}
+        return cls(**{**d, **paths, "arch": arch})
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced."""
+
+    model_dir: Path
+    steps: int
+    vae_steps: int
+    seconds: float
+    loss: float
+    parameters: dict[str, int]
+
+
+def pick_device(name: str) -> torch.device:
+    """'auto' -> cuda if present, else mps, else cpu; anything else as torch names it."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
