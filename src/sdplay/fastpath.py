@@ -29,7 +29,7 @@ class FastConfig:
     backend: str = "inductor"
     graphs: bool = True  # one CUDA graph per input signature of each graphed module
     fuse_qkv: bool = True  # one projection for query, key and value (shared storage, no extra memory)
-    vae: str = "graph"  # "compile" (regional ResnetBlock2D + graph), "graph", "off"
+    vae: str = "off"  # "compile" (regional ResnetBlock2D + graph), "graph", "off": graphs gave no speed, much memory
     vae_channels_last: bool = False  # measured slower on an H100 (GroupNorm and upsampling at full resolution)
     vae_half: bool = True  # SD 1.x/2.x decode in the pipeline's dtype, as diffusers' own pipeline does (not SDXL)
     text: str = "graph"  # "graph" or "off" for the text encoders
