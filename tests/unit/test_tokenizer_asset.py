@@ -33,7 +33,7 @@ def test_builder_reproduces_asset(tmp_path):
     lines = (ASSET / "merges.txt").read_text(encoding="utf-8").split("\n")[1:-1]
     bpe = tmp_path / "bpe.txt.gz"
     with gzip.open(bpe, "wt", encoding="utf-8") as f:
-        f.write("\n".join(["\"bpe_simple_vocab_16e6.txt#version: 0.2", *lines, "tail"]))
+        f.write("\n".join(['"bpe_simple_vocab_16e6.txt#version: 0.2', *lines, "tail"]))
     vocab, merges = build(bpe)
     assert merges == lines
     import json
