@@ -10,5 +10,5 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
 fi
 export HF_HUB_OFFLINE=1
 ruff check .
-ruff format --check . >/dev/null
+ruff format --check .
 exec python3 -m pytest -q "$@"
