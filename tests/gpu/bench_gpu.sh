@@ -21,7 +21,7 @@ R2="sdplay-fast[regions=BasicTransformerBlock+ResnetBlock2D]" FULL="sdplay-fast[
 FAST_PROBES="sdplay-fast[compile=none],sdplay-fast[compile=none,fuse_qkv=false],sdplay-fast[host_timesteps=false]"
 for stage in "$@"; do
   case $stage in
-    sd1) bench sd1 300 -m sd-v1-4 --runs 7 --max-batch 8 --large-runs 1 --check \
+    sd1) bench sd1 420 -m sd-v1-4 --runs 7 --max-batch 8 --large-runs 1 --check \
       --variants "diffusers,sdplay-eager,sdplay-fast,$FULL" --restart-variants "sdplay-fast,$FULL" ;;
     sd1-probes) bench sd1-probes 330 -m sd-v1-4 --runs 7 --max-batch 8 --check --restart \
       --variants "diffusers,sdplay-eager,sdplay-fast,$FAST_PROBES" ;;
@@ -30,7 +30,7 @@ for stage in "$@"; do
     sd2) bench sd2 235 -m sd-v2-1 --runs 5 --max-batch 4 --large-runs 1 --check --restart-variants sdplay-fast ;;
     sdxl) bench sdxl 300 -m sdxl-base-1.0 --runs 3 --max-batch 2 --large-runs 1 --unet-iters 20 --check \
       --restart-variants sdplay-fast ;;
-    sd2-fast) bench sd2-fast 100 -m sd-v2-1 --runs 5 --max-batch 4 --large-runs 1 --variants sdplay-fast --restart ;;
+    sd2-fast) bench sd2-fast 150 -m sd-v2-1 --runs 5 --max-batch 4 --large-runs 1 --variants sdplay-fast --restart ;;
     sdxl-fast) bench sdxl-fast 130 -m sdxl-base-1.0 --runs 3 --max-batch 2 --large-runs 1 --unet-iters 20 \
       --variants sdplay-fast --restart ;;
     check) SDPLAY_CACHE=/tmp/sdplay-cache-sd1 timeout 60 python3 tests/gpu/check_fastpath.py sd-v1-4 2>&1 | tail -n 5 ;;

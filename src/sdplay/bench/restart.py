@@ -16,9 +16,10 @@ from sdplay.devices import DeviceInfo
 MARK = "SDPLAY_RESTART_RESULT "
 
 
-def restart_all(work: Any, cfg: Any, device: DeviceInfo, log: Any) -> dict[str, Any]:
-    """Run every variant once in its own process; returns load, first and second image times, fresh memory."""
-    results = {}
+def restart_all(work: Any, cfg: Any, device: DeviceInfo, log: Any, results: dict | None = None,
+                saved: Any = None) -> dict[str, Any]:  # fmt: skip
+    """Run every variant once in its own process; fills `results` with load, first and second image times."""
+    results = {} if results is None else results
     chosen = cfg.restart_variants or [t for t in cfg.variants if "[" not in t]  # by default not the probes
     for text in chosen:
         cmd = [sys.executable, "-m", "sdplay.bench.restart", "--variant", text, "--device", device.id,
@@ -32,6 +33,8 @@ def restart_all(work: Any, cfg: Any, device: DeviceInfo, log: Any) -> dict[str, 
             log(f"[{work.spec.name}] restart {text}: failed")
             continue
         results[text] = json.loads(lines[-1][len(MARK) :]) | {"process_s": time.perf_counter() - started}
+        if saved is not None:
+            saved()
         r = results[text]
         log(f"[{work.spec.name}] restart {text}: load {r['load_s']:.1f} s, first image {r['first_image_s']:.2f} s")
     return results

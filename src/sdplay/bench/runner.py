@@ -119,11 +119,13 @@ def bench_model(model: str, cfg: BenchConfig, device: DeviceInfo, dtype: str, lo
         _utilisation(out["variants"][v.name], out["flops"], work, report.get("peak_tflops"))
     if cfg.check:
         out["exactness"] = _exactness(variants, work, cfg)
+        save(report)
     _release(variants, device)
     if cfg.restart:
         from sdplay.bench.restart import restart_all
 
-        out["restart"] = restart_all(work, cfg, device, log)
+        out["restart"] = {}
+        restart_all(work, cfg, device, log, out["restart"], lambda: save(report))
     save(report)
     return out
 
