@@ -31,7 +31,6 @@ class FastConfig:
     fuse_qkv: bool = True  # one projection for query, key and value (shared storage, no extra memory)
     vae: str = "off"  # "compile" (regional ResnetBlock2D + graph), "graph", "off": graphs gave no speed, much memory
     vae_channels_last: bool = False  # measured slower on an H100 (GroupNorm and upsampling at full resolution)
-    vae_half: bool = True  # SD 1.x/2.x decode in the pipeline's dtype, as diffusers' own pipeline does (not SDXL)
     text: str = "graph"  # "graph" or "off" for the text encoders
     host_timesteps: bool = True  # scheduler arithmetic on the host: no device sync per step
     max_graphs: int = 8  # signatures kept per module (least recently used dropped)
@@ -110,8 +109,6 @@ def accelerate(
     choices: dict[str, Any] = {"fused_qkv": fuse_qkv(pipe) if config.fuse_qkv else []}
     layout = torch.channels_last if config.vae_channels_last else torch.contiguous_format
     pipe.vae.to(memory_format=layout)
-    if config.vae_half and family in (Family.SD1, Family.SD2) and pipe.vae.dtype != pipe.unet.dtype:
-        pipe.vae.to(dtype=pipe.unet.dtype)  # sdplay eager upcasts these VAEs; diffusers' pipeline does not
     choices["vae_dtype"] = str(pipe.vae.dtype).removeprefix("torch.")
     # 2. torch.compile over repeated blocks, cached on disk across restarts.
     if config.compile != "none" or config.vae == "compile":

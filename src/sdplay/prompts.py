@@ -35,7 +35,7 @@ def chunk_ids(tokenizer: Any, text: str) -> list[list[int]]:
 
 
 def count_chunks(tokenizer: Any, texts: list[str]) -> int:
-    return max(len(chunk_ids(tokenizer, t)) for t in texts)
+    return max(len(chunk_ids(tokenizer, t)) for t in set(texts))
 
 
 def encode(pipe: Any, family: Family, prompts: list[str], negatives: list[str]) -> Embeddings:
@@ -59,11 +59,9 @@ def _ids(tokenizer: Any, texts: list[str], chunks: int, device) -> Any:
     """(B, chunks, 77) token ids; short prompts get extra empty chunks."""
     import torch
 
-    empty = chunk_ids(tokenizer, "")[0]
-    rows = []
-    for text in texts:
-        ids = chunk_ids(tokenizer, text)
-        rows.append(ids + [empty] * (chunks - len(ids)))
+    chunked = {text: chunk_ids(tokenizer, text) for text in {*texts, ""}}  # each distinct text tokenized once
+    empty = chunked[""][0]
+    rows = [chunked[t] + [empty] * (chunks - len(chunked[t])) for t in texts]
     return torch.tensor(rows, device=device)
 
 

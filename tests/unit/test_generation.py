@@ -137,3 +137,13 @@ def test_model_cache_is_lru_within_budget(tiny_models):
     budget.load(str(tiny_models["sd1"]))
     budget.load(str(tiny_models["sd2"]))
     assert budget.loaded_models() == [str(tiny_models["sd2"])]
+
+
+@pytest.mark.parametrize(("family", "vae_dtype"), [("sd1", "bfloat16"), ("sd2", "bfloat16"), ("sdxl", "float32")])
+def test_only_sdxl_vae_is_upcast(engine, tiny_models, family, vae_dtype):
+    res = engine.generate(req(tiny_models[family], dtype="bf16", steps=2))
+    loaded, _ = engine.load(str(tiny_models[family]), dtype="bf16")
+    assert str(loaded.pipe.vae.dtype) == f"torch.{vae_dtype}"
+    assert str(loaded.pipe.unet.dtype) == "torch.bfloat16"
+    assert res.metadata["optimisation"]["vae_dtype"].startswith(vae_dtype)
+    assert not res.metadata["warnings"]
