@@ -53,9 +53,9 @@ class HandleRunner:
     def __init__(self, args, options):
         from ray import serve
 
-        from sdplay.scaleout.client import RayEngineClient
-        from sdplay.scaleout.options import engine_deployment_options
-        from sdplay.scaleout.replica import EngineReplica
+        from sdplay.server.scaleout.client import RayEngineClient
+        from sdplay.server.scaleout.options import engine_deployment_options
+        from sdplay.server.scaleout.replica import EngineReplica
 
         engine = serve.deployment(EngineReplica).options(**engine_deployment_options(options))
         handle = serve.run(engine.bind(options), name="sdplay-bench", route_prefix=None)
@@ -73,7 +73,7 @@ class HttpRunner:
     def __init__(self, args, options):
         import httpx
 
-        from sdplay.scaleout.app import deploy
+        from sdplay.server.scaleout.app import deploy
         from sdplay.server.settings import Settings
 
         settings = Settings(port=args.port, random_weights=not args.real_weights, models_preload=(args.model,),
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     from ray import serve
 
-    from sdplay.scaleout.options import RayOptions
+    from sdplay.server.scaleout.options import RayOptions
 
     args = parse_args(argv)
     ray.init(address=args.address)

@@ -17,6 +17,7 @@ pytest.importorskip("ray.serve")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import ray
+from live import wait_job
 from tiny import make_tiny_folder
 
 from sdplay import catalog
@@ -49,8 +50,8 @@ def cluster(tmp_path_factory) -> Iterator[dict]:
     """
     from ray import serve
 
-    from sdplay.scaleout.app import deploy
-    from sdplay.scaleout.options import RayOptions
+    from sdplay.server.scaleout.app import deploy
+    from sdplay.server.scaleout.options import RayOptions
     from sdplay.server.settings import Settings
 
     tmp = tmp_path_factory.mktemp("ray")
@@ -93,16 +94,6 @@ def client(cluster) -> Iterator[httpx.Client]:
         yield c
 
 
-def wait_job(client: httpx.Client, job_id: str, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        view = client.get(f"/api/v1/jobs/{job_id}").json()
-        if view["status"] in ("done", "failed", "cancelled"):
-            return view
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not finish: {view}")
-
-
 def serving(client: httpx.Client, view: dict) -> list[dict]:
     """Where each image of a finished job was made, read from the sdplay metadata in its PNG."""
     return [read_png_info(client.get(im["url"]).content)["sdplay"]["serving"] for im in view["images"]]
@@ -121,7 +112,7 @@ def running_on(client: httpx.Client, prompt: str, attempt: int, timeout: float =
 
 def kill_replica(replica: str) -> None:
     """Kill an engine replica's actor as a crash would (no restart of that actor; Serve starts a new one)."""
-    from sdplay.scaleout.options import APP_NAME, ENGINE_DEPLOYMENT
+    from sdplay.server.scaleout.options import APP_NAME, ENGINE_DEPLOYMENT
 
     actor = ray.get_actor(f"SERVE_REPLICA::{APP_NAME}#{ENGINE_DEPLOYMENT}#{replica}", namespace="serve")
     ray.kill(actor, no_restart=True)

@@ -8,9 +8,9 @@ from PIL import Image
 
 from sdplay.cli.main import build_parser
 from sdplay.errors import DeviceOutOfMemory, InvalidRequest, SdplayError
-from sdplay.scaleout import wire
-from sdplay.scaleout.cli import options_from_args, wants_ray
-from sdplay.scaleout.options import (
+from sdplay.server.scaleout import wire
+from sdplay.server.scaleout.cli import options_from_args, wants_ray
+from sdplay.server.scaleout.options import (
     HEAD_NODE_RESOURCE,
     RayOptions,
     engine_deployment_options,

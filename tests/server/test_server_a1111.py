@@ -9,8 +9,8 @@ import time
 import httpx
 import pytest
 import webuiapi
-from conftest import live_server
 from fake_engine import FakeEngine, colour
+from live import live_server
 
 from sdplay.server.compat import combine_sampler
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import io
 
-from conftest import live_server, wait_job
 from fake_engine import FakeEngine
+from live import live_server, wait_job
 from PIL import Image
 
 REQUESTS = [{"prompt": f"batch member {i}", "seed": 10 + i, "steps": 5, "n_images": 1 + i % 2} for i in range(5)]

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import pytest
 import schemathesis
-from conftest import live_server
 from fake_engine import FakeEngine
 from hypothesis import HealthCheck, Phase, settings
+from live import live_server
 from schemathesis.checks import (
     content_type_conformance,
     negative_data_rejection,

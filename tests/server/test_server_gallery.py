@@ -13,8 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import live_server, pixel, wait_job
 from fake_engine import colour
+from live import live_server, pixel, wait_job
 
 from sdplay.server.gallery import INTERRUPTED, SCHEMA_VERSION, Gallery
 

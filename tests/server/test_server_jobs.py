@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import threading
 
-from conftest import live_server, pixel, sse_events, wait_job
 from fake_engine import FakeEngine, colour
+from live import live_server, pixel, sse_events, wait_job
 
 
 def test_submit_runs_the_job_and_serves_its_images(client, server):

@@ -8,8 +8,8 @@ import threading
 import httpx
 import openai
 import pytest
-from conftest import live_server, pixel, wait_job
 from fake_engine import FakeEngine, colour
+from live import live_server, pixel, wait_job
 
 from sdplay.cli.main import main
 from sdplay.server.settings import Settings

@@ -8,8 +8,8 @@ import time
 import httpx
 import openai
 import pytest
-from conftest import live_server, pixel
 from fake_engine import FakeEngine, colour
+from live import live_server, pixel
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import io
 import httpx
 import openai
 import pytest
-from conftest import live_server, wait_job
+from live import live_server, wait_job
 from PIL import Image
 
 from sdplay import catalog

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
-import threading
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
 from pathlib import Path
+
+from live import LiveServer
+from live import live_server as _live_server
 
 CHROMIUM = os.environ.get("SDPLAY_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -22,48 +21,14 @@ CHROMIUM_ARGS = [
 ]
 
 
-@dataclass
-class LiveServer:
-    url: str
-    app: object
-    model: str
-
-    @property
-    def service(self):
-        return self.app.state.service
-
-
 @contextlib.contextmanager
 def live_server(tmp_path: Path, engine, model: str, **overrides) -> Iterator[LiveServer]:
-    """`sdplay serve`'s app on a free loopback port, in a thread; stopped afterwards."""
-    import uvicorn
-
-    from sdplay.server.app import create_app
-    from sdplay.server.settings import Settings
-
-    settings = Settings(
-        output_dir=tmp_path / "outputs",
-        gallery_db=tmp_path / "gallery.sqlite3",
-        default_model=model,
-        devices=("cpu",),
-        batch_window_ms=0.0,
-        preview_interval_s=0.0,
-    )
-    app = create_app(replace(settings, **overrides), engine)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2, lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the sdplay server did not start")
-        time.sleep(0.02)
-    try:
-        yield LiveServer(f"http://127.0.0.1:{port}", app, model)
-    finally:
-        server.should_exit = True
-        thread.join(20)
-        sock.close()
+    """`sdplay serve`'s app over the real engine on a small model, for the browser."""
+    options = {
+        "output_dir": tmp_path / "outputs",
+        "default_model": model,
+        "devices": ("cpu",),
+        "preview_interval_s": 0.0,
+    }
+    with _live_server(tmp_path, engine, **{**options, **overrides}) as live:
+        yield live

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import re
-import time
 
 import httpx
 import pytest
+from live import wait_job
 
 pytestmark = [pytest.mark.web, pytest.mark.server]
 
@@ -32,16 +32,6 @@ def open_app(page, hash_: str = "") -> None:
 
 def api(server) -> httpx.Client:
     return httpx.Client(base_url=server.url, timeout=30)
-
-
-def wait_done(client: httpx.Client, job_id: str, timeout: float = 90) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        view = client.get(f"/api/v1/jobs/{job_id}").json()
-        if view["status"] in ("done", "failed", "cancelled"):
-            return view
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} did not finish")
 
 
 def test_generate_two_images_with_progress_then_find_them_in_the_gallery(page, server, shots):
@@ -100,7 +90,7 @@ def test_gallery_reuse_settings_and_delete(page, server):
 
     with api(server) as client:
         body = {"prompt": "blue star for reuse", "n_images": 1, "steps": 2, "seed": 77, "model": server.model}
-        job = wait_done(client, client.post("/api/v1/jobs", json=body).json()["id"])
+        job = wait_job(client, client.post("/api/v1/jobs", json=body).json()["id"], timeout=90)
         assert job["status"] == "done", job
         image_id = job["images"][0]["gallery_id"]
 

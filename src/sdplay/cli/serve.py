@@ -46,7 +46,7 @@ def register(sub) -> None:
         default=None,
         help="build models with random weights (no downloads)",
     )
-    from sdplay.scaleout.cli import add_arguments
+    from sdplay.server.scaleout.cli import add_arguments
 
     add_arguments(p)  # --ray and its options
     p.set_defaults(func=run)
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         overrides["cors_origins"] = tuple(overrides["cors_origins"])
     settings = Settings.from_env(**overrides).check()  # InvalidRequest -> exit status 2
 
-    from sdplay.scaleout.cli import run_ray, wants_ray
+    from sdplay.server.scaleout.cli import run_ray, wants_ray
 
     if wants_ray(args):
         return run_ray(args, settings)

@@ -27,8 +27,8 @@ from typing import Any
 import ray.exceptions
 
 from sdplay.errors import Cancelled, SdplayError
-from sdplay.scaleout import wire
-from sdplay.scaleout.options import RayOptions
+from sdplay.server.scaleout import wire
+from sdplay.server.scaleout.options import RayOptions
 from sdplay.types import MAX_SEED, EngineProtocol, GenerationRequest, GenerationResult, ModelInfo, StepCallback
 
 log = logging.getLogger(__name__)

@@ -12,8 +12,8 @@ from ray import serve
 
 from sdplay import catalog
 from sdplay.errors import Cancelled, SdplayError
-from sdplay.scaleout import wire
-from sdplay.scaleout.options import RayOptions
+from sdplay.server.scaleout import wire
+from sdplay.server.scaleout.options import RayOptions
 from sdplay.types import GenerationRequest, ModelInfo
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """The Ray Serve application: the existing FastAPI app as ingress, over engine replicas.
 
-`sdplay serve --ray` deploys it; so does `serve run sdplay.scaleout.app:build` (arguments as key=value).
+`sdplay serve --ray` deploys it; so does `serve run sdplay.server.scaleout.app:build` (arguments as key=value).
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from typing import Any
 
 from ray import serve
 
-from sdplay.scaleout.client import RayEngineClient
-from sdplay.scaleout.options import RayOptions, engine_deployment_options, ingress_deployment_options
-from sdplay.scaleout.replica import EngineReplica
+from sdplay.server.scaleout.client import RayEngineClient
+from sdplay.server.scaleout.options import RayOptions, engine_deployment_options, ingress_deployment_options
+from sdplay.server.scaleout.replica import EngineReplica
 from sdplay.server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def options_for(settings: Settings, options: RayOptions) -> RayOptions:
 
 
 def build(args: dict[str, str]):
-    """Entry point of `serve run sdplay.scaleout.app:build key=value ...`.
+    """Entry point of `serve run sdplay.server.scaleout.app:build key=value ...`.
 
     Keys are RayOptions fields (replicas=4, max_replicas=8, address=HOST:6379, ...); the server settings
     come from SDPLAY_* variables (SDPLAY_MODELS_PRELOAD, SDPLAY_API_KEY, ...). HTTP host and port are

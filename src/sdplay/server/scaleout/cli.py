@@ -78,7 +78,7 @@ def wants_ray(args: argparse.Namespace) -> bool:
 
 
 def options_from_args(args: argparse.Namespace):
-    from sdplay.scaleout.options import RayOptions
+    from sdplay.server.scaleout.options import RayOptions
 
     values = {field: getattr(args, flag) for flag, field in FLAGS.items() if getattr(args, flag, None) is not None}
     return RayOptions(**values).check()
@@ -92,7 +92,7 @@ def run_ray(args: argparse.Namespace, settings) -> int:
         from ray import serve
     except ImportError as exc:
         raise InvalidRequest("Ray Serve is not installed.", hint='pip install "sdplay[ray]"') from exc
-    from sdplay.scaleout.app import deploy
+    from sdplay.server.scaleout.app import deploy
 
     ray.init(address=options.address)
     try:
