@@ -147,3 +147,18 @@ def test_only_sdxl_vae_is_upcast(engine, tiny_models, family, vae_dtype):
     assert str(loaded.pipe.unet.dtype) == "torch.bfloat16"
     assert res.metadata["optimisation"]["vae_dtype"].startswith(vae_dtype)
     assert not res.metadata["warnings"]
+
+
+def test_out_of_memory_says_what_would_fit(engine, tiny_models):
+    import torch
+
+    from sdplay.errors import DeviceOutOfMemory
+
+    def exhaust(info):  # the allocator's own error, raised mid-denoise as a real OOM would be
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    with pytest.raises(DeviceOutOfMemory) as err:
+        engine.generate(req(tiny_models["sd1"], n_images=2, width=1024, height=1024, steps=1), on_step=exhaust)
+    text = str(err.value)
+    assert "batch size 1" in text and "768x768" in text and "--attention-slicing" in text
+    assert engine.generate(req(tiny_models["sd1"], steps=1)).images, "the engine still works afterwards"
