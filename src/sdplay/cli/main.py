@@ -34,8 +34,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    return run_command(args.func, args, verbose=args.verbose)
+
+
+def run_command(func, args: argparse.Namespace, *, verbose: bool = False) -> int:
+    """Run one command; user errors become one line and exit 2, never a traceback."""
     try:
-        return int(args.func(args) or 0)
+        return int(func(args) or 0)
     except SdplayError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2 if exc.status < 500 else 1
@@ -43,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # a bug, not a user error: say so briefly unless asked for detail
-        if args.verbose:
+        if verbose:
             raise
         print(f"error: {type(exc).__name__}: {exc} (run with -v for the traceback)", file=sys.stderr)
         return 1

@@ -108,21 +108,13 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m sdplay.cli.train ...`: this command alone, without importing the other subcommands."""
-    from sdplay.errors import SdplayError
+    from sdplay.cli.main import run_command
 
     parser = argparse.ArgumentParser(
         prog="sdplay train", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except SdplayError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2 if exc.status < 500 else 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return run_command(run, parser.parse_args(argv))
 
 
 if __name__ == "__main__":
