@@ -25,6 +25,14 @@ class Embeddings:
         return kwargs
 
 
+def execution_device(pipe: Any) -> Any:
+    """The device the pipeline computes on, looked up once: diffusers' property walks every module on each call."""
+    device = pipe.__dict__.get("sdplay_execution_device")
+    if device is None:
+        device = pipe.sdplay_execution_device = pipe._execution_device
+    return device
+
+
 def chunk_ids(tokenizer: Any, text: str) -> list[list[int]]:
     """Token ids in chunks of (max_length - 2), each wrapped in BOS/EOS and padded to max_length."""
     size = tokenizer.model_max_length - 2
@@ -67,7 +75,7 @@ def _ids(tokenizer: Any, texts: list[str], chunks: int, device) -> Any:
 
 def _encode_single(pipe: Any, texts: list[str], chunks: int) -> Any:
     """SD 1.x / 2.x: the encoder's last hidden state per chunk, chunks joined along the sequence."""
-    ids = _ids(pipe.tokenizer, texts, chunks, pipe._execution_device)
+    ids = _ids(pipe.tokenizer, texts, chunks, execution_device(pipe))
     b, c, t = ids.shape
     hidden = pipe.text_encoder(ids.reshape(b * c, t))[0]  # (B*C, 77, D)
     return hidden.reshape(b, c * t, -1).to(pipe.text_encoder.dtype)  # (B, C*77, D)
@@ -79,7 +87,7 @@ def _encode_sdxl(pipe: Any, texts: list[str], chunks: int) -> tuple[Any, Any]:
 
     hidden_states, pooled = [], None
     for tokenizer, encoder in ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)):
-        ids = _ids(tokenizer, texts, chunks, pipe._execution_device)
+        ids = _ids(tokenizer, texts, chunks, execution_device(pipe))
         b, c, t = ids.shape
         out = encoder(ids.reshape(b * c, t), output_hidden_states=True)
         hidden_states.append(out.hidden_states[-2].reshape(b, c * t, -1))  # (B, C*77, D_i)
