@@ -6,6 +6,7 @@ import json
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
@@ -37,6 +38,8 @@ class Worker(threading.Thread):
         self.device = device
         self._preload: list[str] = []
         self._last_preview: dict[str, float] = {}
+        # Encoding and storing images overlaps the next batch on the device (PNG at 1024x1024: ~0.1 s per image).
+        self._saver = ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"sdplay-save-{device}")
 
     def preload(self, model: str) -> None:
         """Load `model` before the first job (done on this thread, before taking jobs)."""
@@ -58,6 +61,7 @@ class Worker(threading.Thread):
                 for j in batch:
                     self.service.finish(j, JobStatus.FAILED, error=_internal())
             self.service.refresh_catalog()
+        self._saver.shutdown(wait=True)  # finish writing what was generated
 
     def _load(self, model: str) -> None:
         load = getattr(self.service.engine, "load", None)
@@ -150,7 +154,7 @@ class Worker(threading.Thread):
         )
         for job, result in zip(jobs, results, strict=True):
             if not job.status.terminal:  # cancelled while the rest of its batch ran on
-                self._complete(job, result)
+                self._saver.submit(self._complete_logged, job, result)
 
     def _for_device(self, request: GenerationRequest) -> GenerationRequest:
         return request if self.device == "auto" else request.with_(device=self.device)
@@ -205,6 +209,13 @@ class Worker(threading.Thread):
             log.debug("preview failed", exc_info=True)
             return
         job.update({"event": "preview", "step": info.step, "png": png}, preview_png=png, preview_step=info.step)
+
+    def _complete_logged(self, job: Job, result: GenerationResult) -> None:
+        try:
+            self._complete(job, result)
+        except Exception:  # a bug while saving fails this job only
+            log.exception("saving job %s failed", job.id)
+            self.service.finish(job, JobStatus.FAILED, error=_internal())
 
     def _complete(self, job: Job, result: GenerationResult) -> None:
         """Write the images, add them to the gallery and mark the job done (or failed if saving fails)."""
