@@ -79,13 +79,16 @@ class GraphedForward:
         self.pool = pool or SharedPool()
         self.stats = GraphStats()
         self.enabled = True
+        self.key_extra: Callable[[], Any] | None = None  # state outside the arguments that changes what runs
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         sig = signature(args, kwargs, self.device) if self.enabled else None
-        if sig is None or sig[0] in self.eager_keys:
+        key, tensors = sig if sig is not None else (None, [])
+        if key is not None and self.key_extra is not None:
+            key = (key, self.key_extra())
+        if key is None or key in self.eager_keys:
             self.stats.eager_calls += 1
             return self.fn(*args, **kwargs)
-        key, tensors = sig
         graph = self.graphs.get(key)
         if graph is None:
             graph = self._capture(key, args, kwargs, tensors)
