@@ -23,17 +23,23 @@ TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
 class FastConfig:
     """Which accelerations to apply; the defaults are the ones measured to help on an H100 (docs/benchmarks.md)."""
 
-    compile: str = "regional"  # "regional": repeated blocks only; "full": the whole UNet; "none"
+    compile: str = "auto"  # "full": the whole UNet; "regional": repeated blocks only; "none"; "auto": per family
     regions: tuple[str, ...] = ("BasicTransformerBlock",)  # classes compiled by "regional"
-    dynamic: bool | None = True  # symbolic shapes: a new size or batch reuses the compiled blocks
+    # True: symbolic shapes (a new size or batch reuses the compiled code); None: static first, one dynamic
+    # recompile when a shape changes (PyTorch's default); False: static, one compile per shape; "auto": see resolve
+    dynamic: bool | str | None = "auto"
     backend: str = "inductor"
     graphs: bool = True  # one CUDA graph per input signature of each graphed module
     fuse_qkv: bool = True  # one projection for query, key and value (shared storage, no extra memory)
-    vae: str = "off"  # "compile" (regional ResnetBlock2D + graph), "graph", "off": graphs gave no speed, much memory
+    vae: str = "off"  # "compile" (whole decoder), "graph", "compile+graph", "off": graphs gave no speed, much memory
     vae_channels_last: bool = False  # measured slower on an H100 (GroupNorm and upsampling at full resolution)
+    vae_dtype: str = "auto"  # "auto": bfloat16 on CUDA where the VAE was upcast to float32 (SDXL), else as loaded
     text: str = "graph"  # "graph" or "off" for the text encoders
     host_timesteps: bool = True  # scheduler arithmetic on the host: no device sync per step
     max_graphs: int = 8  # signatures kept per module (least recently used dropped)
+    # Opt-in, each trading some exactness for speed (docs/benchmarks.md measures both):
+    fp8: bool = False  # float8 (e4m3, per-row scales) linear layers in the UNet's transformer blocks; SM >= 8.9
+    deepcache: int = 0  # reuse the deeper UNet blocks' features: a full step every N steps (0: off)
 
     @classmethod
     def parse(cls, text: str | None, base: FastConfig | None = None) -> FastConfig:
@@ -55,12 +61,30 @@ class FastConfig:
         return asdict(self)
 
 
+# What "auto" compiles, measured on an H100 (docs/benchmarks.md): the whole UNet is 27-31% faster for SD 1.x/2.x
+# (cold compile 41-49 s, restart 11-15 s); for SDXL 18% faster but 103 s cold and 23 s at every restart, so SDXL
+# compiles its transformer blocks only (20 s cold, 14 s restart).
+AUTO_COMPILE = {Family.SD1: ("full", None), Family.SD2: ("full", None), Family.SDXL: ("regional", True)}
+
+
+def resolve(config: FastConfig, family: Family | None) -> FastConfig:
+    """Fill in the "auto" choices for a model family (unknown family: regional, symbolic shapes)."""
+    compile_mode, dynamic = AUTO_COMPILE.get(family, ("regional", True)) if family else ("regional", True)
+    if config.deepcache and config.compile == "auto":  # feature reuse switches blocks: compile them one by one
+        compile_mode, dynamic = "regional", True
+    elif config.compile != "auto":
+        compile_mode, dynamic = config.compile, (None if config.compile == "full" else True)
+    return replace(config, compile=compile_mode, dynamic=dynamic if config.dynamic == "auto" else config.dynamic)
+
+
 def _value(kind: str, value: str) -> Any:
     low = value.lower()
     if "tuple" in kind:
         return tuple(v for v in value.split("+") if v)
     if "bool" in kind:
-        if low in ("none", "auto", "") and "None" in kind:
+        if low == "auto" and "str" in kind:
+            return "auto"
+        if low in ("none", "") and "None" in kind:
             return None
         return low in ("1", "true", "yes", "on")
     return int(value) if kind == "int" else value
@@ -73,15 +97,19 @@ class FastPath:
     config: FastConfig
     graphed: dict[str, GraphedForward]
     pool: SharedPool
+    deepcache: Any = None  # sdplay.deepcache.DeepCache when feature reuse is on
 
     def prepare_scheduler(self, scheduler: Any) -> Any:
-        """Keep a fresh scheduler's timesteps on the host, so its step needs no device sync."""
+        """Keep a fresh scheduler's timesteps on the host, so its step needs no device sync; restart feature reuse."""
         if self.config.host_timesteps and "unet" in self.graphed:
             host_timesteps(scheduler)
+        if self.deepcache is not None:
+            self.deepcache.reset()
         return scheduler
 
     def stats(self) -> dict[str, Any]:
-        return {name: g.stats.to_dict() for name, g in self.graphed.items()}
+        out = {name: g.stats.to_dict() for name, g in self.graphed.items()}
+        return out | ({"deepcache": self.deepcache.stats()} if self.deepcache is not None else {})
 
     def reset(self) -> None:
         """Forget every captured graph (call after replacing weights with new tensors)."""
@@ -105,13 +133,20 @@ def accelerate(
     """Install the fast path on a pipeline already on its device; returns the choices made."""
     import torch
 
-    # 1. Fused query/key/value projections; the VAE's memory layout and dtype.
+    config = resolve(config, family)
+    _check(config, device)
+    # 1. Fused query/key/value projections, float8 linear layers if asked for; the VAE's memory layout and dtype.
     choices: dict[str, Any] = {"fused_qkv": fuse_qkv(pipe) if config.fuse_qkv else []}
+    if config.fp8:
+        choices["fp8_linear_layers"] = quantize_fp8(pipe.unet)
     layout = torch.channels_last if config.vae_channels_last else torch.contiguous_format
     pipe.vae.to(memory_format=layout)
+    vae_dtype = _vae_dtype(config, pipe, device)
+    if vae_dtype is not None:
+        pipe.vae.to(dtype=vae_dtype)
     choices["vae_dtype"] = str(pipe.vae.dtype).removeprefix("torch.")
     # 2. torch.compile over repeated blocks, cached on disk across restarts.
-    if config.compile != "none" or config.vae == "compile":
+    if config.compile != "none" or "compile" in config.vae:
         choices["compile_cache"] = str(compile_cache_dir())
     choices["compiled"] = compile_modules(pipe, config)
     # 3. CUDA graphs around each module's forward, all drawing on one memory pool.
@@ -120,7 +155,7 @@ def accelerate(
     if config.graphs:
         rec = recorder or cuda_recorder()
         targets = [("unet", pipe.unet)]
-        if config.vae != "off":
+        if "graph" in config.vae:
             targets.append(("vae.decoder", pipe.vae.decoder))
         if config.text == "graph":
             targets += [(n, getattr(pipe, n)) for n in TEXT_ENCODERS if getattr(pipe, n, None) is not None]
@@ -128,9 +163,89 @@ def accelerate(
             graphed[name] = install(module, device.id, rec, config.max_graphs, pool)
     choices["cuda_graphs"] = sorted(graphed)
     choices["host_timesteps"] = bool(config.host_timesteps and "unet" in graphed)
-    pipe.sdplay_fast = FastPath(config, graphed, pool)
+    # 4. Feature reuse across steps (opt-in), keyed into the UNet's graphs by phase.
+    reuse = None
+    if config.deepcache:
+        from sdplay import deepcache
+
+        reuse = deepcache.install(pipe.unet, config.deepcache)
+        choices["deepcache_interval"] = config.deepcache
+    pipe.sdplay_fast = FastPath(config, graphed, pool, reuse)
     choices["config"] = config.to_dict()
     return choices
+
+
+def _vae_dtype(config: FastConfig, pipe: Any, device: DeviceInfo) -> Any:
+    """The VAE's dtype if it changes: an fp32 VAE next to a half-precision UNet (SDXL's, which overflows in
+    float16) decodes in bfloat16 on CUDA: float32's range, 2.2x faster, 2.5 GiB less at 1024x1024 (measured)."""
+    import torch
+
+    if config.vae_dtype != "auto":
+        return getattr(torch, config.vae_dtype)
+    upcast = pipe.vae.dtype == torch.float32 and pipe.unet.dtype in (torch.float16, torch.bfloat16)
+    if upcast and device.kind == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+VAE_MODES = ("off", "graph", "compile", "compile+graph")
+DTYPES = ("auto", "float16", "bfloat16", "float32")
+
+
+def _check(config: FastConfig, device: DeviceInfo) -> None:
+    """Refuse combinations that cannot work, saying what to change."""
+    if config.vae not in VAE_MODES:
+        raise InvalidRequest(f"Unknown VAE mode {config.vae!r} in {ENV}.", hint=f"Use one of: {', '.join(VAE_MODES)}.")
+    if config.vae_dtype not in DTYPES:
+        raise InvalidRequest(f"Unknown VAE dtype {config.vae_dtype!r} in {ENV}.", hint=f"Use: {', '.join(DTYPES)}.")
+    if config.deepcache < 0:
+        raise InvalidRequest(f"deepcache={config.deepcache} is negative.", hint="Use 0 (off) or a step interval 2-5.")
+    if config.deepcache and config.compile == "full":
+        raise InvalidRequest("deepcache cannot be combined with compile=full.", hint="Use compile=regional or none.")
+    if config.fp8:
+        _check_fp8(device)
+
+
+def _check_fp8(device: DeviceInfo) -> None:
+    import torch
+
+    if device.kind != "cuda" or torch.cuda.get_device_capability(device.id) < (8, 9):
+        raise InvalidRequest(f"fp8=on needs an NVIDIA GPU with float8 matrix units (Ada or Hopper); {device.id} "
+                             "has none.", hint=f"Remove fp8 from {ENV}.")  # fmt: skip
+    try:
+        import torchao  # noqa: F401
+    except ImportError as exc:
+        raise InvalidRequest("fp8=on needs the torchao package.", hint="pip install torchao") from exc
+
+
+def quantize_fp8(unet: Any) -> dict[str, Any]:
+    """Float8 weights and dynamically scaled float8 activations for the transformer blocks' linear layers.
+
+    Scales are per row for bfloat16 models and per tensor for float16 ones (torchao's per-row kernels take bfloat16
+    only). Projections that fused QKV made views of a fused weight are skipped (the fused one is quantized instead).
+    """
+    import torch
+    from diffusers.models.attention_processor import Attention
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, PerTensor, quantize_
+
+    unused = set()
+    for name, m in unet.named_modules():
+        if isinstance(m, Attention) and getattr(m, "fused_projections", False):
+            parts = ("to_q", "to_k", "to_v") if hasattr(m, "to_qkv") else ("to_k", "to_v")
+            unused |= {f"{name}.{p}" for p in parts}
+    chosen = []
+
+    def wanted(module: Any, fqn: str) -> bool:
+        ok = (isinstance(module, torch.nn.Linear) and ".attentions." in f".{fqn}" and fqn not in unused
+              and module.in_features % 16 == 0 and module.out_features % 16 == 0)  # fmt: skip
+        if ok:
+            chosen.append(fqn)
+        return ok
+
+    granularity = PerRow() if unet.dtype == torch.bfloat16 else PerTensor()
+    config = Float8DynamicActivationFloat8WeightConfig(granularity=granularity, set_inductor_config=False)
+    quantize_(unet, config, filter_fn=wanted)
+    return {"layers": len(chosen), "scales": "per row" if isinstance(granularity, PerRow) else "per tensor"}
 
 
 def fuse_qkv(pipe: Any) -> list[str]:
@@ -188,7 +303,7 @@ def compile_modules(pipe: Any, config: FastConfig) -> list[str]:
     """torch.compile the chosen regions (compilation itself happens lazily, on the first call of each shape)."""
     import torch
 
-    if config.compile == "none" and config.vae != "compile":
+    if config.compile == "none" and "compile" not in config.vae:
         return []
     # Many block shapes per model (one per UNet level and image size): allow a compiled entry for each.
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
@@ -204,9 +319,9 @@ def compile_modules(pipe: Any, config: FastConfig) -> list[str]:
         done.append(f"unet: {n} blocks ({'+'.join(config.regions)})")
     elif config.compile != "none":
         raise InvalidRequest(f"Unknown compile mode {config.compile!r}.", hint="Use regional, full or none.")
-    if config.vae == "compile":
-        n = _compile_regions(pipe.vae.decoder, ("ResnetBlock2D",), kw)
-        done.append(f"vae.decoder: {n} blocks (ResnetBlock2D)")
+    if "compile" in config.vae:  # the whole decoder; fullgraph off so its hooks and checks may break the graph
+        pipe.vae.decoder.forward = torch.compile(pipe.vae.decoder.forward, **(kw | {"fullgraph": False}))
+        done.append("vae.decoder")
     return done
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU benchmark runs behind docs/benchmarks.md. Usage: bash tests/gpu/bench_gpu.sh STAGE [STAGE...]
-# Stages: sd1 sd1-probes sd1-compile sd2 sdxl check telemetry (the runs behind docs/benchmarks.md). Needs diffusers (and torchsde) importable;
+# Stages: sd1 sd1-probes sd1-compile sd2 sdxl check telemetry, and sd1-opt sd2-opt sdxl-opt options profile sdxl-load
+# (the runs behind docs/benchmarks.md). Needs diffusers (and torchsde; fastapi/uvicorn for sdxl-load) importable;
 # writes JSON, markdown and logs under $OUT (default ./outputs/gpu). Each model runs in its own process with its
 # own empty compile cache, so its first fast image is a cold compile and its restart check a warm one.
 set -u
@@ -19,6 +20,8 @@ bench() {  # NAME LIMIT_S ARGS...
 }
 R2="sdplay-fast[regions=BasicTransformerBlock+ResnetBlock2D]" FULL="sdplay-fast[compile=full,dynamic=false]"
 FAST_PROBES="sdplay-fast[compile=none],sdplay-fast[compile=none,fuse_qkv=false],sdplay-fast[host_timesteps=false]"
+AUTO="sdplay-fast[compile=full,dynamic=none]"  # whole UNet, static first, one dynamic recompile at a new shape
+OPTS="sdplay-fast[fp8=true],sdplay-fast[deepcache=3],$FULL,sdplay-fast[compile=full,dynamic=false,fp8=true]"
 for stage in "$@"; do
   case $stage in
     sd1) bench sd1 420 -m sd-v1-4 --runs 7 --max-batch 8 --large-runs 1 --check \
@@ -33,7 +36,28 @@ for stage in "$@"; do
     sd2-fast) bench sd2-fast 150 -m sd-v2-1 --runs 5 --max-batch 4 --large-runs 1 --variants sdplay-fast --restart ;;
     sdxl-fast) bench sdxl-fast 130 -m sdxl-base-1.0 --runs 3 --max-batch 2 --large-runs 1 --unet-iters 20 \
       --variants sdplay-fast --restart ;;
-    check) SDPLAY_CACHE=/tmp/sdplay-cache-sd1 timeout 60 python3 tests/gpu/check_fastpath.py sd-v1-4 2>&1 | tail -n 5 ;;
+    sd1-opt) bench sd1-opt 560 -m sd-v1-4 --runs 7 --max-batch 8 --large-runs 1 --check \
+      --variants "diffusers,sdplay-eager,sdplay-fast,$OPTS" --restart-variants "$FULL" ;;
+    sd2-opt) bench sd2-opt 500 -m sd-v2-1 --runs 5 --max-batch 4 --large-runs 1 --check \
+      --variants "diffusers,sdplay-eager,sdplay-fast,$AUTO,sdplay-fast[deepcache=3]" --restart-variants "$AUTO" ;;
+    sdxl-opt) bench sdxl-opt 560 -m sdxl-base-1.0 --runs 3 --max-batch 2 --large-runs 1 --unet-iters 20 --check \
+      --variants "diffusers,sdplay-eager,sdplay-fast,sdplay-fast[vae_dtype=bfloat16],sdplay-fast[vae=compile,vae_dtype=bfloat16],sdplay-fast[fp8=true],sdplay-fast[deepcache=3]" \
+      ;;
+    sdxl-full) bench sdxl-full 480 -m sdxl-base-1.0 --runs 3 --max-batch 2 --large-runs 1 --unet-iters 20 --check \
+      --variants "sdplay-eager,sdplay-fast,$AUTO" --restart-variants "$AUTO" ;;
+    options) SDPLAY_CACHE=/tmp/sdplay-cache-sd1 timeout 200 python3 tests/gpu/check_options.py sd-v1-4 >"$OUT/options.log" 2>&1
+      echo "== options: exit $?"; grep -E "PASS|FAIL|fp8 vs|Error" "$OUT/options.log" | tail -n 8 ;;
+    profile) SDPLAY_CACHE=/tmp/sdplay-cache-sd1-opt timeout 150 python3 tests/gpu/profile_host.py "${PROFILE_MODEL:-sd-v1-4}" \
+      >"$OUT/profile.txt" 2>&1; echo "== profile: exit $?"; head -c 6000 "$OUT/profile.txt" ;;
+    sdxl-load) export SDPLAY_CACHE=/tmp/sdplay-cache-sdxl-load  # MLPerf's setting: 1024x1024, 20 steps Euler, 8 clients
+      load() { local label=$1 limit=$2; shift 2
+        SDPLAY_FAST=${FAST_OPTS:-} timeout "$limit" python3 benchmarks/server_batching.py --random-weights --model sdxl-base-1.0 \
+          --size 1024 --steps 20 --sampler Euler --clients 8 --requests 32 --warmup-requests 16 --window-ms 100 \
+          --label "$label" --json "$OUT/sdxl-load-$label.json" "$@" >"$OUT/sdxl-load-$label.log" 2>&1
+        echo "== sdxl-load $label: exit $?"; grep -E "^\{|best" "$OUT/sdxl-load-$label.log"; }
+      load default 330 --batches 1,2,4,8
+      FAST_OPTS=deepcache=3 load deepcache3 200 --batches 1,8 ;;
+    check) SDPLAY_CACHE=/tmp/sdplay-cache-sd1 timeout 300 python3 tests/gpu/check_fastpath.py sd-v1-4 2>&1 | grep -v float32 | tail -n 5 ;;
     telemetry) SDPLAY_CACHE=/tmp/sdplay-cache-sd1 timeout 150 python3 tests/gpu/check_telemetry.py >"$OUT/telemetry.log" 2>&1
       echo "== telemetry: exit $?"; tail -n 15 "$OUT/telemetry.log" ;;
     *) echo "unknown stage $stage"; exit 2 ;;

@@ -164,3 +164,73 @@ def test_accelerated_pipeline_matches_eager_images(engine, tiny_models):
 def test_fast_path_is_off_on_cpu_by_default(engine, tiny_models):
     res = engine.generate(req(tiny_models["sd1"]))
     assert str(res.metadata["optimisation"]["fast_path"]).startswith("off")
+
+
+def test_auto_compile_is_chosen_per_family_and_explicit_choices_win():
+    from sdplay.catalog import Family
+    from sdplay.fastpath import resolve
+
+    auto = FastConfig()
+    assert (resolve(auto, Family.SD1).compile, resolve(auto, Family.SD1).dynamic) == ("full", None)
+    assert (resolve(auto, Family.SD2).compile, resolve(auto, Family.SD2).dynamic) == ("full", None)
+    assert (resolve(auto, Family.SDXL).compile, resolve(auto, Family.SDXL).dynamic) == ("regional", True)
+    assert resolve(FastConfig.parse("compile=regional"), Family.SD1).compile == "regional"
+    assert resolve(FastConfig.parse("compile=full,dynamic=false"), Family.SDXL).dynamic is False
+    assert resolve(FastConfig.parse("deepcache=3"), Family.SD1).compile == "regional"  # reuse needs per-block code
+    assert FastConfig.parse("dynamic=auto").dynamic == "auto"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ("vae=sometimes", "Unknown VAE mode"),
+        ("vae_dtype=float8", "Unknown VAE dtype"),
+        ("deepcache=-1", "negative"),
+        ("compile=full,deepcache=3", "cannot be combined"),
+        ("fp8=true", "float8 matrix units"),
+    ],
+)
+def test_impossible_options_are_refused_with_what_to_change(tiny_models, options, message):
+    from sdplay.engine import Engine
+
+    loaded, _ = Engine(fast=False).load(str(tiny_models["sd1"]))
+    with pytest.raises(InvalidRequest, match=message) as err:
+        accelerate(loaded.pipe, loaded.device, FastConfig.parse(options + ",backend=eager"), recorder=eager_recorder)
+    assert err.value.hint
+
+
+def test_graph_key_extra_keeps_one_graph_per_state():
+    state = {"phase": "full"}
+    fn, _calls = counting(lambda x: x * (2 if state["phase"] == "full" else 3))
+    g = GraphedForward(fn, "cpu", eager_recorder, "f")
+    g.key_extra = lambda: state["phase"]
+    x = torch.ones(2)
+    assert torch.equal(g(x), x * 2)
+    state["phase"] = "cached"
+    assert torch.equal(g(x), x * 3)
+    state["phase"] = "full"
+    assert torch.equal(g(x), x * 2)
+    assert g.stats.captures == 2 and g.stats.replays == 3
+
+
+def test_vae_dtype_option_changes_only_the_vae(tiny_models):
+    from sdplay.engine import Engine
+
+    loaded, _ = Engine(fast=False).load(str(tiny_models["sdxl"]))
+    config = FastConfig.parse("compile=none,vae_dtype=bfloat16")
+    choices = accelerate(loaded.pipe, loaded.device, config, recorder=eager_recorder)
+    assert choices["vae_dtype"] == "bfloat16" and loaded.pipe.vae.dtype == torch.bfloat16
+    assert loaded.pipe.unet.dtype == torch.float32
+
+
+def test_to_pil_matches_diffusers_postprocess_bit_for_bit():
+    from diffusers.image_processor import VaeImageProcessor
+
+    from sdplay.run import to_pil
+
+    x = torch.randn(3, 3, 40, 24, generator=torch.Generator().manual_seed(0)) * 1.3
+    x[1] = 0.0  # what the safety checker leaves of a flagged image
+    flags = [True, False, True]
+    expected = VaeImageProcessor().postprocess(x, output_type="pil", do_denormalize=flags)
+    for a, b in zip(expected, to_pil(x, flags), strict=True):
+        assert np.array_equal(np.asarray(a), np.asarray(b))

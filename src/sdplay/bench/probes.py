@@ -132,9 +132,20 @@ def weight_bytes(pipe: Any) -> int:
     for module in pipe.components.values():
         if isinstance(module, torch.nn.Module):
             for t in [*module.parameters(), *module.buffers()]:
-                storage = t.untyped_storage()
-                seen[storage.data_ptr()] = storage.nbytes()
+                for inner in _plain_tensors(t):
+                    storage = inner.untyped_storage()
+                    seen[storage.data_ptr()] = storage.nbytes()
     return sum(seen.values())
+
+
+def _plain_tensors(t: Any) -> list[Any]:
+    """The plain tensors holding `t`'s data (a quantized weight is a wrapper around data and scales)."""
+    from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+
+    if not is_traceable_wrapper_subclass(t):
+        return [t]
+    names, _ = t.__tensor_flatten__()
+    return [leaf for name in names for leaf in _plain_tensors(getattr(t, name))]
 
 
 def graph_pool_bytes(pipe: Any) -> int | None:

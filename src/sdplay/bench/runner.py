@@ -209,9 +209,14 @@ def _exactness(variants: list[Variant], work: Workload, cfg: BenchConfig) -> dic
     by_kind = {v.name.partition("[")[0]: v for v in reversed(variants)}  # the first of each kind
     out = {}
     if EAGER in by_kind and FAST in by_kind:
-        out["fast_vs_eager"] = compare(by_kind[EAGER], by_kind[FAST], work, cfg.seed)
+        fast = by_kind[FAST]
+        out["fast_vs_eager"] = compare(by_kind[EAGER], fast, work, cfg.seed, modules="deepcache" not in fast.name)
     if EAGER in by_kind and PLAIN in by_kind:
         out["eager_vs_diffusers"] = compare(by_kind[PLAIN], by_kind[EAGER], work, cfg.seed, modules=False)
+    for v in variants:  # every fast variant with options: what its options cost in exactness
+        if EAGER in by_kind and v.name.startswith(FAST + "[") and v is not by_kind[FAST]:
+            # feature reuse makes a lone UNet call depend on earlier calls: compare its images only
+            out[f"{v.name}_vs_eager"] = compare(by_kind[EAGER], v, work, cfg.seed, modules="deepcache" not in v.name)
     return out
 
 
