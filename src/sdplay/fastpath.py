@@ -121,7 +121,7 @@ def apply_fast_path(pipe: Any, device: DeviceInfo, opts: Any, family: Family) ->
     """Apply the fast path where it is supported: on by default on CUDA, off elsewhere unless asked for."""
     if device.kind != "cuda" and opts.fast is not True:
         return f"off (not measured to help on {device.kind})"
-    config = FastConfig.parse(os.environ.get(ENV))
+    config = FastConfig.parse(getattr(opts, "fast_options", "") or os.environ.get(ENV))
     if device.kind != "cuda":
         config = replace(config, graphs=False, host_timesteps=False)
     return accelerate(pipe, device, config, family=family)

@@ -27,6 +27,15 @@ def test_generate_json(tiny_models, tmp_path):
     assert data["seeds"] == [1] and data["metadata"]["family"] == "sd2"
 
 
+def test_fast_options_reach_the_fast_path_and_bad_ones_are_refused(tiny_models, tmp_path):
+    base = ["generate", "x", "--model", str(tiny_models["sd1"]), "--steps", "4", "--seed", "1", "--out", str(tmp_path)]
+    res = sdplay(*base, "--json", "--fast-options", "compile=none,deepcache=2", check=True)
+    fast = json.loads(res.stdout)["metadata"]["optimisation"]["fast_path"]
+    assert fast["deepcache_interval"] == 2 and fast["config"]["compile"] == "none"
+    res = sdplay(*base, "--fast-options", "turbo=1")
+    assert res.returncode == 2 and "Unknown fast-path option" in res.stderr and "Traceback" not in res.stderr
+
+
 def test_user_errors_exit_2_without_traceback(tiny_models, tmp_path):
     model = str(tiny_models["sd1"])
     cases = [

@@ -37,6 +37,12 @@ def add_load_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--vae-tiling", action="store_true", help="decode large images in tiles")
     g.add_argument("--cpu-offload", action="store_true", help="keep idle components in host memory")
     g.add_argument("--no-fast", action="store_true", help="turn the compiled fast path off")
+    g.add_argument(
+        "--fast-options",
+        default="",
+        metavar="OPTS",
+        help="fast-path options such as deepcache=3; turns the fast path on (docs/benchmarks.md)",
+    )
 
 
 def load_options(args: argparse.Namespace):
@@ -50,7 +56,8 @@ def load_options(args: argparse.Namespace):
         vae_slicing=args.vae_slicing,
         vae_tiling=args.vae_tiling,
         cpu_offload=args.cpu_offload,
-        fast=False if args.no_fast else None,
+        fast=False if args.no_fast else (True if args.fast_options else None),
+        fast_options=args.fast_options,
     )
 
 
