@@ -1,0 +1,25 @@
+"""The load benchmark runs end to end against the real server (with the fake engine): both client APIs."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.server
+
+
+@pytest.mark.parametrize("api", ["openai", "native"])
+def test_server_batching_benchmark_reports_every_mode(tmp_path, api):
+    out = tmp_path / "rows.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "server_batching.py"), "--fake", "--api", api, "--requests", "8",
+           "--clients", "4", "--batches", "1,4", "--warmup-requests", "4", "--json", str(out)]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["max_batch"] for r in rows] == [1, 4] and all(r["api"] == api for r in rows)
+    assert rows[0]["mean_batch"] == 1.0 and 1.0 <= rows[1]["mean_batch"] <= 4.0
+    assert all(r["images_per_s"] > 0 and r["requests"] == 8 for r in rows)
