@@ -45,7 +45,7 @@ def main() -> int:
     cost = compare(eager, fp8, work, seed=1)
     cost["setup"] = fp8.setup["optimisation"].get("fast_path", {}).get("fp8_linear_layers")
     print(f"fp8 vs eager: UNet rel. error {cost['unet'][0]['rel_error']:.2e}, PSNR {cost['image_psnr_db']:.1f} dB, "
-          f"{cost['setup']} linear layers", flush=True)  # fmt: skip
+          f"linear layers: {cost['setup']}", flush=True)  # fmt: skip
     if os.environ.get("OUT"):
         report = {"model": model, "deepcache_graphs_vs_eager": reuse, "fp8_vs_eager": cost}
         Path(os.environ["OUT"], "options_check.json").write_text(json.dumps(report, indent=2, default=str))
