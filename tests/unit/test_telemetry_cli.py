@@ -29,8 +29,15 @@ def monitor(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
 
 
 def start(*args: str) -> subprocess.Popen:
+    """The monitor as a terminal starts it: SIGINT at its default even where this test runs as a background job
+    (a shell without job control starts those with SIGINT ignored, and Python then keeps ignoring it)."""
     command = [sys.executable, "-m", "sdplay.cli.main", "monitor", *args]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+                            preexec_fn=_default_sigint)  # fmt: skip
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def test_csv_in_the_seed_shape():
