@@ -52,15 +52,15 @@ def test_error_measures():
 
 @pytest.fixture(scope="module")
 def report(tiny_models):
+    fast = "sdplay-fast[backend=eager,compile=regional]"  # on a CPU nothing is compiled unless asked for
     cfg = BenchConfig(models=(str(tiny_models["sd1"]),), device="cpu", steps=2, runs=2, warmup=0, max_batch=2,
-                      large_runs=1, unet_iters=2, check=True,
-                      variants=("diffusers", "sdplay-eager", "sdplay-fast[backend=eager]"))  # fmt: skip
+                      large_runs=1, unet_iters=2, check=True, variants=("diffusers", "sdplay-eager", fast))  # fmt: skip
     return run_bench(cfg, log=lambda _msg: None)
 
 
 def test_report_has_every_variant_with_phases_and_throughput(report):
     model = report["models"][0]
-    assert set(model["variants"]) == {"diffusers", "sdplay-eager", "sdplay-fast[backend=eager]"}
+    assert set(model["variants"]) == {"diffusers", "sdplay-eager", "sdplay-fast[backend=eager,compile=regional]"}
     for name, res in model["variants"].items():
         assert len(res["e2e_s"]["runs"]) == 2 and res["e2e_s"]["median"] > 0
         assert res["images_per_s"] == pytest.approx(1 / res["e2e_s"]["median"])
@@ -68,7 +68,7 @@ def test_report_has_every_variant_with_phases_and_throughput(report):
         assert res["unet_step_s"]["median"] > 0
         assert (res["large_batch"] is None) if "[" in name else (res["large_batch"]["batch"] == 2)  # probes: b1 only
         assert res["mfu"] is None  # no known peak for a CPU
-    fast = model["variants"]["sdplay-fast[backend=eager]"]["setup"]["optimisation"]["fast_path"]
+    fast = model["variants"]["sdplay-fast[backend=eager,compile=regional]"]["setup"]["optimisation"]["fast_path"]
     assert fast["compiled"] and fast["config"]["backend"] == "eager"
     assert model["flops"]["source"].startswith("counted") and model["flops"]["image_tflop"] > 0
     json.dumps(report)  # the whole report is plain JSON
