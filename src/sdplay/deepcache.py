@@ -81,7 +81,6 @@ def _step_forward(cache: DeepCache, forward: Any) -> Any:
         cache.begin_step(cache.current_key)
         return forward(sample, *args, **kwargs)
 
-    run.sdplay_deepcache = cache  # type: ignore[attr-defined]
     return run
 
 

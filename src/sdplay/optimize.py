@@ -50,7 +50,6 @@ def optimize_pipeline(pipe: Any, device: DeviceInfo, dtype, opts, family: Family
     else:
         pipe.to(device.id)
         choices["placement"] = device.id
-    pipe.sdplay_execution_device = pipe._execution_device  # fixed from here on (see prompts.execution_device)
     pipe.set_progress_bar_config(disable=True)
     # 7. The compiled fast path (CUDA graphs, torch.compile) where the device supports it.
     choices["fast_path"] = _fast_path(pipe, device, opts, family)
