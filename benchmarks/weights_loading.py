@@ -72,7 +72,7 @@ def measure_once(model: str, device: str) -> dict:
 
     imported = time.perf_counter()
     engine = Engine(LoadOptions(safety_checker=False), max_models=1)
-    loaded, _ = engine.load(model, device, "float16")
+    loaded, _ = engine.load(model, device, "float16" if device.startswith("cuda") else "auto")
     import torch
 
     torch.cuda.synchronize() if torch.cuda.is_available() else None

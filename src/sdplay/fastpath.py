@@ -66,10 +66,11 @@ class FastConfig:
         return asdict(self)
 
 
-# What "auto" compiles (docs/benchmarks.md): the whole UNet is 18-31% faster than the transformer blocks alone
-# (H100). Through torch.compile a restart re-traces it (SDXL: 23 s), so it is compiled ahead of time into packages
-# that a restart loads in seconds; a new shape costs one compilation, cached like the first.
-AUTO_COMPILE = {Family.SD1: ("aot", False), Family.SD2: ("aot", False), Family.SDXL: ("aot", False)}
+# What "auto" compiles, measured on an H100 (docs/benchmarks.md): the whole UNet is 27-31% faster for SD 1.x/2.x
+# (cold compile 41-49 s, restart 11-15 s); for SDXL 18% faster but 103 s cold and 23 s at every restart, so SDXL
+# compiles its transformer blocks only (20 s cold, 14 s restart). "aot" (packages a restart loads in seconds) is
+# opt-in until it has run on a GPU: its first H200 run crashed (docs/benchmarks.md, H200).
+AUTO_COMPILE = {Family.SD1: ("full", None), Family.SD2: ("full", None), Family.SDXL: ("regional", True)}
 
 
 def resolve(config: FastConfig, family: Family | None) -> FastConfig:

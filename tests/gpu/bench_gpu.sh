@@ -8,13 +8,13 @@
 set -u
 OUT=${OUT:-outputs/gpu}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD/src"
+export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1 HF_HUB_OFFLINE=1 PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD/src"
 bench() {  # NAME LIMIT_S ARGS...
   local name=$1 limit=$2; shift 2
   export SDPLAY_CACHE=/tmp/sdplay-cache-$name
   rm -rf "$SDPLAY_CACHE"
   echo "== $name: sdplay bench $*" | tee -a "$OUT/log.txt"
-  timeout "$limit" python3 -m sdplay.cli.main bench --random-weights --json "$OUT/$name.json" "$@" \
+  timeout "$limit" python3 -m sdplay.cli.main bench ${RW---random-weights} --json "$OUT/$name.json" "$@" \
     >"$OUT/$name.md" 2>>"$OUT/log.txt"
   echo "== $name: exit $?" | tee -a "$OUT/log.txt"
   tail -n 12 "$OUT/$name.md"
@@ -34,10 +34,16 @@ for stage in "$@"; do
       --variants "diffusers,sdplay-eager,sdplay-fast,$R2,$FULL" --restart-variants "sdplay-fast,$R2,$FULL" ;;
     sd1-h200) bench sd1-h200 ${LIMIT:-330} -m sd-v1-4 --runs 5 --max-batch 1 --unet-iters 20 --check \
       --variants "$PEERS,sdplay-eager,sdplay-fast" --restart-variants "diffusers-compile,sdplay-fast" ;;
+    sd1-peer) bench sd1-peer ${LIMIT:-200} -m sd-v1-4 --runs 5 --max-batch 1 --unet-iters 20 \
+      --variants "$PEERS,sdplay-fast" --restart-variants "diffusers-compile,sdplay-fast" ;;
+    probe-aot) timeout ${LIMIT:-130} python3 tests/gpu/probe_aot.py >"$OUT/probe-aot.log" 2>&1
+      echo "== probe-aot: exit $?"; cut -c1-400 "$OUT/probe-aot.log" | grep -E '^\{' ;;
     sd2-h200) bench sd2-h200 ${LIMIT:-330} -m sd-v2-1 --runs 5 --max-batch 1 --unet-iters 20 \
       --variants "$PEERS,sdplay-fast" --restart-variants "diffusers-compile,sdplay-fast" ;;
-    sdxl-h200) bench sdxl-h200 ${LIMIT:-480} -m sdxl-base-1.0 --runs 3 --max-batch 1 --unet-iters 10 \
+    sdxl-h200) bench sdxl-h200 ${LIMIT:-480} -m ${SDXL_MODEL:-sdxl-base-1.0} --runs 3 --max-batch 1 --unet-iters 10 \
       --variants "$PEERS,sdplay-fast" --restart-variants "diffusers-compile,sdplay-fast" ;;
+    # after `weights`: the same bench on the saved folder (RW= drops --random-weights)
+    sdxl-h200-folder) RW= SDXL_MODEL=/tmp/sdplay-weights/sdxl-base-1.0 bash "$0" sdxl-h200 ;;
     weights) timeout ${LIMIT:-200} python3 benchmarks/weights_loading.py --model ${WEIGHTS_MODEL:-sdxl-base-1.0} \
       --out /tmp/sdplay-weights --runs 2 --json "$OUT/weights.json" >"$OUT/weights.log" 2>&1
       echo "== weights: exit $?"; grep -E "median|Error" "$OUT/weights.log" | tail -n 4 ;;

@@ -171,9 +171,11 @@ def test_auto_compile_is_chosen_per_family_and_explicit_choices_win():
     from sdplay.fastpath import resolve
 
     auto = FastConfig()
-    for family in (Family.SD1, Family.SD2, Family.SDXL):  # the whole UNet, compiled ahead of time
-        assert (resolve(auto, family).compile, resolve(auto, family).dynamic) == ("aot", False)
+    assert (resolve(auto, Family.SD1).compile, resolve(auto, Family.SD1).dynamic) == ("full", None)
+    assert (resolve(auto, Family.SD2).compile, resolve(auto, Family.SD2).dynamic) == ("full", None)
+    assert (resolve(auto, Family.SDXL).compile, resolve(auto, Family.SDXL).dynamic) == ("regional", True)
     assert resolve(auto, None).compile == "regional"
+    assert resolve(FastConfig.parse("compile=aot"), Family.SDXL).dynamic is False
     assert resolve(FastConfig.parse("compile=full"), Family.SDXL).dynamic is None
     assert FastConfig.parse("compile=aot,autotune=true").autotune is True
     assert resolve(FastConfig.parse("compile=regional"), Family.SD1).compile == "regional"
