@@ -36,8 +36,8 @@ for stage in "$@"; do
       --variants "$PEERS,sdplay-eager,sdplay-fast" --restart-variants "diffusers-compile,sdplay-fast" ;;
     sd1-peer) bench sd1-peer ${LIMIT:-200} -m sd-v1-4 --runs 5 --max-batch 1 --unet-iters 20 \
       --variants "$PEERS,sdplay-fast" --restart-variants "diffusers-compile,sdplay-fast" ;;
-    probe-aot) timeout ${LIMIT:-130} python3 tests/gpu/probe_aot.py >"$OUT/probe-aot.log" 2>&1
-      echo "== probe-aot: exit $?"; cut -c1-400 "$OUT/probe-aot.log" | grep -E '^\{' ;;
+    probe-aot) timeout ${LIMIT:-500} python3 tests/gpu/probe_aot.py >"$OUT/probe-aot.log" 2>&1
+      echo "== probe-aot: exit $?"; cut -c1-400 "$OUT/probe-aot.log" | grep -E '^(\{|== step|compile|single|multi)' ;;
     sd2-h200) bench sd2-h200 ${LIMIT:-330} -m sd-v2-1 --runs 5 --max-batch 1 --unet-iters 20 \
       --variants "$PEERS,sdplay-fast" --restart-variants "diffusers-compile,sdplay-fast" ;;
     sdxl-h200) bench sdxl-h200 ${LIMIT:-480} -m ${SDXL_MODEL:-sdxl-base-1.0} --runs 3 --max-batch 1 --unet-iters 10 \

@@ -20,6 +20,7 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
 faulthandler.enable()
 WORK = Path("/tmp/probe-aot")
 DEVICE = __import__("os").environ.get("PROBE_DEVICE", "cuda")
+STEP_LIMIT_S = float(__import__("os").environ.get("PROBE_STEP_LIMIT_S", "400"))
 
 
 def unet():
@@ -58,8 +59,15 @@ def step(name: str) -> dict:
     out: dict = {"step": name}
     t0 = time.perf_counter()
     if name == "compile":
-        aotpackages.compile_package(m.forward, m, args, kwargs, "cuda", path)
+        program = aotpackages.export(m.forward, m, args, kwargs, DEVICE)
+        out["export_s"] = time.perf_counter() - t0
+        print(name, "exported", out["export_s"], flush=True)
+        with torch.no_grad():
+            torch._inductor.aoti_compile_and_package(
+                program, package_path=str(path), inductor_configs=aotpackages.INDUCTOR_CONFIGS
+            )
         out["compile_s"] = time.perf_counter() - t0
+        print(name, "compiled", out["compile_s"], flush=True)
         return out
     single, shared = {"single-shared": (True, True), "multi-shared": (False, True), "single-copied": (True, False),
                       "multi-copied": (False, False)}[name]  # fmt: skip
@@ -118,18 +126,21 @@ def engine() -> dict:
 def main() -> int:
     if len(sys.argv) > 1:
         result = engine() if sys.argv[1] == "engine" else step(sys.argv[1])
-        print("PROBE " + json.dumps(result), flush=True)
+        (WORK / f"{sys.argv[1]}.json").write_text(json.dumps(result))
         return 0
     WORK.mkdir(parents=True, exist_ok=True)
     results = []
     for name in ("compile", "single-shared", "multi-shared", "single-copied", "engine"):
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, __file__, name], capture_output=True, text=True, timeout=240)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("PROBE ")]
-        res = json.loads(lines[-1][6:]) if lines else {"step": name}
-        res |= {"rc": proc.returncode, "wall_s": time.perf_counter() - t0}
-        if proc.returncode or not lines:
-            res["tail"] = proc.stdout[-800:] + "\n" + proc.stderr[-2500:]
+        print(f"== step {name}", flush=True)  # the step's own output follows unbuffered: a hang or crash shows where
+        done = WORK / f"{name}.json"
+        done.unlink(missing_ok=True)
+        try:
+            rc = subprocess.run([sys.executable, __file__, name], timeout=STEP_LIMIT_S).returncode
+        except subprocess.TimeoutExpired:
+            rc = "timeout"
+        res = json.loads(done.read_text()) if done.is_file() else {"step": name}
+        res |= {"rc": rc, "wall_s": time.perf_counter() - t0}
         results.append(res)
         print(json.dumps(res)[:3000], flush=True)
     out = Path(__import__("os").environ.get("OUT", "/tmp")) / "probe-aot.json"
