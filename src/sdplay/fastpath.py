@@ -45,6 +45,7 @@ class FastConfig:
     # Opt-in, each trading some exactness for speed (docs/benchmarks.md measures both):
     fp8: bool = False  # float8 (e4m3) linear layers in the UNet's transformer blocks (torchao); SM >= 8.9
     deepcache: int = 0  # reuse the deeper UNet blocks' features: a full step every N steps (0: off)
+    experimental: bool = False  # allows compile=aot on a GPU (its first GPU run crashed the process)
 
     @classmethod
     def parse(cls, text: str | None, base: FastConfig | None = None) -> FastConfig:
@@ -205,6 +206,10 @@ def _check(config: FastConfig, device: DeviceInfo) -> None:
                              hint="Use compile=regional or none.")  # fmt: skip
     if config.compile not in COMPILE_MODES:
         raise InvalidRequest(f"Unknown compile mode {config.compile!r}.", hint=f"Use {', '.join(COMPILE_MODES)}.")
+    if config.compile == "aot" and device.kind == "cuda" and not config.experimental:
+        raise InvalidRequest("compile=aot is experimental: its first GPU run crashed the process "
+                             "(docs/benchmarks.md, H200).", hint="Use compile=full, or add experimental=true to "
+                             "try it anyway.")  # fmt: skip
     if config.fp8:
         _check_fp8(device)
 

@@ -108,7 +108,7 @@ def engine() -> dict:
     folder = WORK / "tiny-sd1"
     if not folder.exists():
         make_tiny_folder("sd1", folder)
-    os.environ["SDPLAY_FAST"] = "compile=aot"
+    os.environ["SDPLAY_FAST"] = "compile=aot,experimental=true"
     req = GenerationRequest(prompt="a red heart", model=str(folder), width=64, height=64, steps=4, seed=1,
                             sampler="Euler", guidance=7.5, device="cuda", dtype="float16")  # fmt: skip
     fast = Engine(LoadOptions(safety_checker=False))

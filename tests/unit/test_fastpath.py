@@ -240,3 +240,15 @@ def test_to_pil_matches_diffusers_postprocess_bit_for_bit():
     expected = VaeImageProcessor().postprocess(x, output_type="pil", do_denormalize=flags)
     for a, b in zip(expected, to_pil(x, flags), strict=True):
         assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_ahead_of_time_compile_needs_the_experimental_flag_on_a_gpu():
+    from sdplay.devices import DeviceInfo
+    from sdplay.fastpath import _check
+
+    gpu = DeviceInfo("cuda:0", "cuda", 0, "NVIDIA H200")
+    with pytest.raises(InvalidRequest, match="experimental") as err:
+        _check(FastConfig.parse("compile=aot"), gpu)
+    assert "experimental=true" in err.value.hint
+    _check(FastConfig.parse("compile=aot,experimental=true"), gpu)  # allowed when asked for
+    _check(FastConfig.parse("compile=aot"), DeviceInfo("cpu", "cpu", 0, "CPU"))  # the CPU path was tested
