@@ -49,7 +49,7 @@ class Engine:
         **overrides: Any,
     ):
         self.options = replace(options or LoadOptions(), **overrides)
-        self.device = device or "auto"
+        self._wanted = device or "auto"
         self._pinned = device is not None
         self.max_models = max_models
         self.memory_budget_bytes = memory_budget_bytes
@@ -59,6 +59,11 @@ class Engine:
         self._devices: list[DeviceInfo] | None = None
 
     # -- planning -------------------------------------------------------------------------
+    @property
+    def device(self) -> str:
+        """The id of this engine's device ("cuda:1"); "auto" for an engine that follows each request's device."""
+        return resolve_device(self._wanted, self.devices()).id if self._pinned else "auto"
+
     def devices(self) -> list[DeviceInfo]:
         if self._devices is None:
             self._devices = discover_devices()
@@ -67,7 +72,7 @@ class Engine:
     def plan(self, request: GenerationRequest, limits: Limits | None = None) -> Plan:
         """The one resolution of `request` for this engine (see sdplay.plan)."""
         limits = limits or Limits()
-        wanted = self.device if self._pinned else request.device
+        wanted = self._wanted if self._pinned else request.device
         device = resolve_device(wanted, self.devices())
 
         def models(name: str | None) -> ModelSpec:
@@ -155,7 +160,7 @@ class Engine:
         """Generate compatible plans as shared UNet batches; each keeps its prompts and seeds."""
         ready = [p if isinstance(p, Plan) else self.plan(p) for p in plans]
         check_compatible(ready)
-        if self._pinned and ready[0].device.id != resolve_device(self.device, self.devices()).id:
+        if self._pinned and ready[0].device.id != self.device:
             raise InvalidRequest(f"A plan for {ready[0].device.id} was given to the engine of {self.device}.")
         with self._lock:
             if not (self.monitor if monitor is None else monitor):

@@ -124,8 +124,8 @@ class Service:
             raise ModelNotAvailable("No model is available on this server.", hint="Start it with --random-weights.")
         return info.name
 
-    def plan(self, request: GenerationRequest) -> tuple[Plan, int]:
-        """The plan of `request` on the least busy device's engine (the server's only resolution), and that index."""
+    def plan(self, request: GenerationRequest) -> Plan:
+        """The plan of `request` on the least busy device's engine: the server's only resolution of it."""
         name = request.model
         if not name or name.strip().lower() in OPENAI_MODEL_NAMES:  # the server's default model
             name = self.default_model()
@@ -135,32 +135,42 @@ class Service:
             raise ModelNotAvailable(f"Unknown model {name!r}.", field="model", hint=f"Choose one of: {names}.")
         if not self.usable(info):
             raise ModelNotAvailable(f"Model {info.name} is not on this server.", field="model", hint=info.how_to_get)
-        index = self._least_busy()
-        return self.engines[index].plan(request.with_(model=info.name), self.limits), index
+        engine = self.engines[self._least_busy(range(len(self.engines)))]
+        return engine.plan(request.with_(model=info.name), self.limits)
 
-    def _least_busy(self) -> int:
-        """The engine with the fewest unfinished jobs (the first on a tie)."""
-        if len(self.engines) == 1:
-            return 0
+    def _least_busy(self, candidates) -> int:
+        """Of the `candidates` (engine indices), the one with the fewest unfinished jobs (the first on a tie)."""
+        candidates = list(candidates)
+        if len(candidates) == 1:
+            return candidates[0]
         with self._lock:
-            pending = [0] * len(self.engines)
+            pending = dict.fromkeys(candidates, 0)
             for job in self.jobs.values():
-                if not job.status.terminal:
+                if not job.status.terminal and job.engine in pending:
                     pending[job.engine] += 1
-        return min(range(len(pending)), key=pending.__getitem__)
+        return min(candidates, key=pending.__getitem__)
+
+    def _engine_for(self, plan: Plan) -> int:
+        """The least busy engine of the plan's device (engines of one device id are interchangeable)."""
+        same = [i for i, engine in enumerate(self.engines) if engine.device == plan.device.id]
+        if not same:
+            raise SdplayError(f"No engine runs on {plan.device.id} here.", hint="Plan the request on this server.")
+        return self._least_busy(same)
 
     def submit(
         self,
-        request: GenerationRequest,
+        request: GenerationRequest | Plan,
         api: str,
         *,
         idempotency_key: str | None = None,
         body_hash: str | None = None,
         preview_steps: frozenset[int] = frozenset(),
     ) -> tuple[str, bool]:
-        """Queue a job; returns (job id, replayed) where replayed means the Idempotency-Key was seen before."""
-        plan, engine = self.plan(request)
+        """Queue a job (a request, or a plan this service made); returns (job id, replayed) where replayed means the
+        Idempotency-Key was seen before."""
+        plan = request if isinstance(request, Plan) else self.plan(request)
         prepared = plan.request
+        engine = self._engine_for(plan)
         with self._lock:
             if idempotency_key:
                 prior = self._prior(idempotency_key, body_hash)
