@@ -98,9 +98,7 @@ def get_sampler(name: str, schedule: str | None = None) -> SamplerSpec:
     if key == "karras":
         return _find(f"{spec.base} Karras")
     labels = ", ".join(label for _, label in SCHEDULE_TYPES)
-    raise InvalidRequest(
-        f"Unknown schedule type {schedule!r}.", field="scheduler", hint=f"Use one of: {labels}."
-    )
+    raise InvalidRequest(f"Unknown schedule type {schedule!r}.", field="scheduler", hint=f"Use one of: {labels}.")
 
 
 def combine_sampler(name: str | None, schedule: str | None = None) -> str | None:
