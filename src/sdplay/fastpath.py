@@ -8,9 +8,9 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from sdplay.catalog import Family
 from sdplay.devices import DeviceInfo
 from sdplay.errors import InvalidRequest
+from sdplay.families import FAMILIES, Family
 from sdplay.fastgraphs import GraphedForward, SharedPool, cuda_recorder, install
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ class FastConfig:
 # (cold compile 41-49 s, restart 11-15 s); for SDXL 18% faster but 103 s cold and 23 s at every restart, so SDXL
 # compiles its transformer blocks only (20 s cold, 14 s restart). "aot" (packages a restart loads in seconds) is
 # opt-in until it has run on a GPU: its first H200 run crashed (docs/benchmarks.md, H200).
-AUTO_COMPILE = {Family.SD1: ("full", None), Family.SD2: ("full", None), Family.SDXL: ("regional", True)}
+AUTO_COMPILE = {f.family: f.compile_default for f in FAMILIES}  # per family, in sdplay.families
 
 
 def resolve(config: FastConfig, family: Family | None) -> FastConfig:
