@@ -67,6 +67,7 @@ class Job:
     preview_steps: frozenset[int] = frozenset()  # steps that must publish a preview (OpenAI partial_images)
     cancel_requested: bool = False
     idempotency_key: str | None = None
+    png_text: dict[str, str] = field(default_factory=dict)  # extra PNG text chunks (ComfyUI: prompt, workflow)
     _watchers: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = field(default_factory=list, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 

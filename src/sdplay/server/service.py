@@ -166,6 +166,7 @@ class Service:
         idempotency_key: str | None = None,
         body_hash: str | None = None,
         preview_steps: frozenset[int] = frozenset(),
+        png_text: dict[str, str] | None = None,
     ) -> tuple[str, bool]:
         """Queue a job; returns (job id, replayed) where replayed means the Idempotency-Key was seen before."""
         prepared = self.prepare(request)
@@ -174,7 +175,8 @@ class Service:
                 prior = self._prior(idempotency_key, body_hash)
                 if prior:
                     return prior, True
-            job = Job(prepared, api=api, preview_steps=preview_steps, idempotency_key=idempotency_key)
+            job = Job(prepared, api=api, preview_steps=preview_steps, idempotency_key=idempotency_key,
+                      png_text=dict(png_text or {}))  # fmt: skip
             if not self.queue.put(job):
                 self.metrics.rejected.inc()
                 raise QueueFull(
