@@ -14,7 +14,7 @@ import platform
 import sys
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, Response
 
 from sdplay import __version__
@@ -23,12 +23,15 @@ from sdplay.server.auth import require_a1111_auth
 from sdplay.server.comfy import files, graph, nodes, plan
 from sdplay.server.comfy.runtime import ComfyPrompt, ComfyState, new_prompt_id
 from sdplay.server.errors import QueueFull, Unauthorized
+from sdplay.server.schemas_comfy import PROMPT_BODY, PromptAccepted, PromptStatus, QueueView, Uploaded, comfy_responses
 from sdplay.server.service import Service
 
-router = APIRouter(tags=["comfyui"], dependencies=[Depends(require_a1111_auth)])
+router = APIRouter(tags=["comfyui"], dependencies=[Depends(require_a1111_auth)], responses=comfy_responses())
 sockets = APIRouter(tags=["comfyui"])
 
 MAX_PROMPT_ID = 200
+EMPTY = {200: {"description": "Done (empty body, as ComfyUI answers)", "content": {}}}
+IMAGES = {200: {"content": {media: {} for media in ("image/png", "image/jpeg", "image/webp")}}}
 
 
 def get_service(request: Request) -> Service:
@@ -76,7 +79,12 @@ def _sdplay_error(exc: SdplayError) -> JSONResponse:
 
 
 # -- prompts ---------------------------------------------------------------------------------
-@router.post("/prompt", summary="Queue a workflow (API format)")
+@router.post(
+    "/prompt",
+    summary="Queue a workflow (API format)",
+    response_model=PromptAccepted,
+    openapi_extra={"requestBody": PROMPT_BODY},
+)
 async def post_prompt(request: Request) -> JSONResponse:
     """`{"prompt": {...}, "client_id", "prompt_id", "front", "number", "extra_data"}`; any Content-Type."""
     service, state = get_service(request), get_state(request)
@@ -145,12 +153,12 @@ def _submit(service: Service, p: ComfyPrompt) -> None:
         raise
 
 
-@router.get("/prompt", summary="Queue status")
+@router.get("/prompt", summary="Queue status", response_model=PromptStatus)
 def get_prompt(request: Request) -> dict[str, Any]:
     return get_state(request).status()["status"]
 
 
-@router.get("/queue", summary="Running and pending prompts")
+@router.get("/queue", summary="Running and pending prompts", response_model=QueueView)
 def get_queue(request: Request) -> dict[str, Any]:
     state = get_state(request)
     return {
@@ -167,7 +175,7 @@ async def _json_body(request: Request) -> dict[str, Any]:
     return body if isinstance(body, dict) else {}
 
 
-@router.post("/queue", summary="Clear the queue or delete pending prompts")
+@router.post("/queue", summary="Clear the queue or delete pending prompts", response_class=Response, responses=EMPTY)
 async def post_queue(request: Request) -> Response:
     """`{"clear": true}` or `{"delete": [prompt_id, ...]}`: pending prompts are removed, never run."""
     service, state, body = get_service(request), get_state(request), await _json_body(request)
@@ -180,7 +188,7 @@ async def post_queue(request: Request) -> Response:
     return Response(status_code=200)
 
 
-@router.post("/interrupt", summary="Stop the running prompt(s)")
+@router.post("/interrupt", summary="Stop the running prompt(s)", response_class=Response, responses=EMPTY)
 async def interrupt(request: Request) -> Response:
     """Stops running prompts at their next step; `{"prompt_id": ...}` stops only that one."""
     service, state, body = get_service(request), get_state(request), await _json_body(request)
@@ -206,7 +214,7 @@ def get_history_item(prompt_id: str, request: Request) -> dict[str, Any]:
     return {prompt_id: entry} if entry is not None else {}
 
 
-@router.post("/history", summary="Clear the history or delete entries")
+@router.post("/history", summary="Clear the history or delete entries", response_class=Response, responses=EMPTY)
 async def post_history(request: Request) -> Response:
     state, body = get_state(request), await _json_body(request)
     if body.get("clear"):
@@ -217,7 +225,7 @@ async def post_history(request: Request) -> Response:
 
 
 # -- files -----------------------------------------------------------------------------------
-@router.get("/view", summary="An output, temp or input image", response_class=Response)
+@router.get("/view", summary="An output, temp or input image", response_class=Response, responses=IMAGES)
 def view(
     request: Request,
     filename: str = Query(..., max_length=255),
@@ -231,40 +239,48 @@ def view(
         path = files.find(get_service(request).settings, type, subfolder, filename)
         data, media = files.render(path, preview, channel)
     except files.FileRefused as exc:
-        return JSONResponse({"error": exc.args[0]}, status_code=exc.status)
+        return _file_refused(exc)
     return Response(data, media_type=media, headers={"Content-Disposition": f'filename="{path.name}"'})
 
 
-@router.post("/upload/image", summary="Upload an input image (multipart)")
-async def upload_image(request: Request) -> JSONResponse:
-    """Fields `image` (file), `overwrite` ("true"/"1"), `subfolder`, `type`; answers {name, subfolder, type}."""
-    return await _upload(request, mask=False)
+@router.post("/upload/image", summary="Upload an input image (multipart)", response_model=Uploaded)
+async def upload_image(
+    request: Request,
+    image: UploadFile = File(..., description="The image (PNG, JPEG or WebP)."),
+    overwrite: str = Form("", max_length=8, description='"true" or "1" replaces a file of the same name.'),
+    subfolder: str = Form("", max_length=255),
+    type: str = Form("input", max_length=16, description="input or temp"),
+) -> JSONResponse:
+    """As ComfyUI: a name already taken becomes 'name (1).png' unless `overwrite`; answers {name, subfolder, type}."""
+    fields = {"overwrite": overwrite, "subfolder": subfolder, "type": type}
+    return await _upload(request, image, fields, mask=False)
 
 
-@router.post("/upload/mask", summary="Upload a mask onto an uploaded image (multipart)")
-async def upload_mask(request: Request) -> JSONResponse:
-    """Fields `image` (the mask, its alpha is used) and `original_ref` (JSON {filename, subfolder, type})."""
-    return await _upload(request, mask=True)
+@router.post("/upload/mask", summary="Upload a mask onto an uploaded image (multipart)", response_model=Uploaded)
+async def upload_mask(
+    request: Request,
+    image: UploadFile = File(..., description="The mask: its alpha channel becomes the original's alpha."),
+    original_ref: str = Form(..., max_length=1000, description="JSON {filename, subfolder, type} of the original."),
+    overwrite: str = Form("", max_length=8),
+    subfolder: str = Form("", max_length=255),
+    type: str = Form("input", max_length=16),
+) -> JSONResponse:
+    fields = {"overwrite": overwrite, "subfolder": subfolder, "type": type, "original_ref": original_ref}
+    return await _upload(request, image, fields, mask=True)
 
 
-async def _upload(request: Request, mask: bool) -> JSONResponse:
+async def _upload(request: Request, image: UploadFile, fields: dict[str, str], mask: bool) -> JSONResponse:
     settings = get_service(request).settings
     try:
-        form = await request.form(max_files=1, max_fields=16)
-    except Exception as exc:  # a malformed multipart body
-        return JSONResponse({"error": f"Not a multipart form: {exc}"}, status_code=400)
-    try:
-        upload = form.get("image")
-        if upload is None or isinstance(upload, str):
-            raise files.FileRefused("Send the image as the multipart file field 'image'.", 400)
-        data = await upload.read()
-        fields = {k: v for k, v in form.items() if isinstance(v, str)}
-        saved = await asyncio.to_thread(files.store_upload, settings, upload.filename or "", data, fields, mask)
+        data = await image.read()
+        saved = await asyncio.to_thread(files.store_upload, settings, image.filename or "", data, fields, mask)
     except files.FileRefused as exc:
-        return JSONResponse({"error": exc.args[0]}, status_code=exc.status)
-    finally:
-        await form.close()
+        return _file_refused(exc)
     return JSONResponse(saved)
+
+
+def _file_refused(exc: files.FileRefused) -> JSONResponse:
+    return _refused(graph.error("invalid_file", exc.args[0]), status=exc.status)
 
 
 # -- descriptions ----------------------------------------------------------------------------
@@ -292,10 +308,11 @@ def model_folders() -> list[str]:
     return list(MODEL_FOLDERS)
 
 
-@router.get("/models/{folder}", summary="Models in one folder")
+@router.get("/models/{folder}", summary="Models in one folder", response_model=list[str])
 def models_in(folder: str, request: Request) -> Response:
     if folder not in MODEL_FOLDERS:
-        return JSONResponse({"error": f"No model folder {folder!r}; folders: {', '.join(MODEL_FOLDERS)}."}, 404)
+        message = f"No model folder {folder!r}; folders: {', '.join(MODEL_FOLDERS)}."
+        return _refused(graph.error("not_found", message), status=404)
     names = [m.name for m in get_service(request).usable_models()] if folder == "checkpoints" else []
     return JSONResponse(names)
 
@@ -355,7 +372,7 @@ def _device(device: str, index: int) -> dict[str, Any]:
     }
 
 
-@router.post("/free", summary="Unload models and free memory")
+@router.post("/free", summary="Unload models and free memory", response_class=Response, responses=EMPTY)
 async def free(request: Request) -> Response:
     """`{"unload_models": true}` unloads every model once the running jobs are done (the worker reloads on use)."""
     body = await _json_body(request)
