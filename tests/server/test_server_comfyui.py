@@ -233,6 +233,12 @@ def test_node_errors_as_comfyui_reports_them(client, server):
     assert _refused(client, wf)["error"]["type"] == "prompt_no_outputs"
     assert client.post("/prompt", json={"nothing": 1}).json()["error"]["type"] == "no_prompt"
     assert client.post("/prompt", content=b"{not json").status_code == 400
+    nan = json.dumps({"prompt": open_webui_workflow("x", 1)}).replace('"cfg": 8', '"cfg": NaN')
+    assert "NaN" in nan and client.post("/prompt", content=nan).status_code == 400
+    surrogate = json.dumps({"prompt": open_webui_workflow("lone \ud800", 1)})
+    assert "\\ud800" in surrogate
+    res = client.post("/prompt", content=surrogate, headers={"Content-Type": "text/plain"})
+    assert res.status_code == 400 and "not JSON" in res.json()["error"]["message"]
     assert server.service.gallery.list_jobs(None, 10) == []  # nothing refused was queued
 
 

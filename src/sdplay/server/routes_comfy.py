@@ -89,8 +89,8 @@ async def post_prompt(request: Request) -> JSONResponse:
     """`{"prompt": {...}, "client_id", "prompt_id", "front", "number", "extra_data"}`; any Content-Type."""
     service, state = get_service(request), get_state(request)
     try:
-        body = json.loads(await request.body())
-    except (ValueError, UnicodeDecodeError) as exc:
+        body = _strict_json(await request.body())
+    except (ValueError, UnicodeError, RecursionError) as exc:
         return _refused(graph.error("invalid_prompt", f"The body is not JSON: {exc}.", 'Send {"prompt": {...}}.'))
     if not isinstance(body, dict) or "prompt" not in body:
         return _refused(graph.error("no_prompt", "No prompt provided", "No prompt provided"))
@@ -121,6 +121,17 @@ async def post_prompt(request: Request) -> JSONResponse:
         return _sdplay_error(exc)
     state.add(p, service)
     return JSONResponse({"prompt_id": p.id, "number": number, "node_errors": checked.node_errors})
+
+
+def _strict_json(data: bytes) -> Any:
+    """JSON whatever the Content-Type (SillyTavern posts text/plain): no NaN/Infinity, valid Unicode only."""
+
+    def constant(name: str) -> Any:
+        raise ValueError(f"{name} is not a JSON number")
+
+    value = json.loads(data, parse_constant=constant)
+    json.dumps(value, ensure_ascii=False).encode("utf-8")  # a lone surrogate raises UnicodeEncodeError
+    return value
 
 
 def _number(body: dict[str, Any], state: ComfyState) -> float:
