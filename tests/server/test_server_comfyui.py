@@ -14,7 +14,7 @@ import httpx
 import pytest
 import websocket
 from fake_engine import FakeEngine, colour
-from live import live_server, pixel
+from live import live_server, pixel, wait_job
 from PIL import Image
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "comfyui"
@@ -389,3 +389,30 @@ def test_auth_and_cross_origin_websocket(tmp_path):
                 header=["Authorization: Bearer k3y"],
                 origin="http://evil.example",
             ).recv()
+
+
+def test_default_workflow_on_the_real_engine_matches_the_native_api(tmp_path):
+    """The embedded model through the ComfyUI dialect gives the pixels the native API gives for the same request."""
+    pytest.importorskip("diffusers")
+    from sdplay.engine import Engine
+
+    wf = open_webui_workflow("red heart", seed=11, steps=3)
+    wf["3"]["inputs"].update(sampler_name="dpmpp_2m", scheduler="karras", cfg=4.0)
+    with live_server(tmp_path, Engine()) as s, httpx.Client(base_url=s.url, timeout=300) as http:
+        cid = uuid.uuid4().hex
+        ws = connect(s, cid)
+        ws.recv()
+        prompt_id = http.post("/prompt", json={"prompt": wf, "client_id": cid}).json()["prompt_id"]
+        messages, frames = follow(ws, prompt_id, timeout=300)
+        ws.close()
+        assert messages[-2]["type"] == "execution_success" and frames
+        image = http.get(f"/history/{prompt_id}").json()[prompt_id]["outputs"]["9"]["images"][0]
+        comfy = http.get("/view", params=image).content
+        native = {"prompt": "red heart", "seed": 11, "steps": 3, "sampler": "DPM++ 2M Karras", "guidance": 4.0}
+        job = http.post("/api/v1/jobs", json=native).json()
+        view = wait_job(http, job["id"], timeout=300)
+        assert view["status"] == "done", view
+        reference = http.get(view["images"][0]["url"]).content
+    pixels = [Image.open(io.BytesIO(data)).convert("RGB") for data in (comfy, reference)]
+    assert pixels[0].size == (64, 64) and pixels[0].tobytes() == pixels[1].tobytes()
+    assert len(set(pixels[0].getdata())) > 10  # a real image, not a flat colour
