@@ -29,7 +29,7 @@ from sdplay.server.service import Service
 router = APIRouter(tags=["comfyui"], dependencies=[Depends(require_a1111_auth)], responses=comfy_responses())
 sockets = APIRouter(tags=["comfyui"])
 
-MAX_PROMPT_ID = 200
+MAX_PROMPT_ID = 200  # handlers that read the prompt table are async: it lives on the event loop
 EMPTY = {200: {"description": "Done (empty body, as ComfyUI answers)", "content": {}}}
 IMAGES = {200: {"content": {media: {} for media in ("image/png", "image/jpeg", "image/webp")}}}
 
@@ -165,12 +165,12 @@ def _submit(service: Service, p: ComfyPrompt) -> None:
 
 
 @router.get("/prompt", summary="Queue status", response_model=PromptStatus)
-def get_prompt(request: Request) -> dict[str, Any]:
+async def get_prompt(request: Request) -> dict[str, Any]:
     return get_state(request).status()["status"]
 
 
 @router.get("/queue", summary="Running and pending prompts", response_model=QueueView)
-def get_queue(request: Request) -> dict[str, Any]:
+async def get_queue(request: Request) -> dict[str, Any]:
     state = get_state(request)
     return {
         "queue_running": [p.queue_item() for p in state.running()],
@@ -211,7 +211,9 @@ async def interrupt(request: Request) -> Response:
 
 
 @router.get("/history", summary="Finished prompts")
-def get_history(request: Request, max_items: int | None = Query(None, ge=0), offset: int = Query(-1)) -> dict[str, Any]:
+async def get_history(
+    request: Request, max_items: int | None = Query(None, ge=0), offset: int = Query(-1)
+) -> dict[str, Any]:
     items = list(get_state(request).history.items())
     if offset < 0 and max_items is not None:
         offset = len(items) - max_items
@@ -220,7 +222,7 @@ def get_history(request: Request, max_items: int | None = Query(None, ge=0), off
 
 
 @router.get("/history/{prompt_id}", summary="One finished prompt")
-def get_history_item(prompt_id: str, request: Request) -> dict[str, Any]:
+async def get_history_item(prompt_id: str, request: Request) -> dict[str, Any]:
     entry = get_state(request).history.get(prompt_id)
     return {prompt_id: entry} if entry is not None else {}
 
