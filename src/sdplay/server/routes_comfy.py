@@ -105,7 +105,7 @@ async def post_prompt(request: Request) -> JSONResponse:
         )
     try:
         checked = graph.check(body["prompt"], nodes.table(_choices(service)), _resolver(service))
-        planned = plan.make_plan(body["prompt"], checked, list(service.catalog.samplers), service.prepare)
+        planned = plan.make_plan(body["prompt"], checked, plan.Context(list(service.catalog.samplers), service.prepare))
     except graph.PromptRefused as exc:
         return JSONResponse(exc.body(), status_code=400)
     extra = body.get("extra_data") if isinstance(body.get("extra_data"), dict) else {}

@@ -93,10 +93,16 @@ def unsupported(what: str, hint: str, **extra: Any) -> NodeProblem:
     )
 
 
-Prepare = Callable[[GenerationRequest], GenerationRequest]
+@dataclass(frozen=True)
+class Context:
+    """What planning needs from the server: its samplers, its request check, and its input images."""
+
+    samplers: list[str]  # sdplay sampler names the engine offers
+    prepare: Callable[[GenerationRequest], GenerationRequest]  # Service.prepare: limits, model, defaults
+    open_input: Callable[[str], bytes] | None = None  # an uploaded image by LoadImage name
 
 
-def make_plan(graph: dict[str, dict], checked: Checked, available_samplers: list[str], prepare: Prepare) -> Plan:
+def make_plan(graph: dict[str, dict], checked: Checked, ctx: Context) -> Plan:
     """Evaluate the needed nodes in order; raise PromptRefused naming every node sdplay cannot run."""
     plan = Plan(checked.order, {n: graph[n]["class_type"] for n in checked.order})
     results: dict[str, tuple] = {}
@@ -107,7 +113,7 @@ def make_plan(graph: dict[str, dict], checked: Checked, available_samplers: list
             continue  # an upstream node failed: it carries the error
         args = {k: (results[v[0]][v[1]] if isinstance(v, tuple) else v) for k, v in values.items()}
         try:
-            results[nid] = NODES[plan.classes[nid]](nid, args, plan, available_samplers, prepare)
+            results[nid] = NODES[plan.classes[nid]](nid, args, plan, ctx)
         except NodeProblem as exc:
             node_errors[nid] = {
                 "errors": [exc.error],
@@ -122,38 +128,38 @@ def make_plan(graph: dict[str, dict], checked: Checked, available_samplers: list
     return plan
 
 
-def _checkpoint(nid, a, plan, s, prepare) -> tuple:
+def _checkpoint(nid, a, plan, ctx) -> tuple:
     name = a["ckpt_name"]
     return Model(name), Clip(name), Vae(name)
 
 
-def _encode(nid, a, plan, s, prepare) -> tuple:
+def _encode(nid, a, plan, ctx) -> tuple:
     return (Cond(a["text"], a["clip"]),)
 
 
-def _last_layer(nid, a, plan, s, prepare) -> tuple:
+def _last_layer(nid, a, plan, ctx) -> tuple:
     return (a["clip"],)  # only -1 (the last layer) validates
 
 
-def _empty_latent(nid, a, plan, s, prepare) -> tuple:
+def _empty_latent(nid, a, plan, ctx) -> tuple:
     return (EmptyLatent(a["width"] // 8 * 8, a["height"] // 8 * 8, a["batch_size"]),)
 
 
-def _ksampler(nid, a, plan, s, prepare) -> tuple:
-    return _sample(nid, a, a["seed"], a.get("denoise", 1.0), plan, s, prepare)
+def _ksampler(nid, a, plan, ctx) -> tuple:
+    return _sample(nid, a, a["seed"], a["denoise"], plan, ctx)
 
 
-def _ksampler_advanced(nid, a, plan, s, prepare) -> tuple:
+def _ksampler_advanced(nid, a, plan, ctx) -> tuple:
     if a["end_at_step"] < a["steps"]:
         raise unsupported(
             f"end_at_step {a['end_at_step']} stops before the last of {a['steps']} steps;",
             "sdplay runs whole schedules: set end_at_step to 10000 (or at least steps).",
             input_name="end_at_step",
         )
-    return _sample(nid, a, a["noise_seed"], 1.0, plan, s, prepare)
+    return _sample(nid, a, a["noise_seed"], 1.0, plan, ctx)
 
 
-def _sample(nid, a, seed: int, denoise: float, plan: Plan, available: list[str], prepare: Prepare) -> tuple:
+def _sample(nid, a, seed: int, denoise: float, plan: Plan, ctx: Context) -> tuple:
     model, pos, neg, latent = a["model"], a["positive"], a["negative"], a["latent_image"]
     if not isinstance(latent, EmptyLatent):
         raise unsupported(
@@ -172,9 +178,9 @@ def _sample(nid, a, seed: int, denoise: float, plan: Plan, available: list[str],
                 "encode prompts with the CLIP of the same checkpoint.",
                 input_name=name,
             )
-    sampler = samplers.to_sdplay(a["sampler_name"], a["scheduler"], available)
+    sampler = samplers.to_sdplay(a["sampler_name"], a["scheduler"], ctx.samplers)
     if sampler is None:
-        choices = samplers.schedulers_for(a["sampler_name"], available)
+        choices = samplers.schedulers_for(a["sampler_name"], ctx.samplers)
         raise NodeProblem(
             error(
                 "value_not_in_list",
@@ -198,7 +204,7 @@ def _sample(nid, a, seed: int, denoise: float, plan: Plan, available: list[str],
         sampler=sampler,
     )
     try:
-        request = prepare(request)
+        request = ctx.prepare(request)
     except SdplayError as exc:
         raise NodeProblem(
             error(
@@ -213,7 +219,7 @@ def _sample(nid, a, seed: int, denoise: float, plan: Plan, available: list[str],
     return (Sampled(len(plan.samplings) - 1, model.name),)
 
 
-def _decode(nid, a, plan, s, prepare) -> tuple:
+def _decode(nid, a, plan, ctx) -> tuple:
     samples, vae = a["samples"], a["vae"]
     if not isinstance(samples, Sampled):
         raise unsupported(
@@ -229,14 +235,14 @@ def _decode(nid, a, plan, s, prepare) -> tuple:
 
 
 def _output(folder: str):
-    def run(nid, a, plan, s, prepare) -> tuple:
+    def run(nid, a, plan, ctx) -> tuple:
         plan.outputs.append(Output(nid, folder, [a["images"].index]))
         return ()
 
     return run
 
 
-def _never(nid, a, plan, s, prepare) -> tuple:  # UNETLoader / VAELoader: no value validates
+def _never(nid, a, plan, ctx) -> tuple:  # UNETLoader / VAELoader: no value validates
     raise unsupported("this loader has no files here;", "use CheckpointLoaderSimple.")
 
 
