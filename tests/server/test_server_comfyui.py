@@ -17,6 +17,8 @@ from fake_engine import FakeEngine, colour
 from live import live_server, pixel, wait_job
 from PIL import Image
 
+from sdplay import samplers
+
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "comfyui"
 
 
@@ -158,7 +160,8 @@ def test_api_prefixed_aliases_and_descriptions(client, server):
     assert info["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0] == ["sdplay-emoji", "sd-v1-4"]
     ks = info["KSampler"]["input"]["required"]
     assert "euler" in ks["sampler_name"][0] and "dpmpp_2m" in ks["sampler_name"][0]
-    assert "heun" not in ks["sampler_name"][0]  # the engine here has no Heun
+    assert ks["sampler_name"][0] == samplers.comfy_sampler_names(server.service.catalog.samplers)
+    assert "lcm" not in ks["sampler_name"][0] and "dpm_fast" not in ks["sampler_name"][0]
     assert ks["scheduler"][0] == ["normal", "simple", "sgm_uniform", "ddim_uniform", "karras"]
     assert ks["steps"][1]["max"] == server.settings.max_steps
     assert info["SaveImage"]["output_node"] is True and info["KSampler"]["output"] == ["LATENT"]

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from sdplay.server.comfy import graph, nodes, plan, samplers
+from sdplay import samplers
+from sdplay.server.comfy import graph, nodes, plan
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "comfyui" / "open-webui-default-workflow.json"
 ENGINE_SAMPLERS = ["Euler", "Euler a", "DPM++ 2M", "DPM++ 2M Karras", "DDIM", "UniPC"]
@@ -78,15 +80,18 @@ def test_shapes_that_are_not_a_graph():
 
 
 def test_sampler_and_scheduler_names_map_onto_sdplay():
-    assert samplers.to_sdplay("dpmpp_2m", "karras", ENGINE_SAMPLERS) == "DPM++ 2M Karras"
-    assert samplers.to_sdplay("euler_ancestral", "simple", ENGINE_SAMPLERS) == "Euler a"
-    assert samplers.to_sdplay("uni_pc_bh2", "sgm_uniform", ENGINE_SAMPLERS) == "UniPC"
-    assert samplers.to_sdplay("euler", "karras", ENGINE_SAMPLERS) is None
-    assert samplers.to_sdplay("euler", "exponential", ENGINE_SAMPLERS) is None
-    assert samplers.to_sdplay("lcm", "normal", ENGINE_SAMPLERS) is None
-    assert samplers.sampler_choices(ENGINE_SAMPLERS) == ["euler", "euler_ancestral", "dpmpp_2m", "ddim", "uni_pc",
+    assert samplers.from_comfy("dpmpp_2m", "karras", ENGINE_SAMPLERS) == "DPM++ 2M Karras"
+    assert samplers.from_comfy("euler_ancestral", "simple", ENGINE_SAMPLERS) == "Euler a"
+    assert samplers.from_comfy("uni_pc_bh2", "sgm_uniform", ENGINE_SAMPLERS) == "UniPC"
+    assert samplers.from_comfy("euler", "karras", ENGINE_SAMPLERS) is None
+    assert samplers.from_comfy("euler", "exponential", ENGINE_SAMPLERS) is None
+    assert samplers.from_comfy("lcm", "normal", ENGINE_SAMPLERS) is None
+    assert samplers.comfy_sampler_names(ENGINE_SAMPLERS) == ["euler", "euler_ancestral", "dpmpp_2m", "ddim", "uni_pc",
                                                          "uni_pc_bh2"]  # fmt: skip
-    assert samplers.schedulers_for("ddim", ENGINE_SAMPLERS) == ["normal", "simple", "sgm_uniform", "ddim_uniform"]
+    assert samplers.comfy_schedulers_for("ddim", ENGINE_SAMPLERS) == ["normal", "simple", "sgm_uniform", "ddim_uniform"]
+    for spec in samplers.SAMPLERS:  # both directions agree: each sdplay sampler's own ComfyUI pair maps back to it
+        if spec.comfy:
+            assert samplers.from_comfy(*spec.comfy) == spec.name
 
 
 def test_planning_turns_each_sampler_into_one_request():
@@ -95,7 +100,7 @@ def test_planning_turns_each_sampler_into_one_request():
     wf["5"]["inputs"].update(width=100, height=64, batch_size=2)
     wf["3"]["inputs"].update(seed=2**40 + 3, sampler_name="dpmpp_2m", scheduler="karras")
     checked = graph.check(wf, TABLE)
-    planned = plan.make_plan(wf, checked, plan.Context(ENGINE_SAMPLERS, lambda r: r))
+    planned = plan.make_plan(wf, checked, plan.Context(ENGINE_SAMPLERS, lambda r: SimpleNamespace(request=r)))
     [sampling] = planned.samplings
     r = sampling.request
     assert (r.prompt, r.negative_prompt, r.width, r.height, r.n_images) == ("a cat", "", 96, 64, 2)
@@ -107,6 +112,6 @@ def test_planning_refuses_what_sdplay_cannot_do():
     wf = workflow()
     wf["3"]["inputs"]["denoise"] = 0.5
     with pytest.raises(graph.PromptRefused) as info:
-        plan.make_plan(wf, graph.check(wf, TABLE), plan.Context(ENGINE_SAMPLERS, lambda r: r))
+        plan.make_plan(wf, graph.check(wf, TABLE), plan.Context(ENGINE_SAMPLERS, lambda r: SimpleNamespace(request=r)))
     err = info.value.node_errors["3"]["errors"][0]
     assert err["type"] == "custom_validation_failed" and "denoise 0.5" in err["details"]

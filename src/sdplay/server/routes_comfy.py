@@ -105,7 +105,7 @@ async def post_prompt(request: Request) -> JSONResponse:
         )
     try:
         checked = graph.check(body["prompt"], nodes.table(_choices(service)), _resolver(service))
-        planned = plan.make_plan(body["prompt"], checked, plan.Context(list(service.catalog.samplers), service.prepare))
+        planned = plan.make_plan(body["prompt"], checked, plan.Context(list(service.catalog.samplers), service.plan))
     except graph.PromptRefused as exc:
         return JSONResponse(exc.body(), status_code=400)
     extra = body.get("extra_data") if isinstance(body.get("extra_data"), dict) else {}
@@ -156,7 +156,7 @@ def _submit(service: Service, p: ComfyPrompt) -> None:
     text = _png_text(p)
     try:
         for sampling in p.plan.samplings:
-            job_id, _ = service.submit(sampling.request, "comfyui", png_text=text)
+            job_id, _ = service.submit(sampling.job, "comfyui", png_text=text)
             p.jobs.append(job_id)
     except SdplayError:
         for job_id in p.jobs:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sdplay.server.comfy import samplers
+from sdplay import samplers
 
 MAX_SEED = 0xFFFFFFFFFFFFFFFF  # ComfyUI's seed range; sdplay seeds are taken modulo 2**32
 LINK_TYPES = ("MODEL", "CLIP", "VAE", "CONDITIONING", "LATENT", "IMAGE", "MASK")
@@ -78,8 +78,8 @@ def _float(default: float, lo: float, hi: float, step: float = 0.01, **extra: An
 def _sampling(c: Choices) -> dict[str, tuple]:
     return {
         "cfg": _float(8.0, 0.0, c.max_guidance, 0.1, round=0.01),
-        "sampler_name": (samplers.sampler_choices(c.samplers), {}),
-        "scheduler": (samplers.scheduler_choices(c.samplers), {}),
+        "sampler_name": (samplers.comfy_sampler_names(c.samplers), {}),
+        "scheduler": (samplers.comfy_scheduler_names(c.samplers), {}),
         "positive": ("CONDITIONING", {}),
         "negative": ("CONDITIONING", {}),
         "latent_image": ("LATENT", {}),

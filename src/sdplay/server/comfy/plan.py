@@ -12,8 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from sdplay import samplers
 from sdplay.errors import SdplayError
-from sdplay.server.comfy import samplers
+from sdplay.plan import Plan as JobPlan
 from sdplay.server.comfy.graph import Checked, PromptRefused, error
 from sdplay.types import MAX_SEED, GenerationRequest
 
@@ -60,7 +61,11 @@ class Decoded:
 @dataclass
 class Sampling:
     node_id: str
-    request: GenerationRequest
+    job: JobPlan  # sdplay's plan of the job: what the engine runs
+
+    @property
+    def request(self) -> GenerationRequest:
+        return self.job.request
 
 
 @dataclass
@@ -98,7 +103,7 @@ class Context:
     """What planning needs from the server: its samplers, its request check, and its input images."""
 
     samplers: list[str]  # sdplay sampler names the engine offers
-    prepare: Callable[[GenerationRequest], GenerationRequest]  # Service.prepare: limits, model, defaults
+    plan_job: Callable[[GenerationRequest], JobPlan]  # Service.plan: limits, model, defaults, device
     open_input: Callable[[str], bytes] | None = None  # an uploaded image by LoadImage name
 
 
@@ -178,9 +183,9 @@ def _sample(nid, a, seed: int, denoise: float, plan: Plan, ctx: Context) -> tupl
                 "encode prompts with the CLIP of the same checkpoint.",
                 input_name=name,
             )
-    sampler = samplers.to_sdplay(a["sampler_name"], a["scheduler"], ctx.samplers)
+    sampler = samplers.from_comfy(a["sampler_name"], a["scheduler"], ctx.samplers)
     if sampler is None:
-        choices = samplers.schedulers_for(a["sampler_name"], ctx.samplers)
+        choices = samplers.comfy_schedulers_for(a["sampler_name"], ctx.samplers)
         raise NodeProblem(
             error(
                 "value_not_in_list",
@@ -204,7 +209,7 @@ def _sample(nid, a, seed: int, denoise: float, plan: Plan, ctx: Context) -> tupl
         sampler=sampler,
     )
     try:
-        request = ctx.prepare(request)
+        job = ctx.plan_job(request)
     except SdplayError as exc:
         raise NodeProblem(
             error(
@@ -215,7 +220,7 @@ def _sample(nid, a, seed: int, denoise: float, plan: Plan, ctx: Context) -> tupl
                 input_name=exc.field,
             )
         ) from exc
-    plan.samplings.append(Sampling(nid, request))
+    plan.samplings.append(Sampling(nid, job))
     return (Sampled(len(plan.samplings) - 1, model.name),)
 
 
