@@ -403,7 +403,7 @@ def test_default_workflow_on_the_real_engine_matches_the_native_api(tmp_path):
 
     wf = open_webui_workflow("red heart", seed=11, steps=3)
     wf["3"]["inputs"].update(sampler_name="dpmpp_2m", scheduler="karras", cfg=4.0)
-    with live_server(tmp_path, Engine()) as s, httpx.Client(base_url=s.url, timeout=300) as http:
+    with live_server(tmp_path, Engine(device="auto")) as s, httpx.Client(base_url=s.url, timeout=300) as http:
         cid = uuid.uuid4().hex
         ws = connect(s, cid)
         ws.recv()
