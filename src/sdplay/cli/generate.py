@@ -32,8 +32,9 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     quiet_libraries()
-    from sdplay.engine import Engine
+    from sdplay import catalog
     from sdplay.images import ensure_writable, save_png
+    from sdplay.samplers import get_sampler
     from sdplay.types import GenerationRequest
 
     width, height = parse_size(args.size)
@@ -41,11 +42,18 @@ def run(args: argparse.Namespace) -> int:
         prompt=args.prompt, negative_prompt=args.negative, model=args.model, n_images=args.n_images,
         batch_size=args.batch_size, steps=args.steps, guidance=args.guidance, width=width, height=height,
         seed=args.seed, sampler=args.sampler, device=args.device, dtype=args.dtype,
-    )  # fmt: skip
+    ).validate()  # fmt: skip
+    # Mistakes in the arguments are told before torch and diffusers are imported (seconds on a small CPU).
+    catalog.resolve(args.model, allow_pickle=args.allow_pickle)
+    if args.sampler:
+        get_sampler(args.sampler)
+    out_dir = ensure_writable(Path(args.out))
+    from sdplay.engine import Engine
+
     _hide_library_progress()
     engine = Engine(load_options(args), max_models=1)
     request = engine.resolve(request)
-    out_dir = ensure_writable(Path(args.out))
+    engine.load(request.model, request.device, request.dtype)  # a load error comes before any progress bar
     with _Progress(request, quiet=args.json) as progress:
         result = engine.generate(request, on_step=progress.update, monitor=args.monitor)
     paths = [save_png(result, i, out_dir) for i in range(len(result.images))]

@@ -44,6 +44,14 @@ def run_command(func, args: argparse.Namespace, *, verbose: bool = False) -> int
     except SdplayError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2 if exc.status < 500 else 1
+    except ModuleNotFoundError as exc:  # an optional part not installed: say which, and the command that adds it
+        from sdplay.extras import missing_extra
+
+        if verbose:
+            raise
+        error = missing_extra(exc, getattr(args, "command", None))
+        print(f"error: {error or f'{type(exc).__name__}: {exc} (run with -v for the traceback)'}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sdplay import catalog
+from sdplay.availability import how_to_get_on_server
 from sdplay.errors import InvalidRequest, ModelNotAvailable, SdplayError
 from sdplay.server.errors import Conflict, NotFound, QueueFull
 from sdplay.server.gallery import Gallery
@@ -143,7 +144,9 @@ class Service:
             names = ", ".join(m.name for m in self.catalog.models)
             raise ModelNotAvailable(f"Unknown model {name!r}.", field="model", hint=f"Choose one of: {names}.")
         if not self.usable(info):
-            raise ModelNotAvailable(f"Model {info.name} is not on this server.", field="model", hint=info.how_to_get)
+            loadable = [m.name for m in self.usable_models()]
+            hint = how_to_get_on_server(info.name, _repo_id(info.name), loadable)
+            raise ModelNotAvailable(f"Model {info.name} is not on this server.", field="model", hint=hint)
         sampler = info.default_sampler if request.sampler is None else self.catalog.find_sampler(request.sampler)
         if sampler is None:
             hint = f"Choose one of: {', '.join(self.catalog.samplers)}."
@@ -301,3 +304,8 @@ def _limit(value: int | None, limit: int, name: str, hint: str) -> None:
 
 def _error_dict(error: SdplayError) -> dict[str, Any]:
     return {"type": type(error).__name__, "message": str(error), "field": error.field, "hint": error.hint}
+
+
+def _repo_id(name: str) -> str | None:
+    spec = catalog.builtin(name)
+    return spec.repo_id if spec is not None else None
