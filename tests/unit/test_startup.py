@@ -24,8 +24,9 @@ print("imported:", ",".join(heavy) or "none", "status:", status)
 """
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
+def _cli(*args: str, **more: str) -> subprocess.CompletedProcess:
     env = {"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HOME": str(Path.home())}
+    env |= more
     return subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, timeout=120, env=env)
 
 
@@ -78,3 +79,9 @@ def test_torch_plan_prefers_the_cpu_index_and_says_what_the_fallback_downloads(m
     assert it.plan("cuda")[0] == [it.TORCH]
     own = "torch==2.13.0 --index-url https://example.org/whl/cu126"
     assert it.plan(own)[0] == ["torch==2.13.0", "--index-url", "https://example.org/whl/cu126"]
+
+
+def test_a_load_error_comes_alone_without_a_progress_bar(tmp_path):
+    done = _cli("generate", "red heart", "--model", "sd14", "--device", "cpu", HF_HOME=str(tmp_path))
+    assert done.stderr.startswith("error: The weights of sd-v1-4") and "generating" not in done.stderr
+    assert "hf download CompVis/stable-diffusion-v1-4" in done.stderr and "huggingface-cli" not in done.stderr

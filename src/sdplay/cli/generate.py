@@ -53,7 +53,6 @@ def run(args: argparse.Namespace) -> int:
     _hide_library_progress()
     engine = Engine(load_options(args), max_models=1)
     request = engine.resolve(request)
-    engine.load(request.model, request.device, request.dtype)  # a load error comes before any progress bar
     with _Progress(request, quiet=args.json) as progress:
         result = engine.generate(request, on_step=progress.update, monitor=args.monitor)
     paths = [save_png(result, i, out_dir) for i in range(len(result.images))]
@@ -69,20 +68,25 @@ def _hide_library_progress() -> None:
 
 
 class _Progress:
-    """A tqdm bar over all denoising steps of all batches."""
+    """A tqdm bar over all denoising steps of all batches, drawn from the first step on (so a load error
+    is never preceded by an empty bar)."""
 
     def __init__(self, request, quiet: bool):
         self.request, self.quiet, self.bar = request, quiet, None
 
     def __enter__(self):
+        return self
+
+    def _start(self) -> None:
         from tqdm import tqdm
 
         req = self.request
         batches = -(-req.n_images // (req.batch_size or req.n_images))
         self.bar = tqdm(total=batches * req.steps, unit="step", desc="generating", disable=self.quiet, leave=False)
-        return self
 
     def update(self, info) -> None:
+        if self.bar is None:
+            self._start()
         total = info.batch_count * info.total_steps
         if self.bar.total != total:
             self.bar.total = total
@@ -90,7 +94,8 @@ class _Progress:
         self.bar.refresh()
 
     def __exit__(self, *exc) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _report(result, paths: list[Path], as_json: bool) -> None:
