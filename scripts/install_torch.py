@@ -23,7 +23,7 @@ TORCH = "torch==2.13.0"  # the version sdplay is tested with
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 # Measured for torch 2.13.0, Python 3.11, Linux x86_64 (download sizes).
 CPU_SIZE = "about 190 MB"
-PYPI_LINUX_SIZE = "about 2.6 GB: torch 500 MB plus NVIDIA's CUDA 13 libraries 2.1 GB"
+PYPI_LINUX_SIZE = "about 2.7 GB: torch 530 MB plus NVIDIA's CUDA 13 libraries 2.2 GB"
 
 
 def say(text: str) -> None:
@@ -74,12 +74,13 @@ def plan(choice: str) -> tuple[list[str], str]:
             return [TORCH, "--index-url", CPU_INDEX], f"the CPU build of {TORCH} from {CPU_INDEX} ({CPU_SIZE})"
         if not pypi_is_cuda_build():
             return [TORCH], f"{TORCH} from your package index (the CPU build on this platform, {CPU_SIZE})"
-        say(f"PyTorch's CPU index ({CPU_INDEX}) is not reachable from here; falling back to your package index.")
-        return [TORCH], (
-            f"{TORCH} from your package index. From PyPI that is the CUDA build ({PYPI_LINUX_SIZE}), which also "
-            "runs on the CPU; a local CPU wheel, where your pip configuration has one, is used instead. "
-            "To choose yourself, set SDPLAY_TORCH (see scripts/install_torch.py) and re-run"
+        say(f"PyTorch's CPU index ({CPU_INDEX}) is not reachable from here; using your package index instead.")
+        say(
+            f"From PyPI, {TORCH} is the CUDA build ({PYPI_LINUX_SIZE}); it runs on the CPU too. A CPU wheel "
+            "that your pip configuration offers (find-links, a mirror) is preferred. SDPLAY_TORCH chooses otherwise "
+            "(scripts/install_torch.py)."
         )
+        return [TORCH], f"{TORCH} from your package index"
     return shlex.split(choice), f"PyTorch as you asked (SDPLAY_TORCH={choice!r})"
 
 

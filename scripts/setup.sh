@@ -57,7 +57,7 @@ if [ "${SDPLAY_SETUP_NO_DEPS:-0}" = 1 ]; then
   say "installing sdplay alone (SDPLAY_SETUP_NO_DEPS=1: no PyTorch, no dependencies) ..."
   "${pip[@]}" -q --no-deps -e . >&2
 else
-  # 2. PyTorch first, chosen on purpose: left to pip, Linux would get the 2.6 GB CUDA build on any machine.
+  # 2. PyTorch first, chosen on purpose: left to pip, Linux would get the 2.7 GB CUDA build on any machine.
   "$py" scripts/install_torch.py >&2
   # 3. sdplay and its libraries (diffusers, transformers, ...), with pip's progress for what it downloads.
   say "installing sdplay${extras:+ with the extras $extras} and its libraries into $venv ..."

@@ -73,8 +73,9 @@ def test_torch_plan_prefers_the_cpu_index_and_says_what_the_fallback_downloads(m
     monkeypatch.setattr(it, "reachable", lambda url, timeout=5.0: False)
     monkeypatch.setattr(it, "pypi_is_cuda_build", lambda: True)
     args, what = it.plan("cpu")
-    assert args == [it.TORCH] and "CUDA build" in what and "2.6 GB" in what and "SDPLAY_TORCH" in what
-    assert "not reachable" in capsys.readouterr().err
+    assert args == [it.TORCH] and "package index" in what
+    told = capsys.readouterr().err
+    assert "not reachable" in told and "CUDA build" in told and "2.7 GB" in told and "SDPLAY_TORCH" in told
 
     assert it.plan("cuda")[0] == [it.TORCH]
     own = "torch==2.13.0 --index-url https://example.org/whl/cu126"
@@ -85,3 +86,17 @@ def test_a_load_error_comes_alone_without_a_progress_bar(tmp_path):
     done = _cli("generate", "red heart", "--model", "sd14", "--device", "cpu", HF_HOME=str(tmp_path))
     assert done.stderr.startswith("error: The weights of sd-v1-4") and "generating" not in done.stderr
     assert "hf download CompVis/stable-diffusion-v1-4" in done.stderr and "huggingface-cli" not in done.stderr
+
+
+def test_a_missing_extra_is_named_with_the_command_that_installs_it(monkeypatch):
+    from sdplay.extras import missing_extra
+
+    monkeypatch.chdir(REPO)
+    ray = missing_extra(ModuleNotFoundError("No module named 'ray'", name="ray"), "serve --ray")
+    assert "`sdplay serve --ray` needs sdplay's 'ray' extra (ray is not installed)." in str(ray)
+    assert ray.hint.endswith('-m pip install -e ".[ray]"')
+    core = missing_extra(ModuleNotFoundError("No module named 'torch'", name="torch"), "generate")
+    assert "torch is missing" in str(core) and "scripts/setup.sh" in core.hint
+    by_command = missing_extra(ModuleNotFoundError("No module named 'anyio'", name="anyio"), "serve")
+    assert "'server' extra" in str(by_command)
+    assert missing_extra(ModuleNotFoundError("No module named 'foo'", name="foo"), "models") is None
