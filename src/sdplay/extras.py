@@ -10,9 +10,11 @@ from sdplay.errors import MissingExtra
 
 CORE_MODULES = ("torch", "diffusers", "transformers", "safetensors", "huggingface_hub", "accelerate", "torchsde",
                 "PIL", "numpy", "tqdm", "psutil")  # fmt: skip
+SERVER_MODULES = ("fastapi", "uvicorn", "starlette", "pydantic", "prometheus_client", "h11", "multipart",
+                  "python_multipart", "websockets")  # fmt: skip
 # Top-level module -> the extra that brings it (None: a core dependency).
 EXTRA_OF_MODULE = {
-    **dict.fromkeys(("fastapi", "uvicorn", "starlette", "pydantic", "prometheus_client", "h11"), "server"),
+    **dict.fromkeys(SERVER_MODULES, "server"),
     **dict.fromkeys(("ipywidgets", "nbclient", "nbformat", "ipykernel"), "ui"),
     "ray": "ray",
     "emoji": "train",
