@@ -68,3 +68,9 @@ class DataError(SdplayError):
     """Training or evaluation data is missing, corrupt or malformed."""
 
     status = 400
+
+
+class MissingExtra(SdplayError):
+    """An optional part of sdplay (an extra such as 'server') is not installed; the hint gives the command."""
+
+    status = 501

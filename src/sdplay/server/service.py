@@ -13,6 +13,7 @@ from dataclasses import replace
 from typing import Any
 
 from sdplay import catalog
+from sdplay.availability import how_to_get_on_server
 from sdplay.errors import ModelNotAvailable, SdplayError
 from sdplay.plan import Limits, Plan
 from sdplay.server.errors import Conflict, NotFound, QueueFull
@@ -134,7 +135,9 @@ class Service:
             names = ", ".join(m.name for m in self.catalog.models)
             raise ModelNotAvailable(f"Unknown model {name!r}.", field="model", hint=f"Choose one of: {names}.")
         if not self.usable(info):
-            raise ModelNotAvailable(f"Model {info.name} is not on this server.", field="model", hint=info.how_to_get)
+            loadable = [m.name for m in self.usable_models()]
+            hint = how_to_get_on_server(info.name, _repo_id(info.name), loadable)
+            raise ModelNotAvailable(f"Model {info.name} is not on this server.", field="model", hint=hint)
         engine = self.engines[self._least_busy(range(len(self.engines)))]
         return engine.plan(request.with_(model=info.name), self.limits)
 
@@ -300,3 +303,8 @@ class Service:
 
 def _error_dict(error: SdplayError) -> dict[str, Any]:
     return {"type": type(error).__name__, "message": str(error), "field": error.field, "hint": error.hint}
+
+
+def _repo_id(name: str) -> str | None:
+    spec = catalog.builtin(name)
+    return spec.repo_id if spec is not None else None
