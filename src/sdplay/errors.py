@@ -68,3 +68,9 @@ class DataError(SdplayError):
     """Training or evaluation data is missing, corrupt or malformed."""
 
     status = 400
+
+
+class TimeLimitExceeded(SdplayError):
+    """A generation ran past its time limit and was stopped (inside a step)."""
+
+    status = 408

@@ -114,7 +114,7 @@ class FakeEngine(EngineProtocol):
             model=info.name, sampler=sampler, steps=request.steps or info.default_steps,
             guidance=info.default_guidance if request.guidance is None else request.guidance,
             width=request.width or info.native_size, height=request.height or info.native_size,
-            seed=random.randint(0, MAX_SEED) if request.seed == -1 else request.seed,
+            seed=random.randint(0, MAX_SEED + 1 - request.n_images) if request.seed == -1 else request.seed,
         )  # fmt: skip
 
     def _model(self, name: str) -> ModelInfo:

@@ -14,7 +14,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from sdplay import __version__
 from sdplay.server import routes_a1111, routes_gallery, routes_jobs, routes_openai, routes_system, routes_telemetry
 from sdplay.server.errors import PayloadTooLarge, api_of, error_response, install_error_handlers
+from sdplay.server.openapi_limits import state_limits
 from sdplay.server.routes_a1111 import A1111State
+from sdplay.server.security import HostGuard, SameSiteGuard, StrictJson
 from sdplay.server.service import Service
 from sdplay.server.settings import Settings
 from sdplay.types import EngineProtocol
@@ -48,10 +50,12 @@ def create_app(settings: Settings | None = None, engine: EngineProtocol | None =
     app.state.service = service
     app.state.a1111 = A1111State()
     install_error_handlers(app)
+    state_limits(app, settings)
     for module in (routes_system, routes_jobs, routes_gallery, routes_openai, routes_a1111, routes_telemetry):
         app.include_router(module.router)
     app.include_router(routes_system.protected)
     app.include_router(routes_openai.files)
+    app.include_router(routes_a1111.internal)  # /internal/ping: a liveness probe, open as in A1111
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -61,7 +65,10 @@ def create_app(settings: Settings | None = None, engine: EngineProtocol | None =
             allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
         )
+    app.add_middleware(StrictJson)  # middleware added later wraps what was added before
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(SameSiteGuard, settings=settings)
+    app.add_middleware(HostGuard, settings=settings)
     if WEB_DIR.is_dir():
         from fastapi.staticfiles import StaticFiles
 
@@ -69,7 +76,7 @@ def create_app(settings: Settings | None = None, engine: EngineProtocol | None =
     return app
 
 
-API_PREFIXES = ("/api/", "/v1/", "/sdapi/", "/health", "/metrics", "/docs", "/redoc", "/openapi.json")
+API_PREFIXES = ("/api/", "/v1/", "/sdapi/", "/internal/", "/health", "/metrics", "/docs", "/redoc", "/openapi.json")
 
 
 class WebMount(Mount):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import secrets
 
 from fastapi import Request
@@ -23,13 +22,25 @@ def _basic(request: Request) -> tuple[str, str] | None:
         return None
     try:
         user, sep, password = base64.b64decode(token.strip(), validate=True).decode("utf-8").partition(":")
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # binascii.Error, non-ASCII base64, or not UTF-8
         return None
     return (user, password) if sep else None
 
 
+def same_secret(given: str | None, expected: str | None) -> bool:
+    """Constant-time comparison of two secrets of any characters (compared as UTF-8 bytes, so a non-ASCII
+    header value is simply wrong, never an error)."""
+    if not given or not expected:
+        return False
+    return secrets.compare_digest(_utf8(given), _utf8(expected))
+
+
+def _utf8(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
+
+
 def _key_ok(settings: Settings, token: str | None) -> bool:
-    return bool(settings.api_key and token and secrets.compare_digest(token, settings.api_key))
+    return same_secret(token, settings.api_key)
 
 
 async def require_api_key(request: Request) -> None:
@@ -49,7 +60,7 @@ async def require_a1111_auth(request: Request) -> None:
     if settings.api_auth:
         creds = parse_basic_credentials(settings.api_auth)
         given = _basic(request)
-        if given and given[0] in creds and secrets.compare_digest(given[1], creds[given[0]]):
+        if given and given[0] in creds and same_secret(given[1], creds[given[0]]):
             return
         raise Unauthorized(
             "Incorrect username or password.", scheme="Basic", hint="Use the user:password given to --api-auth."

@@ -13,6 +13,7 @@ from typing import Any
 
 from sdplay import catalog
 from sdplay.errors import InvalidRequest, ModelNotAvailable, SdplayError
+from sdplay.limits import SpeedMeter, WorkLimits, check_work, device_kind, limits_for
 from sdplay.server.errors import Conflict, NotFound, QueueFull
 from sdplay.server.gallery import Gallery
 from sdplay.server.jobs import Job, JobOutput, JobQueue, JobStatus
@@ -65,6 +66,8 @@ class Service:
         self.stopping = False
         self.started_at = time.time()
         self.workers = [Worker(self, device) for device in settings.devices]
+        self.speed = SpeedMeter()  # measured by the workers, sizes the work limits
+        self._kinds: dict[str, str] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -153,10 +156,21 @@ class Service:
             sampler=sampler,
             steps=request.steps or info.default_steps,
             guidance=info.default_guidance if request.guidance is None else request.guidance,
-            width=request.width or info.native_size,
-            height=request.height or info.native_size,
+            width=info.native_size if request.width is None else request.width,
+            height=info.native_size if request.height is None else request.height,
         )
-        return prepared.validate()
+        return check_work(prepared.validate(), self.work_limits(info.name))
+
+    def work_limits(self, model: str) -> WorkLimits:
+        """The limits of one request for `model` that hold on every device of this server (sdplay.limits)."""
+        s, limits = self.settings, None
+        for device in dict.fromkeys(s.devices):
+            kind = self._kinds.get(device) or self._kinds.setdefault(device, device_kind(device))
+            mine = limits_for(device, kind, self.speed.rate(device, model), max_seconds=s.max_request_s,
+                              max_work=s.max_work, max_pixels=s.max_pixels)  # fmt: skip
+            limits = mine if limits is None else limits.tighter(mine)
+        assert limits is not None  # Settings.check() requires a device
+        return limits
 
     def submit(
         self,
