@@ -83,7 +83,8 @@ def check_work(request: GenerationRequest, limits: WorkLimits) -> GenerationRequ
     pixels = width * height
     if pixels > limits.max_pixels:
         raise InvalidRequest(
-            f"{width}x{height} is {pixels:,} pixels; device {limits.device} takes at most {limits.max_pixels:,} per image.",
+            f"{width}x{height} is {pixels:,} pixels; device {limits.device} takes at most "
+            f"{limits.max_pixels:,} per image.",
             field="width",
             hint=f"Choose a smaller size (at most {_side(limits.max_pixels)}x{_side(limits.max_pixels)}).",
         )

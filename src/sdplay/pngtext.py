@@ -56,11 +56,11 @@ def read_png_text(
             budget -= len(text.encode("utf-8"))
             result.text.setdefault(key, text)
         elif kind == b"IEND":
-            break
+            return result
         pos += 12 + length
     if result is None:
         raise _broken("it has no IHDR chunk", field_name)
-    return result
+    raise _broken("it is truncated (a chunk runs past the end of the file, or IEND is missing)", field_name)
 
 
 def _header(kind: bytes, body: bytes, max_pixels: int, field_name: str) -> PngText:

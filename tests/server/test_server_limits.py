@@ -120,7 +120,9 @@ def test_sixteen_clients_four_requests_each_get_their_own_images(tmp_path):
                 for i in range(4):
                     prompt, seed = f"client {k} request {i}", 1000 * k + i
                     if i % 2 == 0:
-                        res = oai.images.generate(prompt=prompt, response_format="b64_json", extra_body={"seed": seed, "steps": 3})
+                        res = oai.images.generate(
+                            prompt=prompt, response_format="b64_json", extra_body={"seed": seed, "steps": 3}
+                        )
                         got = pixel(base64.b64decode(res.data[0].b64_json))
                     else:
                         body = {"prompt": prompt, "seed": seed, "steps": 3, "width": 64, "height": 64}
