@@ -9,12 +9,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sdplay.errors import InvalidRequest
 from sdplay.server.compat import combine_sampler
+from sdplay.server.jsontypes import IntegralFloats
 from sdplay.types import MAX_GUIDANCE, MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS, GenerationRequest
 
 _SIZE = re.compile(r"^\s*(\d{1,5})\s*[xX×]\s*(\d{1,5})\s*$")
 
 
-class ImageGenerateRequest(BaseModel):
+class ImageGenerateRequest(IntegralFloats):
     """POST /v1/images/generations. sdplay's own fields (seed, negative_prompt, steps, guidance, sampler)
     sit at the top level, as the `openai` client's `extra_body` sends them."""
 
