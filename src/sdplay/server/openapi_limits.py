@@ -1,4 +1,6 @@
-"""The OpenAPI document states the limits this server enforces (its settings), not the library's ceilings."""
+"""The OpenAPI document states what this server enforces: its own limits (its settings, not the library's
+ceilings), and the errors every operation can answer (invalid fields are 400, not FastAPI's 422; the app-wide
+guards answer 421 for a foreign Host, 403 for a cross-site change, 400/413 for a bad body)."""
 
 from __future__ import annotations
 
@@ -34,6 +36,9 @@ def state_limits(app: FastAPI, settings: Settings) -> None:
                     if field in component.get("properties", {}):
                         _cap(component["properties"][field], getattr(settings, setting))
                 component["description"] = (component.get("description") or "").rstrip() + NOTE
+            for path, operations in schema.get("paths", {}).items():
+                for method, operation in operations.items():
+                    _document_errors(path, method.upper(), operation)
             app.openapi_schema = schema
         return app.openapi_schema
 
@@ -45,3 +50,26 @@ def _cap(prop: dict[str, Any], limit: int) -> None:
     for part in [prop, *prop.get("anyOf", [])]:
         if part.get("type") in ("integer", "number"):
             part["maximum"] = min(part.get("maximum", limit), limit)
+
+
+ERROR_MODELS = {"openai": "OpenAIError", "a1111": "A1111Error", "native": "NativeError"}
+STATE_CHANGING = ("POST", "PUT", "PATCH", "DELETE")
+
+
+def _document_errors(path: str, method: str, operation: dict[str, Any]) -> None:
+    """Replace FastAPI's 422 validation answer by the 400 the handlers give, and add the guards' statuses."""
+    from sdplay.server.errors import api_of
+
+    responses = operation.setdefault("responses", {})
+    ref = {"$ref": f"#/components/schemas/{ERROR_MODELS[api_of(path)]}"}
+    error = {"description": "Error (the message says what to do)", "content": {"application/json": {"schema": ref}}}
+    validation = responses.get("422", {}).get("content", {}).get("application/json", {}).get("schema", {})
+    if validation.get("$ref", "").endswith("/HTTPValidationError"):
+        del responses["422"]
+    codes = ["421"]
+    if operation.get("parameters") or operation.get("requestBody"):
+        codes.append("400")
+    if method in STATE_CHANGING:
+        codes += ["400", "403", "413"]
+    for code in codes:
+        responses.setdefault(code, error)
