@@ -12,6 +12,8 @@ from fake_engine import FakeEngine
 from hostile_png import black_idat, itxt, png, text, ztxt_bomb
 from live import live_server, wait_job
 
+from sdplay.limits import DEFAULTS
+
 A1111_KEYS = {"error", "detail", "body", "errors"}
 
 
@@ -88,7 +90,9 @@ def _corpus(model_checkpoints=(5, [1], {"a": 1}, True, 1.5)) -> list[tuple[str, 
 
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory):
-    with live_server(tmp_path_factory.mktemp("hostile"), FakeEngine()) as s, s.client() as c:
+    # The CPU's work limit fixed at its prior (the fake engine is so fast that its measured speed would allow all).
+    work = int(DEFAULTS["cpu"].rate * DEFAULTS["cpu"].max_seconds)
+    with live_server(tmp_path_factory.mktemp("hostile"), FakeEngine(), max_work=work) as s, s.client() as c:
         first = c.post("/api/v1/jobs", json={"prompt": "keep me", "seed": 3}).json()["id"]
         assert wait_job(c, first)["status"] == "done"
         yield s, c
