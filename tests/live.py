@@ -64,7 +64,8 @@ def live_server(tmp_path: Path, engine=None, **overrides) -> Iterator[LiveServer
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    options = {"output_dir": tmp_path / "out", "gallery_db": tmp_path / "gallery.sqlite3", "batch_window_ms": 0.0}
+    options = {"output_dir": tmp_path / "out", "gallery_db": tmp_path / "gallery.sqlite3", "batch_window_ms": 0.0,
+               "input_dir": tmp_path / "in"}  # fmt: skip
     settings = Settings(**{**options, "port": port, **overrides})  # the bound port: absolute URLs name it
     app = create_app(settings, engine)
     config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2, lifespan="on")

@@ -14,7 +14,16 @@ from starlette.routing import Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sdplay import __version__
-from sdplay.server import routes_a1111, routes_gallery, routes_jobs, routes_openai, routes_system, routes_telemetry
+from sdplay.server import (
+    routes_a1111,
+    routes_comfy,
+    routes_gallery,
+    routes_jobs,
+    routes_openai,
+    routes_system,
+    routes_telemetry,
+)
+from sdplay.server.comfy.runtime import ComfyState
 from sdplay.server.errors import PayloadTooLarge, api_of, error_response, install_error_handlers
 from sdplay.server.openapi_limits import state_limits
 from sdplay.server.routes_a1111 import A1111State
@@ -45,18 +54,21 @@ def create_app(
         try:
             yield
         finally:
+            app.state.comfy.close()
             routes_telemetry.stop(app)
             await run_in_threadpool(service.stop)
 
     app = FastAPI(
         title="sdplay",
         version=__version__,
-        description="Text-to-image server: native job API, OpenAI images API, AUTOMATIC1111 API. See docs/api.md.",
+        description="Text-to-image server: native job API, OpenAI images API, AUTOMATIC1111 API, ComfyUI API. "
+        "See docs/api.md.",
         lifespan=lifespan,
     )
     app.state.settings = settings
     app.state.service = service
     app.state.a1111 = A1111State()
+    app.state.comfy = ComfyState()
     install_error_handlers(app)
     state_limits(app, settings)
     for module in (routes_system, routes_jobs, routes_gallery, routes_openai, routes_a1111, routes_telemetry):
@@ -64,6 +76,9 @@ def create_app(
     app.include_router(routes_system.protected)
     app.include_router(routes_openai.files)
     app.include_router(routes_a1111.internal)  # /internal/ping: a liveness probe, open as in A1111
+    for prefix in ("", "/api"):  # ComfyUI serves every route at both
+        app.include_router(routes_comfy.router, prefix=prefix)
+        app.include_router(routes_comfy.sockets, prefix=prefix)
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -85,13 +100,15 @@ def create_app(
 
 
 API_PREFIXES = ("/api/", "/v1/", "/sdapi/", "/internal/", "/health", "/metrics", "/docs", "/redoc", "/openapi.json")
+COMFY_PATHS = ("/prompt", "/queue", "/history", "/view", "/upload/", "/object_info", "/system_stats", "/interrupt",
+               "/free", "/embeddings", "/models", "/ws")  # fmt: skip
 
 
 class WebMount(Mount):
     """The browser UI's static files at /, never shadowing an API path (so a wrong method there gets 405)."""
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
-        if scope["type"] == "http" and scope["path"].startswith(API_PREFIXES):
+        if scope["type"] == "http" and scope["path"].startswith(API_PREFIXES + COMFY_PATHS):
             return Match.NONE, {}
         return super().matches(scope)
 
