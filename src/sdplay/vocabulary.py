@@ -39,18 +39,15 @@ def known_words(folder: Path | None) -> frozenset[str] | None:
 
 def unknown_prompt_note(prompt: str, model: str | None) -> str | None:
     """A one-line note when `model` keeps a vocabulary and no word of `prompt` is in it; else None."""
-    from sdplay.catalog import resolve
-    from sdplay.errors import SdplayError
+    from sdplay.catalog import DEFAULT_MODEL, builtin
 
-    try:
-        spec = resolve(model)
-    except (SdplayError, OSError, ValueError):
-        return None
-    known = known_words(spec.weights_dir)
+    spec = builtin(model or DEFAULT_MODEL)
+    folder = spec.weights_dir if spec else Path(model).expanduser()  # type: ignore[arg-type]
+    known = known_words(folder) if folder and folder.is_dir() else None
     content = [w for w in words(prompt) if w not in FILLER]
     if known is None or not prompt.strip() or any(w in known for w in content):
         return None
-    name = spec.name if spec.weights_dir and spec.weights_dir.parent.name == "assets" else "this model"
+    name = spec.name if spec else "this model"
     return (
         f"{name} knows emoji names; none of the words of this prompt are in its vocabulary, "
         'so the picture will not match it. Try a thing an emoji shows, e.g. "a cat", "a red heart", "a rocket".'

@@ -24,7 +24,7 @@ import numpy as np
 
 FILE = Path(__file__).with_name("heldout.tsv")
 HELDOUT_TEMPLATES = (
-    "draw {}", "{} sticker", "{} clipart", "show me {}", "{} on a white background", "cartoon {}",
+    "draw {}", "{} sticker", "{} clipart", "show me {}", "{} on a plain background", "cartoon {}",
     "{} illustration", "please make {}", "i want {}", "{}, vector art", "my favourite {}", "{} please",
     "{} graphic", "render {}", "{} logo", "create {}",
 )  # fmt: skip
