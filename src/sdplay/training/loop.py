@@ -171,7 +171,7 @@ def _vocabulary(data: datasets.CaptionedImages, tokenizer_dir: Path | None, new_
     from sdplay.vocabulary import known_words
 
     base = known_words(tokenizer_dir.parent) if tokenizer_dir else None
-    if not new_model and base is None:
+    if not new_model and base is None and not data.keywords:
         return None
     texts = [c for v in data.variants for c in v] + [k for ks in data.keywords or [] for k in ks]
     return texts + sorted(base or ())
