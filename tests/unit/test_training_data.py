@@ -131,7 +131,7 @@ def test_broken_package_is_named(tmp_path):
     broken.write_bytes(b"\x1f\x8b not gzip at all")
     with pytest.raises(DataError, match=r"emoji-datasource-google-16.0.0.tgz is not a readable"):
         data.read_package(broken)
-    with pytest.raises(DataError, match=r"has no readable package/dist/emoji-en-US.json") as err:
+    with pytest.raises(DataError, match=r"has no readable package/annotations/en/annotations.json") as err:
         data.read_keywords(broken, broken)
     assert "--prepare --force" in str(err.value)
 
