@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from sdplay.cli.common import add_load_options, human_bytes, load_options, parse_size, quiet_libraries
@@ -36,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from sdplay.images import ensure_writable, save_png
     from sdplay.samplers import get_sampler
     from sdplay.types import GenerationRequest
+    from sdplay.vocabulary import unknown_prompt_note
 
     width, height = parse_size(args.size)
     request = GenerationRequest(
@@ -57,6 +59,9 @@ def run(args: argparse.Namespace) -> int:
         result = engine.generate(plan, on_step=progress.update, monitor=args.monitor)
     paths = [save_png(result, i, out_dir) for i in range(len(result.images))]
     _report(result, paths, args.json)
+    note = unknown_prompt_note(request.prompt, request.model)
+    if note:
+        print(f"note: {note}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
