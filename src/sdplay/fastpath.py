@@ -277,7 +277,7 @@ def compile_cache_dir() -> Path:
     import torch
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
-    from sdplay.loading import cache_dir
+    from sdplay.paths import cache_dir
 
     current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     if current and os.path.abspath(current) != os.path.abspath(default_cache_dir()):

@@ -17,6 +17,7 @@ from sdplay.catalog import ASSETS, Family, ModelSpec
 from sdplay.checkpoints import PICKLE_SUFFIXES, pickle_to_safetensors, refuse_pickle
 from sdplay.devices import DeviceInfo
 from sdplay.errors import ModelNotAvailable
+from sdplay.paths import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +57,6 @@ class LoadedModel:
     @property
     def family(self) -> Family:
         return self.family_spec.family
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("SDPLAY_CACHE", Path.home() / ".cache" / "sdplay"))
 
 
 def config_folder(spec: ModelSpec) -> Path:

@@ -12,7 +12,8 @@ from typing import Any
 import ipywidgets as w
 
 from sdplay.errors import Cancelled, SdplayError
-from sdplay.types import MAX_IMAGES, MAX_SEED, MAX_STEPS, EngineProtocol, GenerationRequest, GenerationResult, StepInfo
+from sdplay.protocol import EngineProtocol
+from sdplay.types import MAX_IMAGES, MAX_SEED, MAX_STEPS, GenerationRequest, GenerationResult, StepInfo
 
 DEFAULT_MODEL = "sdplay-emoji"
 

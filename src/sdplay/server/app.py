@@ -14,12 +14,12 @@ from starlette.routing import Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sdplay import __version__
+from sdplay.protocol import EngineProtocol
 from sdplay.server import routes_a1111, routes_gallery, routes_jobs, routes_openai, routes_system, routes_telemetry
 from sdplay.server.errors import PayloadTooLarge, api_of, error_response, install_error_handlers
 from sdplay.server.routes_a1111 import A1111State
 from sdplay.server.service import Service
 from sdplay.server.settings import Settings
-from sdplay.types import EngineProtocol
 
 log = logging.getLogger(__name__)
 

@@ -15,6 +15,7 @@ from typing import Any
 from sdplay import catalog
 from sdplay.errors import ModelNotAvailable, SdplayError
 from sdplay.plan import Limits, Plan
+from sdplay.protocol import EngineProtocol
 from sdplay.server.errors import Conflict, NotFound, QueueFull
 from sdplay.server.gallery import Gallery
 from sdplay.server.jobs import Job, JobOutput, JobQueue, JobStatus
@@ -22,7 +23,7 @@ from sdplay.server.metrics import Metrics
 from sdplay.server.settings import Settings
 from sdplay.server.storage import UrlSigner, check_job_id
 from sdplay.server.worker import Worker
-from sdplay.types import Catalog, EngineProtocol, GenerationRequest, ModelInfo
+from sdplay.types import Catalog, GenerationRequest, ModelInfo
 
 log = logging.getLogger(__name__)
 
