@@ -222,7 +222,7 @@ def _exactness(variants: list[Variant], work: Workload, cfg: BenchConfig) -> dic
 
 def _cache_state() -> dict[str, Any]:
     """How many files the compile cache held before this model was built (0: a cold compile)."""
-    from sdplay.fastpath import compile_cache_dir
+    from sdplay.accel.fastpath import compile_cache_dir
 
     path = compile_cache_dir()
     return {"path": str(path), "files_before": sum(1 for p in path.rglob("*") if p.is_file())}

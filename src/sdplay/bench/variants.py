@@ -100,8 +100,8 @@ def _plain(label: str, work: Workload, device: DeviceInfo) -> Variant:
 
 def _sdplay(label: str, work: Workload, device: DeviceInfo, fast: bool, options: str | None) -> Variant:
     """sdplay's engine, loading the same weights; the fast path configured by `options` when on."""
+    from sdplay.accel.fastpath import ENV
     from sdplay.engine import Engine
-    from sdplay.fastpath import ENV
     from sdplay.loading import LoadOptions
     from sdplay.types import GenerationRequest
 

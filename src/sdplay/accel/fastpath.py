@@ -8,10 +8,10 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from sdplay.accel.fastgraphs import GraphedForward, SharedPool, cuda_recorder, install
 from sdplay.devices import DeviceInfo
 from sdplay.errors import InvalidRequest
 from sdplay.families import FAMILIES, Family
-from sdplay.fastgraphs import GraphedForward, SharedPool, cuda_recorder, install
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class FastPath:
     config: FastConfig
     graphed: dict[str, GraphedForward]
     pool: SharedPool
-    deepcache: Any = None  # sdplay.deepcache.DeepCache when feature reuse is on
+    deepcache: Any = None  # sdplay.accel.deepcache.DeepCache when feature reuse is on
 
     def prepare_scheduler(self, scheduler: Any) -> Any:
         """Keep a fresh scheduler's timesteps on the host, so its step needs no device sync; restart feature reuse."""
@@ -168,7 +168,7 @@ def accelerate(
     # 4. Feature reuse across steps (opt-in), keyed into the UNet's graphs by phase.
     reuse = None
     if config.deepcache:
-        from sdplay import deepcache
+        from sdplay.accel import deepcache
 
         reuse = deepcache.install(pipe.unet, config.deepcache)
         choices["deepcache_interval"] = config.deepcache
