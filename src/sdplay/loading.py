@@ -37,7 +37,7 @@ class LoadOptions:
     cpu_offload: bool = False
     channels_last: bool | None = None  # None: where it pays (CUDA/XPU)
     fast: bool | None = None  # compiled fast path; None: on where supported
-    fast_options: str = ""  # fast-path options, e.g. "deepcache=3,compile=regional" (empty: $SDPLAY_FAST)
+    fast_options: str = ""  # fast-path options, e.g. "deepcache=3,compile=regional" (the edges read $SDPLAY_FAST)
     seed: int = 0  # seed of random weights
 
 

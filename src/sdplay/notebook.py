@@ -27,8 +27,10 @@ class Playground:
 
     def __init__(self, engine: EngineProtocol | None = None, *, model: str | None = None, columns: int = 4):
         if engine is None:
+            from sdplay.accel.runtime import configure_torch
             from sdplay.engine import Engine
 
+            configure_torch()  # the notebook's kernel: process-wide torch settings, once
             engine = Engine()
         self.engine = engine
         self.result: GenerationResult | None = None

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import asdict, dataclass, fields, replace
-from pathlib import Path
 from typing import Any
 
 from sdplay.accel.fastgraphs import GraphedForward, SharedPool, cuda_recorder, install
+from sdplay.accel.runtime import compile_cache_dir
 from sdplay.devices import DeviceInfo
 from sdplay.errors import InvalidRequest
 from sdplay.families import FAMILIES, Family
@@ -123,7 +122,7 @@ def apply_fast_path(pipe: Any, device: DeviceInfo, opts: Any, family: Family) ->
     """Apply the fast path where it is supported: on by default on CUDA, off elsewhere unless asked for."""
     if device.kind != "cuda" and opts.fast is not True:
         return f"off (not measured to help on {device.kind})"
-    config = FastConfig.parse(getattr(opts, "fast_options", "") or os.environ.get(ENV))
+    config = FastConfig.parse(opts.fast_options)  # $SDPLAY_FAST is read by the CLI and the server, into opts
     if device.kind != "cuda":  # nothing compiled unless asked for: Inductor on a CPU is minutes per model
         config = replace(config, graphs=False, host_timesteps=False,
                          compile="none" if config.compile == "auto" else config.compile)  # fmt: skip
@@ -272,32 +271,14 @@ def _share_fused(attn: Any) -> None:
         start += n
 
 
-def compile_cache_dir() -> Path:
-    """Where Inductor keeps compiled kernels and FX graphs between runs (unless TORCHINDUCTOR_CACHE_DIR is set)."""
-    import torch
-    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
-
-    from sdplay.paths import cache_dir
-
-    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    if current and os.path.abspath(current) != os.path.abspath(default_cache_dir()):
-        return Path(current)  # chosen by the user
-    path = cache_dir() / "compile" / f"torch-{torch.__version__}"
-    path.mkdir(parents=True, exist_ok=True)
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)  # Inductor reads it at each use
-    return path
-
-
 def compile_modules(pipe: Any, config: FastConfig) -> list[str]:
     """torch.compile the chosen regions (compilation itself happens lazily, on the first call of each shape)."""
     import torch
 
     if config.compile == "none" and "compile" not in config.vae:
         return []
-    # Many block shapes per model (one per UNet level and image size): allow a compiled entry for each.
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, 1024)
-    torch._dynamo.config.suppress_errors = True  # a block that fails to compile runs eagerly (logged), never fails
+    # Recompile limits, eager fallback and the persistent cache are process-wide: sdplay.accel.runtime sets them at
+    # start-up (configure_torch), never here.
     kw = {"backend": config.backend, "dynamic": config.dynamic, "fullgraph": True}
     done = []
     if config.compile == "full":  # the forward only: module hooks stay outside the compiled code

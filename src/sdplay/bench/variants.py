@@ -105,17 +105,12 @@ def _sdplay(label: str, work: Workload, device: DeviceInfo, fast: bool, options:
     from sdplay.loading import LoadOptions
     from sdplay.types import GenerationRequest
 
-    opts = LoadOptions(random_weights=work.random_weights, safety_checker=False, fast=fast, seed=work.weights_seed)
+    fast_options = os.environ.get(ENV, "") if options is None else options  # the benchmark edge reads $SDPLAY_FAST
+    opts = LoadOptions(random_weights=work.random_weights, safety_checker=False, fast=fast, seed=work.weights_seed,
+                       fast_options=fast_options)  # fmt: skip
     engine = Engine(opts, max_models=1)
     model = work.spec.name if work.random_weights or work.spec.repo_id else str(work.spec.weights_dir)
-    saved = os.environ.get(ENV)
-    if options is not None:
-        os.environ[ENV] = options
-    try:
-        loaded, _ = engine.load(model, device.id, work.dtype)
-    finally:
-        if options is not None:
-            os.environ.pop(ENV) if saved is None else os.environ.__setitem__(ENV, saved)
+    loaded, _ = engine.load(model, device.id, work.dtype)
     request = GenerationRequest(prompt=work.prompt, model=model, width=work.width, height=work.height,
                                 steps=work.steps, guidance=work.guidance, sampler=work.sampler,
                                 device=device.id, dtype=work.dtype)  # fmt: skip

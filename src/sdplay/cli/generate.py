@@ -43,6 +43,9 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed, sampler=args.sampler, device=args.device, dtype=args.dtype,
     )  # fmt: skip
     _hide_library_progress()
+    from sdplay.accel.runtime import configure_torch
+
+    configure_torch()  # process-wide torch settings, once, before any model loads
     engine = Engine(load_options(args), max_models=1)
     plan = engine.plan(request)
     out_dir = ensure_writable(Path(args.out))

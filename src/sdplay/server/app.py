@@ -93,7 +93,8 @@ def default_engines(settings: Settings) -> list[EngineProtocol]:
     """One real engine per device (imported only when no engine is given): its own cache, lock and worker."""
     from sdplay.engine import Engine
 
-    return [Engine(device=device, random_weights=settings.random_weights, monitor=True) for device in settings.devices]
+    options = settings.load_options()
+    return [Engine(options, device=device, monitor=True) for device in settings.devices]
 
 
 class BodyLimit:

@@ -152,8 +152,9 @@ class Service:
         return min(candidates, key=pending.__getitem__)
 
     def _engine_for(self, plan: Plan) -> int:
-        """The least busy engine of the plan's device (engines of one device id are interchangeable)."""
-        same = [i for i, engine in enumerate(self.engines) if engine.device == plan.device.id]
+        """The least busy engine of the plan's device (engines of one device id are interchangeable; "auto": an
+        engine that follows each plan's device)."""
+        same = [i for i, engine in enumerate(self.engines) if engine.device in (plan.device.id, "auto")]
         if not same:
             raise SdplayError(f"No engine runs on {plan.device.id} here.", hint="Plan the request on this server.")
         return self._least_busy(same)
