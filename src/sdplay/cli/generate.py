@@ -34,14 +34,8 @@ def run(args: argparse.Namespace) -> int:
     quiet_libraries()
     from sdplay.engine import Engine
     from sdplay.images import ensure_writable, save_png
-    from sdplay.types import GenerationRequest
 
-    width, height = parse_size(args.size)
-    request = GenerationRequest(
-        prompt=args.prompt, negative_prompt=args.negative, model=args.model, n_images=args.n_images,
-        batch_size=args.batch_size, steps=args.steps, guidance=args.guidance, width=width, height=height,
-        seed=args.seed, sampler=args.sampler, device=args.device, dtype=args.dtype,
-    )  # fmt: skip
+    request = request_from_args(args)
     _hide_library_progress()
     from sdplay.accel.runtime import configure_torch
 
@@ -54,6 +48,18 @@ def run(args: argparse.Namespace) -> int:
     paths = [save_png(result, i, out_dir) for i in range(len(result.images))]
     _report(result, paths, args.json)
     return 0
+
+
+def request_from_args(args: argparse.Namespace):
+    """The GenerationRequest the flags describe (the CLI's dialect; plan() resolves it)."""
+    from sdplay.types import GenerationRequest
+
+    width, height = parse_size(args.size)
+    return GenerationRequest(
+        prompt=args.prompt, negative_prompt=args.negative, model=args.model, n_images=args.n_images,
+        batch_size=args.batch_size, steps=args.steps, guidance=args.guidance, width=width, height=height,
+        seed=args.seed, sampler=args.sampler, device=args.device, dtype=args.dtype,
+    )  # fmt: skip
 
 
 def _hide_library_progress() -> None:
