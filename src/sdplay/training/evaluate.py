@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from sdplay.training.data import CaptionedImages, load_set
+from sdplay.training.features import eval_indices, features
 
 COLOUR_CHECKS = (
     ("red heart", "red"), ("blue heart", "blue"), ("green heart", "green"), ("yellow heart", "yellow"),
     ("purple heart", "purple"), ("green apple", "green"),
 )  # fmt: skip
-FEATURE_SIZE = 32
 
 
 @dataclass
@@ -41,22 +41,6 @@ class Report:
     def summary(self) -> str:
         colours = ", ".join(f"{p!r} {s:.0%}" for p, s in self.colours.items())
         return f"n={self.n} top-1 {self.top1:.1%} top-5 {self.top5:.1%} | colour share: {colours}"
-
-
-def eval_indices(data: CaptionedImages, n: int) -> list[int]:
-    """A fixed, evenly spread choice of `n` images (every category is covered)."""
-    picks = np.unique(np.linspace(0, len(data) - 1, min(n, len(data))).round().astype(int))
-    return [int(i) for i in picks]
-
-
-def features(images: np.ndarray) -> np.ndarray:
-    """(N, H, W, 3) uint8 -> (N, 32*32*3) float32: area-downsampled pixels in [0, 1]."""
-    import torch
-    import torch.nn.functional as F
-
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255
-    x = F.adaptive_avg_pool2d(x, FEATURE_SIZE)  # (N, 3, 32, 32)
-    return x.flatten(1).numpy()
 
 
 def nearest(generated: np.ndarray, reference: np.ndarray, k: int = 5) -> np.ndarray:

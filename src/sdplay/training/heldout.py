@@ -118,7 +118,7 @@ class Prompt:
 
 def build(data) -> list[Prompt]:
     """The held-out prompts for the emoji set `data` (a CaptionedImages), checked against its captions."""
-    from sdplay.training.evaluate import eval_indices
+    from sdplay.training.features import eval_indices
 
     category = dict(zip(data.captions, data.categories or [""] * len(data), strict=True))
     out = [Prompt(p, tuple(t.split("|")), kind, category.get(t.split("|")[0], ""))
@@ -150,7 +150,7 @@ def _check(prompts: list[Prompt], data) -> None:
 
 def twins(data, threshold: float = 2e-3) -> dict[str, set[str]]:
     """Captions of emoji drawn with (nearly) the same picture: mean squared pixel difference below `threshold`."""
-    from sdplay.training.evaluate import features
+    from sdplay.training.features import features
 
     f = features(data.images)
     sq = (f * f).sum(1)
