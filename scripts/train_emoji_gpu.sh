@@ -3,7 +3,8 @@
 #
 # Run from the repository root, with diffusers importable and the data file built by
 # `sdplay train --prepare` (copied to $DATA):
-#   DATA=.carry/emoji/emoji64.npz OUT=out MINUTES=8.2 bash scripts/train_emoji_gpu.sh [more `sdplay train` flags]
+#   DATA=.carry/emoji/emoji64.npz OUT=out MINUTES=8.2 [VECTORS=minilm96.npy] bash scripts/train_emoji_gpu.sh \
+#     [more `sdplay train` flags]
 # The trained folder comes back as $OUT/model.tar.* (15 MB pieces): `cat model.tar.* | tar -x`.
 set -euo pipefail
 DATA=${DATA:-.carry/emoji/emoji64.npz}
@@ -12,20 +13,33 @@ RUN=${RUN:-/tmp/emoji-run}
 MINUTES=${MINUTES:-7.8}
 DEVICE=${DEVICE:-cuda}
 EVAL_N=${EVAL_N:-256}
+HELDOUT_N=${HELDOUT_N:-1000}  # the held-out prompts (src/sdplay/training/heldout.tsv; 1000 = all)
 export PYTHONUNBUFFERED=1 PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}src
 mkdir -p "$OUT"
 python3 -c 'import torch, diffusers, transformers; print("torch", torch.__version__, "diffusers", diffusers.__version__,
   "transformers", transformers.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")'
 
-# 1. Train (VAE, then UNet + text encoder), shortened to end within $MINUTES.
-python3 -m sdplay.cli.train --data "$DATA" --out "$RUN" --device "$DEVICE" --max-minutes "$MINUTES" "$@"
+# 0. (VECTORS=file.npy) Do pretrained word vectors help the text encoder? A text-only test picks the token
+#    embedding: learned from scratch, or those vectors, frozen or trained (scripts/ablate_word_embedding.py).
+if [ -n "${VECTORS:-}" ] && python3 scripts/ablate_word_embedding.py --vectors "$VECTORS" --data "$DATA" \
+    --json "$OUT/ablation.json" --steps "${ABLATE_STEPS:-800}"; then
+  case $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["decision"])' "$OUT/ablation.json") in
+    minilm-frozen) set -- "$@" --token-embedding "$VECTORS" --freeze-token-embedding ;;
+    minilm-trained) set -- "$@" --token-embedding "$VECTORS" ;;
+  esac
+fi
+
+# 1. Train (VAE, then UNet + text encoder), shortened to end within $MINUTES; RESUME=1 carries on a stopped run.
+python3 -m sdplay.cli.train --data "$DATA" --out "$RUN" --device "$DEVICE" --max-minutes "$MINUTES" \
+  ${RESUME:+--resume} "$@"
 
 # 2. Pack the model folder for the trip back (files of at most 15 MB), before anything else can fail.
 tar -C "$RUN" -cf - model | split -b 15M - "$OUT/model.tar."
 
-# 3. Retrieval accuracy at the default settings (with the sample grid), then (SWEEP=1) a small sweep.
+# 3. Retrieval accuracy at the default settings on training captions and held-out prompts (with the sample
+#    grid), then (SWEEP=1) a small sweep.
 python3 -m sdplay.training.evaluate --model "$RUN/model" --data "$DATA" --device "$DEVICE" --backend diffusers \
-  -n "$EVAL_N" --json "$OUT/eval.json" --grid "$OUT/grid.png"
+  -n "$EVAL_N" --heldout-n "$HELDOUT_N" --json "$OUT/eval.json" --grid "$OUT/grid.png"
 [ "${SWEEP:-0}" = 1 ] && for setting in "--guidance 2" "--guidance 3" "--guidance 6" "--steps 10" "--steps 15" "--sampler Euler"; do
   echo "== $setting"
   # shellcheck disable=SC2086

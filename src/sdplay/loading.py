@@ -18,6 +18,7 @@ from sdplay.catalog import ASSETS, Family, ModelSpec
 from sdplay.checkpoints import PICKLE_SUFFIXES, pickle_to_safetensors, refuse_pickle
 from sdplay.devices import DeviceInfo
 from sdplay.errors import ModelNotAvailable
+from sdplay.paths import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ class LoadOptions:
     cpu_offload: bool = False
     channels_last: bool | None = None  # None: where it pays (CUDA/XPU)
     fast: bool | None = None  # compiled fast path; None: on where supported
-    fast_options: str = ""  # fast-path options, e.g. "deepcache=3,compile=regional" (empty: $SDPLAY_FAST)
+    fast_options: str = ""  # fast-path options, e.g. "deepcache=3,compile=regional" (the edges read $SDPLAY_FAST)
     seed: int = 0  # seed of random weights
 
 
@@ -57,10 +58,6 @@ class LoadedModel:
     @property
     def family(self) -> Family:
         return self.family_spec.family
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("SDPLAY_CACHE", Path.home() / ".cache" / "sdplay"))
 
 
 def config_folder(spec: ModelSpec) -> Path:

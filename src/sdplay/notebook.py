@@ -12,7 +12,8 @@ from typing import Any
 import ipywidgets as w
 
 from sdplay.errors import Cancelled, SdplayError
-from sdplay.types import MAX_IMAGES, MAX_SEED, MAX_STEPS, EngineProtocol, GenerationRequest, GenerationResult, StepInfo
+from sdplay.protocol import EngineProtocol
+from sdplay.types import MAX_IMAGES, MAX_SEED, MAX_STEPS, GenerationRequest, GenerationResult, StepInfo
 
 DEFAULT_MODEL = "sdplay-emoji"
 
@@ -26,8 +27,10 @@ class Playground:
 
     def __init__(self, engine: EngineProtocol | None = None, *, model: str | None = None, columns: int = 4):
         if engine is None:
+            from sdplay.accel.runtime import configure_torch
             from sdplay.engine import Engine
 
+            configure_torch()  # the notebook's kernel: process-wide torch settings, once
             engine = Engine()
         self.engine = engine
         self.result: GenerationResult | None = None

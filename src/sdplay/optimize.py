@@ -57,9 +57,9 @@ def optimize_pipeline(pipe: Any, device: DeviceInfo, dtype, opts, family: Family
 
 
 def _fast_path(pipe: Any, device: DeviceInfo, opts, family) -> Any:
-    if opts.fast is False or opts.cpu_offload or importlib.util.find_spec("sdplay.fastpath") is None:
+    if opts.fast is False or opts.cpu_offload or importlib.util.find_spec("sdplay.accel.fastpath") is None:
         return "off"
-    from sdplay.fastpath import apply_fast_path
+    from sdplay.accel.fastpath import apply_fast_path
 
     return apply_fast_path(pipe, device, opts, family)
 

@@ -108,8 +108,10 @@ def plan(
     spec = models(request.model)
     dev = resolve_device(request.device, [device])
     sampler = get_sampler(request.sampler or spec.default_sampler)
+    whole = request.batch_size is None or request.batch_size >= request.n_images  # one batch: no batch size
     resolved = request.with_(
         model=spec.name,
+        batch_size=None if whole else request.batch_size,
         steps=request.steps or spec.default_steps,
         guidance=spec.default_guidance if request.guidance is None else request.guidance,
         width=request.width or spec.native_size,

@@ -27,7 +27,7 @@ def unet():
     import torch
     from tiny import _json, _shrink_unet, seed_layout
 
-    from sdplay.fastpath import fuse_qkv
+    from sdplay.accel.fastpath import fuse_qkv
 
     torch.manual_seed(0)
     from types import SimpleNamespace
@@ -83,7 +83,7 @@ def step(name: str) -> dict:
         torch.cuda.synchronize()
         out["rel_error"] = float((got.double() - ref.double()).norm() / ref.double().norm())
         print(name, "eager call", out["rel_error"], flush=True)
-        from sdplay.fastgraphs import GraphedForward, cuda_recorder
+        from sdplay.accel.fastgraphs import GraphedForward, cuda_recorder
 
         g = GraphedForward(lambda *a, **k: model(*a, **k), "cuda:0", cuda_recorder(), "aot")
         first = g(*args, **kwargs)[0]

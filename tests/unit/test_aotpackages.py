@@ -120,9 +120,9 @@ def test_input_key_covers_shapes_dtypes_scalars_and_refuses_other_objects():
 
 
 def test_fast_path_compiles_the_unet_ahead_of_time_and_matches_eager(engine, tiny_models, monkeypatch, tmp_path):
+    from sdplay.accel.fastgraphs import eager_recorder
+    from sdplay.accel.fastpath import FastConfig, accelerate
     from sdplay.engine import Engine
-    from sdplay.fastgraphs import eager_recorder
-    from sdplay.fastpath import FastConfig, accelerate
     from sdplay.types import GenerationRequest
 
     calls = []

@@ -64,3 +64,11 @@ def test_models_and_devices_commands():
     assert tree.startswith("Platform #0:") and "[cpu]" in tree
     devices = json.loads(sdplay("devices", "--json", check=True).stdout)
     assert devices[-1]["kind"] == "cpu"
+
+
+def test_embedded_model_says_once_when_it_knows_no_word_of_the_prompt(tmp_path):
+    base = ["--steps", "1", "--seed", "1", "--out", str(tmp_path)]
+    res = sdplay("generate", "quantum chromodynamics", *base, check=True)  # the default model: sdplay-emoji
+    assert res.stdout.count("sdplay-emoji knows emoji names; none of the words of this prompt") == 1
+    res = sdplay("generate", "a cat", *base, check=True)
+    assert "vocabulary" not in res.stdout

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from sdplay import deepcache
+from sdplay.accel import deepcache
+from sdplay.accel.fastgraphs import eager_recorder
+from sdplay.accel.fastpath import FastConfig, accelerate
 from sdplay.errors import InvalidRequest
-from sdplay.fastgraphs import eager_recorder
-from sdplay.fastpath import FastConfig, accelerate
 from sdplay.types import GenerationRequest
 
 

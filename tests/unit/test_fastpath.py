@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from sdplay.accel.fastgraphs import GraphedForward, SharedPool, eager_recorder, install, signature, uninstall
+from sdplay.accel.fastpath import FastConfig, accelerate, fuse_qkv, host_timesteps
 from sdplay.errors import InvalidRequest
-from sdplay.fastgraphs import GraphedForward, SharedPool, eager_recorder, install, signature, uninstall
-from sdplay.fastpath import FastConfig, accelerate, fuse_qkv, host_timesteps
 from sdplay.types import GenerationRequest
 
 
@@ -167,8 +167,8 @@ def test_fast_path_is_off_on_cpu_by_default(engine, tiny_models):
 
 
 def test_auto_compile_is_chosen_per_family_and_explicit_choices_win():
+    from sdplay.accel.fastpath import resolve
     from sdplay.catalog import Family
-    from sdplay.fastpath import resolve
 
     auto = FastConfig()
     assert (resolve(auto, Family.SD1).compile, resolve(auto, Family.SD1).dynamic) == ("full", None)
@@ -243,8 +243,8 @@ def test_to_pil_matches_diffusers_postprocess_bit_for_bit():
 
 
 def test_ahead_of_time_compile_needs_the_experimental_flag_on_a_gpu():
+    from sdplay.accel.fastpath import _check
     from sdplay.devices import DeviceInfo
-    from sdplay.fastpath import _check
 
     gpu = DeviceInfo("cuda:0", "cuda", 0, "NVIDIA H200")
     with pytest.raises(InvalidRequest, match="experimental") as err:

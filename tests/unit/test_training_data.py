@@ -53,6 +53,35 @@ def _tiny_package(path: Path) -> Path:
     return path
 
 
+def _json_package(path: Path, member: str, payload) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        raw = json.dumps(payload).encode()
+        info = tarfile.TarInfo(member)
+        info.size = len(raw)
+        tar.addfile(info, io.BytesIO(raw))
+    return path
+
+
+def _keyword_packages(folder: Path) -> tuple[Path, Path]:
+    """Tarballs laid out like emojilib (keywords by character) and cldr-annotations-full (en annotations)."""
+    lib = {"\u2764\ufe0f": ["red_heart", "love", "like", "valentines"], "\U0001f499": ["blue_heart", "love"]}
+    cldr = {"annotations": {"annotations": {"\u2764": {"default": ["emotion", "heart", "love"], "tts": ["red heart"]}}}}
+    return (
+        _json_package(folder / "emojilib-4.0.3.tgz", data.EMOJILIB_FILE, lib),
+        _json_package(folder / "cldr-annotations-full-48.2.0.tgz", data.CLDR_FILE, cldr),
+    )
+
+
+def test_keywords_come_from_cldr_then_emojilib_without_the_names(tmp_path):
+    pytest.importorskip("emoji")
+    keywords = data.read_keywords(*_keyword_packages(tmp_path))
+    assert keywords["\u2764"] == ["emotion", "heart", "love", "like", "valentines"]  # no variation selector
+    pairs = data.read_package(_tiny_package(tmp_path / "emoji-datasource-google-16.0.0.tgz"), keywords)
+    assert pairs.keywords[1] == ["emotion", "love", "like", "valentines"]  # "heart" is already a name
+    assert pairs.keywords[0] == ["love"] and pairs.keywords[2] == []
+    assert "npm:emojilib@4" in pairs.source
+
+
 def test_package_gives_base_emoji_with_cldr_captions_on_white(tmp_path):
     pytest.importorskip("emoji")
     pairs = data.read_package(_tiny_package(tmp_path / "emoji-datasource-google-16.0.0.tgz"))
@@ -70,9 +99,11 @@ def test_cached_file_round_trip_and_prepare_uses_the_cache(tmp_path, monkeypatch
     pytest.importorskip("emoji")
     monkeypatch.setenv("SDPLAY_CACHE", str(tmp_path))
     _tiny_package((tmp_path / "npm").mkdir() or tmp_path / "npm" / "emoji-datasource-google-16.0.0.tgz")
+    _keyword_packages(tmp_path / "npm")  # present, so nothing is downloaded
     path = data.prepare(tmp_path / "set.npz")
     loaded = data.load_set(path)
     assert loaded.captions == ["blue heart", "red heart", "japan flag"]
+    assert loaded.keywords == [["love"], ["emotion", "love", "like", "valentines"], []]
     assert loaded.variants[1][0] == "red heart" and loaded.source.startswith("npm:")
     assert data.default_data_path() == tmp_path / "data" / "emoji64.npz"
 
@@ -100,6 +131,9 @@ def test_broken_package_is_named(tmp_path):
     broken.write_bytes(b"\x1f\x8b not gzip at all")
     with pytest.raises(DataError, match=r"emoji-datasource-google-16.0.0.tgz is not a readable"):
         data.read_package(broken)
+    with pytest.raises(DataError, match=r"has no readable package/annotations/en/annotations.json") as err:
+        data.read_keywords(broken, broken)
+    assert "--prepare --force" in str(err.value)
 
 
 def test_fetch_without_npm_says_what_to_do(tmp_path, monkeypatch):

@@ -40,9 +40,11 @@ class BenchConfig:
 
 def run_bench(cfg: BenchConfig, log: Log = print, save: Callable[[dict], None] | None = None) -> dict[str, Any]:
     """Benchmark every model of `cfg`; returns the whole report. `save` gets the partial report as it grows."""
+    from sdplay.accel.runtime import configure_torch
     from sdplay.devices import resolve_device, resolve_dtype
     from sdplay.engine import versions
 
+    configure_torch()  # the benchmark owns its process
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     report: dict[str, Any] = {"device": device.to_dict(), "dtype": dtype, "versions": versions(),
@@ -224,7 +226,7 @@ def _exactness(variants: list[Variant], work: Workload, cfg: BenchConfig) -> dic
 
 def _cache_state() -> dict[str, Any]:
     """How many files the compile cache held before this model was built (0: a cold compile)."""
-    from sdplay.fastpath import compile_cache_dir
+    from sdplay.accel.runtime import compile_cache_dir
 
     path = compile_cache_dir()
     return {"path": str(path), "files_before": sum(1 for p in path.rglob("*") if p.is_file())}

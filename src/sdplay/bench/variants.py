@@ -123,7 +123,7 @@ def _peer(label: str, work: Workload, device: DeviceInfo, opts: dict[str, str]) 
     """Plain diffusers plus the recipe of diffusers' own speed guide, compiled lazily at the first image."""
     import torch
 
-    from sdplay.fastpath import compile_cache_dir
+    from sdplay.accel.fastpath import compile_cache_dir
 
     variant = _plain(label, work, device)
     pipe, start = variant.pipe, time.perf_counter()
@@ -140,22 +140,17 @@ def _peer(label: str, work: Workload, device: DeviceInfo, opts: dict[str, str]) 
 
 def _sdplay(label: str, work: Workload, device: DeviceInfo, fast: bool, options: str | None) -> Variant:
     """sdplay's engine, loading the same weights; the fast path configured by `options` when on."""
+    from sdplay.accel.fastpath import ENV
     from sdplay.engine import Engine
-    from sdplay.fastpath import ENV
     from sdplay.loading import LoadOptions
     from sdplay.types import GenerationRequest
 
-    opts = LoadOptions(random_weights=work.random_weights, safety_checker=False, fast=fast, seed=work.weights_seed)
+    fast_options = os.environ.get(ENV, "") if options is None else options  # the benchmark edge reads $SDPLAY_FAST
+    opts = LoadOptions(random_weights=work.random_weights, safety_checker=False, fast=fast, seed=work.weights_seed,
+                       fast_options=fast_options)  # fmt: skip
     engine = Engine(opts, max_models=1)
     model = work.spec.name if work.random_weights or work.spec.repo_id else str(work.spec.weights_dir)
-    saved = os.environ.get(ENV)
-    if options is not None:
-        os.environ[ENV] = options
-    try:
-        loaded, _ = engine.load(model, device.id, work.dtype)
-    finally:
-        if options is not None:
-            os.environ.pop(ENV) if saved is None else os.environ.__setitem__(ENV, saved)
+    loaded, _ = engine.load(model, device.id, work.dtype)
     request = GenerationRequest(prompt=work.prompt, model=model, width=work.width, height=work.height,
                                 steps=work.steps, guidance=work.guidance, sampler=work.sampler,
                                 device=device.id, dtype=work.dtype)  # fmt: skip

@@ -46,6 +46,7 @@ def add_load_options(parser: argparse.ArgumentParser) -> None:
 
 
 def load_options(args: argparse.Namespace):
+    """The load options of the flags; fast-path options default to $SDPLAY_FAST."""
     from sdplay.loading import LoadOptions
 
     return LoadOptions(
@@ -57,7 +58,7 @@ def load_options(args: argparse.Namespace):
         vae_tiling=args.vae_tiling,
         cpu_offload=args.cpu_offload,
         fast=False if args.no_fast else (True if args.fast_options else None),
-        fast_options=args.fast_options,
+        fast_options=args.fast_options or os.environ.get("SDPLAY_FAST", ""),
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from sdplay.cli.common import add_load_options, human_bytes, load_options, parse_size, quiet_libraries
@@ -35,14 +36,9 @@ def run(args: argparse.Namespace) -> int:
     from sdplay import catalog
     from sdplay.images import ensure_writable, save_png
     from sdplay.samplers import get_sampler
-    from sdplay.types import GenerationRequest
+    from sdplay.vocabulary import unknown_prompt_note
 
-    width, height = parse_size(args.size)
-    request = GenerationRequest(
-        prompt=args.prompt, negative_prompt=args.negative, model=args.model, n_images=args.n_images,
-        batch_size=args.batch_size, steps=args.steps, guidance=args.guidance, width=width, height=height,
-        seed=args.seed, sampler=args.sampler, device=args.device, dtype=args.dtype,
-    ).validate()  # fmt: skip
+    request = request_from_args(args).validate()
     # Mistakes in the arguments are told before torch and diffusers are imported (seconds on a small CPU).
     catalog.resolve(args.model, allow_pickle=args.allow_pickle)
     if args.sampler:
@@ -51,13 +47,31 @@ def run(args: argparse.Namespace) -> int:
     from sdplay.engine import Engine
 
     _hide_library_progress()
+    from sdplay.accel.runtime import configure_torch
+
+    configure_torch()  # process-wide torch settings, once, before any model loads
     engine = Engine(load_options(args), max_models=1)
     plan = engine.plan(request)
     with _Progress(plan.request, quiet=args.json) as progress:
         result = engine.generate(plan, on_step=progress.update, monitor=args.monitor)
     paths = [save_png(result, i, out_dir) for i in range(len(result.images))]
     _report(result, paths, args.json)
+    note = unknown_prompt_note(request.prompt, request.model)
+    if note:
+        print(f"note: {note}", file=sys.stderr if args.json else sys.stdout)
     return 0
+
+
+def request_from_args(args: argparse.Namespace):
+    """The GenerationRequest the flags describe (the CLI's dialect; plan() resolves it)."""
+    from sdplay.types import GenerationRequest
+
+    width, height = parse_size(args.size)
+    return GenerationRequest(
+        prompt=args.prompt, negative_prompt=args.negative, model=args.model, n_images=args.n_images,
+        batch_size=args.batch_size, steps=args.steps, guidance=args.guidance, width=width, height=height,
+        seed=args.seed, sampler=args.sampler, device=args.device, dtype=args.dtype,
+    )  # fmt: skip
 
 
 def _hide_library_progress() -> None:

@@ -62,6 +62,16 @@ def register(sub) -> None:
         default=None,
         help="build models with random weights (no downloads)",
     )
+    g = p.add_argument_group("loading and memory (as for `sdplay generate`)")
+    on = {"action": "store_const", "const": True, "default": None}
+    g.add_argument("--no-fast", **on, help="turn the compiled fast path off")
+    g.add_argument("--fast-options", default=None, metavar="OPTS", help="fast-path options such as deepcache=3")
+    g.add_argument("--attention-slicing", **on, help="less memory, a little slower")
+    g.add_argument("--vae-slicing", **on, help="decode one image at a time")
+    g.add_argument("--vae-tiling", **on, help="decode large images in tiles")
+    g.add_argument("--cpu-offload", **on, help="keep idle components in host memory")
+    g.add_argument("--no-safety-checker", action="store_const", const=False, default=None, dest="safety_checker",
+                   help="skip the models' safety checkers")  # fmt: skip
     from sdplay.server.scaleout.cli import add_arguments
 
     add_arguments(p)  # --ray and its options
@@ -83,8 +93,10 @@ def run(args: argparse.Namespace) -> int:
         return run_ray(args, settings)
     import uvicorn
 
+    from sdplay.accel.runtime import configure_torch
     from sdplay.server.app import create_app
 
+    configure_torch()  # process-wide torch settings, once, before any engine loads a model
     app = create_app(settings)
     print(f"sdplay serving on http://{settings.host}:{settings.port}  (API docs: /docs, guide: docs/api.md)")
     uvicorn.run(
@@ -99,4 +111,6 @@ def run(args: argparse.Namespace) -> int:
 
 _FLAGS = ("host", "port", "api_key", "api_auth", "models_preload", "devices", "output_dir", "gallery_db", "input_dir",
           "default_model", "max_queue", "max_batch", "batch_window_ms", "cors_origins", "random_weights",
-          "allowed_hosts", "public_url", "max_request_s", "max_work", "max_pixels")  # fmt: skip
+          "allowed_hosts", "public_url", "max_request_s", "max_work", "max_pixels",
+          "no_fast", "fast_options", "attention_slicing", "vae_slicing", "vae_tiling", "cpu_offload",
+          "safety_checker")  # fmt: skip

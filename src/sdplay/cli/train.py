@@ -43,6 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     hp.add_argument("--warmup", type=int, default=None, help="warm-up steps")
     hp.add_argument("--seed", type=int, default=None)
     hp.add_argument("--freeze-text-encoder", action="store_true", help="train the UNet only")
+    hp.add_argument("--augment", type=int, default=None, help="phrasings per image (default: 48 new, 0 fine-tuning)")
+    hp.add_argument("--token-embedding", type=Path, default=None, help="start the token embedding from this .npy")
+    hp.add_argument("--freeze-token-embedding", action="store_true", help="keep that token embedding fixed")
     hp.add_argument("--max-minutes", type=float, default=None, help="shorten the schedule to end in this time")
     hp.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints")
     hp.add_argument("--tiny", action="store_true", help="a toy-sized new model (to try the pipeline quickly)")
@@ -61,9 +64,12 @@ def config_from_args(args: argparse.Namespace):
     from sdplay.training.models import TINY
 
     names = ("data", "images", "init", "steps", "vae_steps", "batch_size", "lr", "warmup", "seed", "device")
+    names += ("token_embedding", "augment")
     given = {k: getattr(args, k) for k in (*names, "max_minutes", "checkpoint_every") if getattr(args, k) is not None}
     if args.freeze_text_encoder:
         given["train_text_encoder"] = False
+    if args.freeze_token_embedding:
+        given["freeze_token_embedding"] = True
     given.update(out=args.out, progress=not args.no_progress)
     if args.resume:
         saved = load_checkpoint(args.out / CHECKPOINT_NAME)["config"]

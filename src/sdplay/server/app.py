@@ -14,6 +14,7 @@ from starlette.routing import Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sdplay import __version__
+from sdplay.protocol import EngineProtocol
 from sdplay.server import (
     routes_a1111,
     routes_comfy,
@@ -30,7 +31,6 @@ from sdplay.server.routes_a1111 import A1111State
 from sdplay.server.security import HostGuard, SameSiteGuard, StrictJson
 from sdplay.server.service import Service
 from sdplay.server.settings import Settings
-from sdplay.types import EngineProtocol
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,8 @@ def default_engines(settings: Settings) -> list[EngineProtocol]:
     """One real engine per device (imported only when no engine is given): its own cache, lock and worker."""
     from sdplay.engine import Engine
 
-    return [Engine(device=device, random_weights=settings.random_weights, monitor=True) for device in settings.devices]
+    options = settings.load_options()
+    return [Engine(options, device=device, monitor=True) for device in settings.devices]
 
 
 class BodyLimit:

@@ -16,6 +16,7 @@ from sdplay.errors import InvalidRequest, ModelNotAvailable
 from sdplay.samplers import SCHEDULE_TYPES, a1111_samplers, a1111_split
 from sdplay.server.auth import require_a1111_auth
 from sdplay.server.blocking import wait_or_cancel
+from sdplay.server.deps import get_service
 from sdplay.server.jobs import Job, JobStatus
 from sdplay.server.schemas_a1111 import (
     MemoryResponse,
@@ -50,10 +51,6 @@ class A1111State:
     def __init__(self) -> None:
         self.options: dict[str, Any] = {"samples_format": "png", "sd_checkpoint_hash": None}
         self.lock = threading.Lock()
-
-
-def get_service(request: Request) -> Service:
-    return request.app.state.service
 
 
 def get_state(request: Request) -> A1111State:

@@ -22,6 +22,7 @@ from sdplay.errors import SdplayError
 from sdplay.server.auth import require_a1111_auth
 from sdplay.server.comfy import files, graph, nodes, plan
 from sdplay.server.comfy.runtime import ComfyPrompt, ComfyState, new_prompt_id
+from sdplay.server.deps import get_service
 from sdplay.server.errors import QueueFull, Unauthorized
 from sdplay.server.schemas_comfy import PROMPT_BODY, PromptAccepted, PromptStatus, QueueView, Uploaded, comfy_responses
 from sdplay.server.service import Service
@@ -32,10 +33,6 @@ sockets = APIRouter(tags=["comfyui"])
 MAX_PROMPT_ID = 200  # handlers that read the prompt table are async: it lives on the event loop
 EMPTY = {200: {"description": "Done (empty body, as ComfyUI answers)", "content": {}}}
 IMAGES = {200: {"content": {media: {} for media in ("image/png", "image/jpeg", "image/webp")}}}
-
-
-def get_service(request: Request) -> Service:
-    return request.app.state.service
 
 
 def get_state(request: Request) -> ComfyState:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Response
 
 from sdplay.errors import InvalidRequest
 from sdplay.server.auth import require_api_key
+from sdplay.server.deps import get_service
 from sdplay.server.errors import NotFound
 from sdplay.server.schemas_errors import NativeError, error_responses
 from sdplay.server.schemas_gallery import GalleryItem, GalleryPage
@@ -23,10 +24,6 @@ router = APIRouter(
 
 WHEN = r"^(\d{1,12}(\.\d{1,6})?|\d{4}-[01]\d-[0-3]\d([T ][0-2]\d:[0-5]\d(:[0-5]\d)?)?)$"
 IMAGE_ID = Path(ge=1, le=2**62, description="The gallery id of an image.")
-
-
-def get_service(request: Request) -> Service:
-    return request.app.state.service
 
 
 def _when(value: str | None, name: str) -> float | None:

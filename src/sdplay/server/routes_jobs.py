@@ -5,10 +5,11 @@ from __future__ import annotations
 import hashlib
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Response
 from fastapi.responses import StreamingResponse
 
 from sdplay.server.auth import require_api_key
+from sdplay.server.deps import get_service
 from sdplay.server.errors import NotFound
 from sdplay.server.jobs import Job, JobStatus
 from sdplay.server.schemas_errors import NativeError, error_responses
@@ -22,10 +23,6 @@ router = APIRouter(
 )
 
 JOB_ID = Path(pattern="^[0-9a-f]{32}$", description="The id returned when the job was submitted.")
-
-
-def get_service(request: Request) -> Service:
-    return request.app.state.service
 
 
 def _view(service: Service, job_id: str) -> JobView:

@@ -11,6 +11,7 @@ from fastapi.responses import StreamingResponse
 from sdplay.errors import Cancelled, ModelNotAvailable, SdplayError
 from sdplay.server.auth import require_api_key
 from sdplay.server.blocking import wait_or_cancel
+from sdplay.server.deps import get_service
 from sdplay.server.errors import NotFound, error_body
 from sdplay.server.jobs import Job, JobStatus
 from sdplay.server.schemas_errors import OpenAIError, error_responses
@@ -35,10 +36,6 @@ files = APIRouter(
 
 _USAGE = {"input_tokens": 0, "input_tokens_details": {"image_tokens": 0, "text_tokens": 0}, "output_tokens": 0,
           "total_tokens": 0}  # fmt: skip
-
-
-def get_service(request: Request) -> Service:
-    return request.app.state.service
 
 
 @router.post(

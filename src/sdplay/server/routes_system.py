@@ -4,23 +4,20 @@ from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 
 from sdplay import __version__
 from sdplay.errors import ModelNotAvailable
 from sdplay.samplers import SCHEDULE_TYPES as SCHEDULERS
 from sdplay.server.auth import require_api_key
+from sdplay.server.deps import get_service
 from sdplay.server.schemas_errors import NativeError, error_responses
 from sdplay.server.schemas_system import Batching, Health, Limits, ModelList, ModelView, SamplerList, SystemView
 from sdplay.server.service import Service
 
 router = APIRouter(tags=["system"])
 protected = APIRouter(tags=["system"], dependencies=[Depends(require_api_key)], responses=error_responses(NativeError))
-
-
-def get_service(request: Request) -> Service:
-    return request.app.state.service
 
 
 @router.get("/health", response_model=Health, responses={503: {"model": Health}})

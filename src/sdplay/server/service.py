@@ -17,6 +17,7 @@ from sdplay.availability import how_to_get_on_server
 from sdplay.errors import ModelNotAvailable, SdplayError
 from sdplay.limits import SpeedMeter, WorkLimits, check_work, device_kind, limits_for
 from sdplay.plan import Limits, Plan
+from sdplay.protocol import EngineProtocol
 from sdplay.server.errors import Conflict, NotFound, QueueFull
 from sdplay.server.gallery import Gallery
 from sdplay.server.jobs import Job, JobOutput, JobQueue, JobStatus
@@ -24,7 +25,7 @@ from sdplay.server.metrics import Metrics
 from sdplay.server.settings import Settings
 from sdplay.server.storage import UrlSigner, check_job_id
 from sdplay.server.worker import Worker
-from sdplay.types import Catalog, EngineProtocol, GenerationRequest, ModelInfo
+from sdplay.types import Catalog, GenerationRequest, ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -176,8 +177,9 @@ class Service:
         return min(candidates, key=pending.__getitem__)
 
     def _engine_for(self, plan: Plan) -> int:
-        """The least busy engine of the plan's device (engines of one device id are interchangeable)."""
-        same = [i for i, engine in enumerate(self.engines) if engine.device == plan.device.id]
+        """The least busy engine of the plan's device (engines of one device id are interchangeable; "auto": an
+        engine that follows each plan's device)."""
+        same = [i for i, engine in enumerate(self.engines) if engine.device in (plan.device.id, "auto")]
         if not same:
             raise SdplayError(f"No engine runs on {plan.device.id} here.", hint="Plan the request on this server.")
         return self._least_busy(same)

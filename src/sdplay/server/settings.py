@@ -6,9 +6,12 @@ import ipaddress
 import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sdplay.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from sdplay.loading import LoadOptions
 
 
 def _home() -> Path:
@@ -30,6 +33,14 @@ class Settings:
     input_dir: Path = field(default_factory=lambda: _home() / "server" / "inputs")  # uploaded images (ComfyUI API)
     default_model: str | None = None
     random_weights: bool = False
+    # How models are loaded and optimised (as `sdplay generate`'s flags): passed to every engine as LoadOptions.
+    no_fast: bool = False  # the compiled fast path off
+    fast_options: str = ""  # fast-path options, e.g. "deepcache=3" (also $SDPLAY_FAST); turns the fast path on
+    attention_slicing: bool = False
+    vae_slicing: bool = False
+    vae_tiling: bool = False
+    cpu_offload: bool = False
+    safety_checker: bool = True
     max_queue: int = 64
     max_batch: int = 4  # images per cross-request batch
     batch_window_ms: float = 50.0
@@ -90,11 +101,27 @@ class Settings:
             raise InvalidRequest("At least one device is needed.", field="devices", hint="Use --device auto.")
         return self
 
+    def load_options(self) -> LoadOptions:
+        """The load options every engine of this server gets."""
+        from sdplay.loading import LoadOptions
+
+        return LoadOptions(
+            random_weights=self.random_weights,
+            safety_checker=self.safety_checker,
+            attention_slicing=self.attention_slicing,
+            vae_slicing=self.vae_slicing,
+            vae_tiling=self.vae_tiling,
+            cpu_offload=self.cpu_offload,
+            fast=False if self.no_fast else (True if self.fast_options else None),
+            fast_options=self.fast_options,
+        )
+
 
 _ENV_ALIASES = {
     "devices": "SDPLAY_DEVICE",
     "cors_origins": "SDPLAY_CORS_ORIGIN",
     "allowed_hosts": "SDPLAY_ALLOWED_HOST",
+    "fast_options": "SDPLAY_FAST",
 }
 
 

@@ -8,18 +8,42 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from sdplay import cancel
 from sdplay.errors import Cancelled, SdplayError, TimeLimitExceeded
-from sdplay.limits import work_of
+from sdplay.limits import SpeedMeter, WorkLimits, work_of
+from sdplay.plan import Plan
+from sdplay.protocol import EngineProtocol
 from sdplay.server.errors import InternalError
-from sdplay.server.jobs import Job, JobOutput, JobStatus
+from sdplay.server.gallery import Gallery
+from sdplay.server.jobs import Job, JobOutput, JobQueue, JobStatus
+from sdplay.server.metrics import Metrics
+from sdplay.server.settings import Settings
 from sdplay.server.storage import png_bytes, save_result
-from sdplay.types import EngineProtocol, GenerationResult, StepInfo
+from sdplay.types import GenerationResult, StepInfo
 
-if TYPE_CHECKING:
-    from sdplay.server.service import Service
+
+class Service(Protocol):
+    """What a worker needs of the service that owns it (sdplay.server.service.Service)."""
+
+    settings: Settings
+    queue: JobQueue
+    gallery: Gallery
+    metrics: Metrics
+    stopping: bool
+
+    def finish(
+        self, job: Job, status: JobStatus, *, error: SdplayError | None = None, output: JobOutput | None = None
+    ) -> None: ...
+
+    def refresh_catalog(self) -> None: ...
+
+    def limits_of(self, plan: Plan) -> WorkLimits: ...
+
+    @property
+    def speed(self) -> SpeedMeter: ...
+
 
 log = logging.getLogger(__name__)
 

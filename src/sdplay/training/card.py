@@ -15,6 +15,10 @@ LICENCES = """\
 - **CLDR names** ("red heart", "grinning face with big eyes"): the Python package `emoji` 2.x,
   New BSD License, Copyright (c) 2014-2026 Taehoon Kim, Kevin Wurster; derived from Unicode CLDR data
   (Unicode License v3).
+- **Keywords** (training-caption augmentation and `vocabulary.txt`): the npm package `emojilib` v4
+  (`dist/emoji-en-US.json`), MIT License, Copyright (c) 2014 Mu-An Chiou; and the npm package
+  `cldr-annotations-full` v48 (`annotations/en/annotations.json`), Unicode CLDR data, Unicode License v3
+  (https://www.unicode.org/license.txt), Copyright (c) 2004-2026 Unicode, Inc.
 - **Tokenizer** (`tokenizer/vocab.json`, `tokenizer/merges.txt`): OpenAI CLIP's BPE vocabulary, MIT License,
   Copyright (c) 2021 OpenAI.
 """
@@ -26,7 +30,8 @@ def card(config: dict[str, Any], vae_steps: int, steps: int, loss: float) -> str
     return f"""# sdplay-emoji
 
 A small text-to-image model trained by `sdplay train` (sdplay ships one as its default): 64x64 emoji
-from a caption such as "red heart" or "grinning face with big eyes", small enough to run offline on a CPU.
+from a prompt such as "a cat", "a shiny red apple" or "grinning face with big eyes", small enough to run
+offline on a CPU. It knows the words of emoji names and keywords (`vocabulary.txt`), not general English.
 It is a standard diffusers `StableDiffusionPipeline` folder (CLIP text encoder, UNet2DConditionModel,
 AutoencoderKL, DPM++ 2M scheduler) and loads with `StableDiffusionPipeline.from_pretrained(folder)`.
 
@@ -35,7 +40,10 @@ AutoencoderKL, DPM++ 2M scheduler) and loads with `StableDiffusionPipeline.from_
   latents; VAE channels {arch.get("vae_channels")} (64x64 pixels <-> 16x16 latents).
 - Training: `sdplay train` with seed {config.get("seed")}: {vae_steps} VAE steps (batch
   {config.get("vae_batch_size")}), then {steps} UNet + text-encoder steps (batch {config.get("batch_size")},
-  lr {config.get("lr")}, EMA {config.get("ema_decay")}), final loss {loss:.4f}.
+  lr {config.get("lr")}, EMA {config.get("ema_decay")}), final loss {loss:.4f}. Captions: each emoji's
+  names, plus {config.get("augment") if config.get("augment") is not None else 48} everyday phrasings per
+  image made from its names and keywords (templates, articles, plurals, size, style and colour words,
+  word order; `sdplay.training.captions`).
 - Weights are stored as fp16 safetensors.
 
 {LICENCES}"""

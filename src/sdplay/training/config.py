@@ -30,7 +30,11 @@ class TrainConfig:
     weight_decay: float = 0.01
     ema_decay: float = 0.999
     caption_dropout: float = 0.1
+    main_caption: float = 0.4  # share of samples that take the image's main caption
+    augment: int | None = None  # phrasings made per image (captions.py); None: 48 for a new model, 0 to fine-tune
     train_text_encoder: bool = True
+    token_embedding: Path | None = None  # .npy (vocab, text_hidden) to start the token embedding from (new models)
+    freeze_token_embedding: bool = False
     seed: int = 0
     device: str = "auto"
     checkpoint_every: int = 2_000
@@ -40,6 +44,7 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out.update(out=str(self.out), data=self.data and str(self.data), images=self.images and str(self.images))
+        out["token_embedding"] = self.token_embedding and str(self.token_embedding)
         out["arch"] = asdict(self.arch)
         return out
 
@@ -48,7 +53,7 @@ class TrainConfig:
         d = {k: v for k, v in d.items() if k in {f.name for f in fields(cls)}}
         arch = d.pop("arch", None) or {}
         arch = EmojiArch(**{k: tuple(v) if isinstance(v, list) else v for k, v in arch.items()})
-        paths = {k: Path(d[k]) if d.get(k) else None for k in ("out", "data", "images")}
+        paths = {k: Path(d[k]) if d.get(k) else None for k in ("out", "data", "images", "token_embedding")}
         return cls(**{**d, **paths, "arch": arch})
 
 

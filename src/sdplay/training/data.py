@@ -23,6 +23,9 @@ from sdplay.errors import DataError
 from sdplay.extras import install_command
 
 PACKAGE = "emoji-datasource-google@16"
+KEYWORD_PACKAGES = ("emojilib@4", "cldr-annotations-full@48")  # keywords and alternative names (MIT, Unicode-3.0)
+EMOJILIB_FILE = "package/dist/emoji-en-US.json"
+CLDR_FILE = "package/annotations/en/annotations.json"
 IMAGE_PREFIX = "package/img/google/64/"
 SKIP_CATEGORIES = frozenset({"Component"})  # the five skin-tone swatches
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -37,6 +40,7 @@ class CaptionedImages:
     variants: list[list[str]]
     source: str = ""
     categories: list[str] | None = None
+    keywords: list[list[str]] | None = None  # other words people use for each image (not captions by themselves)
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -56,26 +60,62 @@ def default_data_path() -> Path:
 # 1. Fetch and read the npm package ------------------------------------------------------------
 
 
-def fetch_package(dest: Path) -> Path:
-    """Download the emoji package tarball with `npm pack` into `dest` (once) and return its path."""
+def fetch_package(dest: Path, spec: str = PACKAGE) -> Path:
+    """Download an npm package tarball with `npm pack` into `dest` (once) and return its path."""
     dest.mkdir(parents=True, exist_ok=True)
-    found = sorted(dest.glob("emoji-datasource-google-16*.tgz"))
+    name, _, major = spec.rpartition("@")
+    pattern = f"{name}-{major}*.tgz"
+    found = sorted(dest.glob(pattern))
     if found:
         return found[-1]
     npm = shutil.which("npm")
     if npm is None:
         raise DataError(
-            "npm is not installed, so the emoji images cannot be fetched.",
-            hint=f"Install Node.js/npm, or run `npm pack {PACKAGE}` elsewhere and copy the .tgz into {dest}.",
+            "npm is not installed, so the emoji data cannot be fetched.",
+            hint=f"Install Node.js/npm, or run `npm pack {spec}` elsewhere and copy the .tgz into {dest}.",
         )
-    proc = subprocess.run([npm, "pack", PACKAGE, "--silent"], cwd=dest, capture_output=True, text=True)
-    found = sorted(dest.glob("emoji-datasource-google-16*.tgz"))
+    proc = subprocess.run([npm, "pack", spec, "--silent"], cwd=dest, capture_output=True, text=True)
+    found = sorted(dest.glob(pattern))
     if proc.returncode != 0 or not found:
         raise DataError(
-            f"`npm pack {PACKAGE}` failed: {proc.stderr.strip()[-300:] or 'no tarball written'}.",
+            f"`npm pack {spec}` failed: {proc.stderr.strip()[-300:] or 'no tarball written'}.",
             hint="Check the network connection to the npm registry and try again.",
         )
     return found[-1]
+
+
+def _read_json_member(tgz: Path, member: str):
+    try:
+        with tarfile.open(tgz, "r:gz") as tar:
+            return json.loads(tar.extractfile(member).read())  # type: ignore[union-attr]
+    except (tarfile.TarError, KeyError, OSError, EOFError, AttributeError, json.JSONDecodeError) as exc:
+        raise DataError(
+            f"{tgz} has no readable {member} ({type(exc).__name__}: {exc}).",
+            hint="Delete it and run `sdplay train --prepare --force` to download a fresh copy.",
+        ) from exc
+
+
+def read_keywords(emojilib_tgz: Path, cldr_tgz: Path) -> dict[str, list[str]]:
+    """Keywords per emoji character (without variation selectors): CLDR annotations, then emojilib's."""
+    table: dict[str, list[str]] = {}
+    cldr = _read_json_member(cldr_tgz, CLDR_FILE)
+    for char, entry in cldr.get("annotations", {}).get("annotations", {}).items():
+        table.setdefault(_bare(char), []).extend(entry.get("default", []))
+    for char, words in _read_json_member(emojilib_tgz, EMOJILIB_FILE).items():
+        table.setdefault(_bare(char), []).extend(words[1:])  # the first is emojilib's own name
+    return {c: _unique(_clean(w) for w in words) for c, words in table.items()}
+
+
+def _bare(char: str) -> str:
+    return char.replace("\ufe0f", "")
+
+
+def _unique(items) -> list[str]:
+    out: list[str] = []
+    for item in items:
+        if item and item not in out:
+            out.append(item)
+    return out
 
 
 def _emoji_names() -> dict[str, dict]:
@@ -121,15 +161,18 @@ def _read_tar(tgz: Path) -> dict[str, bytes]:
     return files
 
 
-def read_package(tgz: Path) -> CaptionedImages:
-    """Build the image-caption pairs from the package tarball: base emoji only, composited on white."""
+def read_package(tgz: Path, keywords: dict[str, list[str]] | None = None) -> CaptionedImages:
+    """Build the image-caption pairs from the package tarball: base emoji only, composited on white.
+
+    `keywords` (from `read_keywords`) adds each emoji's other words, minus those already in its names.
+    """
     from PIL import Image
 
     try:
         files = _read_tar(tgz)
         entries = json.loads(files.pop("package/emoji.json"))
         cldr = _emoji_names()
-        images, captions, variants, categories = [], [], [], []
+        images, captions, variants, categories, words = [], [], [], [], []
         for entry in sorted(entries, key=lambda e: e.get("sort_order", 0)):
             data = files.get(IMAGE_PREFIX + entry.get("image", ""))
             if entry.get("category") in SKIP_CATEGORIES or not entry.get("has_img_google") or data is None:
@@ -139,12 +182,15 @@ def read_package(tgz: Path) -> CaptionedImages:
             captions.append(names[0])
             variants.append(names)
             categories.append(_clean(entry.get("category") or ""))
+            found = (keywords or {}).get(_bare(_char(entry["unified"])), [])
+            words.append([w for w in found if w not in names])
     except (tarfile.TarError, KeyError, OSError, EOFError, json.JSONDecodeError) as exc:
         raise DataError(
             f"{tgz} is not a readable emoji-datasource-google package ({type(exc).__name__}: {exc}).",
             hint="Delete it and run `python -m sdplay.training.data` again to download a fresh copy.",
         ) from exc
-    return CaptionedImages(np.stack(images), captions, variants, f"npm:{PACKAGE}", categories)
+    source = f"npm:{PACKAGE}" + ("".join(f" npm:{p}" for p in KEYWORD_PACKAGES) if keywords else "")
+    return CaptionedImages(np.stack(images), captions, variants, source, categories, words if keywords else None)
 
 
 # 2. The cached array file -----------------------------------------------------------------------
@@ -163,6 +209,7 @@ def save_set(data: CaptionedImages, path: Path) -> Path:
                 variants=np.array(json.dumps(data.variants)),
                 source=np.array(data.source),
                 categories=np.array(data.categories or [""] * len(data), dtype=str),
+                keywords=np.array(json.dumps(data.keywords or [[] for _ in data.captions])),
             )
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
@@ -186,6 +233,7 @@ def load_set(path: Path | str | None = None) -> CaptionedImages:
             variants = json.loads(str(npz["variants"])) if "variants" in npz else [[c] for c in captions]
             source = str(npz["source"]) if "source" in npz else ""
             categories = [str(c) for c in npz["categories"]] if "categories" in npz else None
+            keywords = json.loads(str(npz["keywords"])) if "keywords" in npz else None
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
         raise DataError(
             f"{path} is corrupt or not a sdplay data file ({type(exc).__name__}: {exc}).",
@@ -198,7 +246,7 @@ def load_set(path: Path | str | None = None) -> CaptionedImages:
             hint="Delete it and rebuild it with `sdplay train --prepare`.",
         )
     _check_captions(captions, [f"{path} item {i}" for i in range(len(captions))])
-    return CaptionedImages(images, captions, variants, source, categories)
+    return CaptionedImages(images, captions, variants, source, categories, keywords)
 
 
 def prepare(path: Path | str | None = None, force: bool = False) -> Path:
@@ -206,8 +254,10 @@ def prepare(path: Path | str | None = None, force: bool = False) -> Path:
     path = Path(path) if path else default_data_path()
     if path.is_file() and not force:
         return path
-    tgz = fetch_package(cache_dir() / "npm")
-    return save_set(read_package(tgz), path)
+    npm = cache_dir() / "npm"
+    tgz = fetch_package(npm)
+    keywords = read_keywords(*(fetch_package(npm, spec) for spec in KEYWORD_PACKAGES))
+    return save_set(read_package(tgz, keywords), path)
 
 
 # 3. A folder of captioned images (fine-tuning) --------------------------------------------------
@@ -290,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     path = prepare(args.out, force=args.force)
     data = load_set(path)
     print(f"{path}: {len(data)} images {data.images.shape[1]}x{data.images.shape[2]}, e.g. {data.variants[0]}")
+    if data.keywords:
+        print(f"  keywords of {data.captions[0]!r}: {data.keywords[0]}")
     return 0
 
 

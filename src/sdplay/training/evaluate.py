@@ -16,9 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from sdplay.training.data import CaptionedImages, load_set
+from sdplay.training.features import eval_indices, features
 
-COLOUR_CHECKS = (("red heart", "red"), ("blue heart", "blue"), ("green heart", "green"), ("green apple", "green"))
-FEATURE_SIZE = 32
+COLOUR_CHECKS = (
+    ("red heart", "red"), ("blue heart", "blue"), ("green heart", "green"), ("yellow heart", "yellow"),
+    ("purple heart", "purple"), ("green apple", "green"),
+)  # fmt: skip
 
 
 @dataclass
@@ -31,28 +34,13 @@ class Report:
     colours: dict[str, float] = field(default_factory=dict)
     per_category: dict[str, float] = field(default_factory=dict)
     misses: list[tuple[str, str]] = field(default_factory=list)  # (prompt, caption of the nearest image)
+    misses5: list[tuple[str, str]] = field(default_factory=list)  # the same, for prompts missed at top-5
     seconds: float = 0.0
     settings: dict = field(default_factory=dict)
 
     def summary(self) -> str:
         colours = ", ".join(f"{p!r} {s:.0%}" for p, s in self.colours.items())
         return f"n={self.n} top-1 {self.top1:.1%} top-5 {self.top5:.1%} | colour share: {colours}"
-
-
-def eval_indices(data: CaptionedImages, n: int) -> list[int]:
-    """A fixed, evenly spread choice of `n` images (every category is covered)."""
-    picks = np.unique(np.linspace(0, len(data) - 1, min(n, len(data))).round().astype(int))
-    return [int(i) for i in picks]
-
-
-def features(images: np.ndarray) -> np.ndarray:
-    """(N, H, W, 3) uint8 -> (N, 32*32*3) float32: area-downsampled pixels in [0, 1]."""
-    import torch
-    import torch.nn.functional as F
-
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255
-    x = F.adaptive_avg_pool2d(x, FEATURE_SIZE)  # (N, 3, 32, 32)
-    return x.flatten(1).numpy()
 
 
 def nearest(generated: np.ndarray, reference: np.ndarray, k: int = 5) -> np.ndarray:
@@ -62,33 +50,48 @@ def nearest(generated: np.ndarray, reference: np.ndarray, k: int = 5) -> np.ndar
     return np.argsort(d, axis=1)[:, :k]
 
 
-def colour_share(image: np.ndarray, colour: str, margin: int = 40) -> float:
-    """Share of the non-white pixels in which `colour` ('red', 'green', 'blue') clearly dominates."""
-    px = image.reshape(-1, 3).astype(int)
-    ink = px[px.min(1) < 225]
+def colour_share(image: np.ndarray, colour: str) -> float:
+    """Share of the non-white pixels whose hue, saturation and value name `colour` ('red', 'yellow', ...)."""
+    from sdplay.training.captions import colour_names
+
+    px = image.reshape(-1, 3)
+    ink = px[px.min(1) < 225].astype(np.float32) / 255
     if len(ink) == 0:
         return 0.0
-    c = "rgb".index(colour[0])
-    others = [ink[:, j] for j in range(3) if j != c]
-    return float(((ink[:, c] > others[0] + margin) & (ink[:, c] > others[1] + margin)).mean())
+    return float((colour_names(ink) == colour).mean())
 
 
-def score(prompts: list[str], images: np.ndarray, data: CaptionedImages) -> Report:
-    """Top-1 / top-5 retrieval of `images` (generated from `prompts`) among the training images."""
+def score(
+    prompts: list[str],
+    images: np.ndarray,
+    data: CaptionedImages,
+    targets: list[tuple[str, ...]] | None = None,
+    groups: dict[str, list[str]] | None = None,
+) -> Report:
+    """Top-1 / top-5 retrieval of `images` (generated from `prompts`) among the training images.
+
+    A prompt is answered by an image captioned with one of its `targets` (default: the prompt itself);
+    `groups` adds more breakdowns ({name: one label per prompt}) beside the per-category one.
+    """
+    targets = targets or [(p,) for p in prompts]
     near = nearest(images, data.images)
-    hits1 = [data.captions[row[0]] == p for p, row in zip(prompts, near, strict=True)]
-    hits5 = [any(data.captions[j] == p for j in row) for p, row in zip(prompts, near, strict=True)]
+    hits1 = [data.captions[row[0]] in t for t, row in zip(targets, near, strict=True)]
+    hits5 = [any(data.captions[j] in t for j in row) for t, row in zip(targets, near, strict=True)]
     category = dict(zip(data.captions, data.categories or [""] * len(data), strict=True))
+    labels = {"": [category.get(t[0], "") for t in targets], **(groups or {})}
     per: dict[str, list[bool]] = {}
-    for p, hit in zip(prompts, hits5, strict=True):
-        per.setdefault(category.get(p, ""), []).append(hit)
+    for name, values in labels.items():
+        for value, hit in zip(values, hits5, strict=True):
+            per.setdefault(f"{name}: {value}" if name else value, []).append(hit)
     misses = [(p, data.captions[row[0]]) for p, row, h in zip(prompts, near, hits1, strict=True) if not h]
+    misses5 = [(p, data.captions[row[0]]) for p, row, h in zip(prompts, near, hits5, strict=True) if not h]
     return Report(
         n=len(prompts),
         top1=float(np.mean(hits1)),
         top5=float(np.mean(hits5)),
         per_category={c: float(np.mean(v)) for c, v in sorted(per.items())},
         misses=misses,
+        misses5=misses5,
     )
 
 
@@ -185,14 +188,19 @@ def evaluate(
     sampler: str = "DPM++ 2M",
     device: str = "cpu",
     backend: str = "auto",
+    heldout: bool | list = False,
 ) -> tuple[Report, np.ndarray, list[str]]:
-    """Generate for `n` fixed caption prompts plus the colour checks, and score them."""
+    """Generate for `n` fixed prompts plus the colour checks, and score them.
+
+    The prompts are training captions, or with `heldout` the held-out prompts (`heldout.tsv`; a list
+    of them to use those): n evenly spread ones, answered by their targets or an emoji drawn the same.
+    """
     data = data or load_set()
-    prompts = [data.captions[i] for i in eval_indices(data, n)]
+    prompts, targets, groups = _prompts(data, n, heldout)
     colour_prompts = [p for p, _ in COLOUR_CHECKS if p in data.captions]
     began = time.perf_counter()
     images = generate(model, prompts + colour_prompts, seed, steps, guidance, sampler, device, backend)
-    report = score(prompts, images[: len(prompts)], data)
+    report = score(prompts, images[: len(prompts)], data, targets, groups)
     report.seconds = time.perf_counter() - began
     colours = dict(COLOUR_CHECKS)
     report.colours = {
@@ -200,6 +208,21 @@ def evaluate(
     }
     report.settings = {"model": str(model), "seed": seed, "steps": steps, "guidance": guidance, "sampler": sampler}
     return report, images, prompts + colour_prompts
+
+
+def _prompts(data: CaptionedImages, n: int, heldout: bool | list):
+    """(prompts, accepted captions of each, breakdowns) of a caption or held-out evaluation."""
+    if not heldout:
+        prompts = [data.captions[i] for i in eval_indices(data, n)]
+        return prompts, None, None
+    from sdplay.training import heldout as held
+
+    chosen = heldout if isinstance(heldout, list) else held.load()
+    picks = np.unique(np.linspace(0, len(chosen) - 1, min(n, len(chosen))).round().astype(int))
+    chosen = [chosen[i] for i in picks]
+    same = held.twins(data)
+    targets = [tuple(t for c in p.targets for t in (c, *sorted(same.get(c, ())))) for p in chosen]
+    return [p.prompt for p in chosen], targets, {"kind": [p.kind for p in chosen]}
 
 
 def save_grid(images: np.ndarray, captions: list[str], path: Path, cols: int = 8, scale: int = 2) -> Path:
@@ -238,11 +261,11 @@ def _wrap(text: str, width: int) -> list[str]:
 
 
 GRID_PROMPTS = (
-    "red heart", "blue heart", "grinning face with big eyes", "face with tears of joy", "smiling face with sunglasses",
-    "thumbs up", "fire", "sparkles", "rocket", "pizza", "red apple", "banana", "cat face", "dog face",
-    "sun", "snowflake", "rainbow", "japan flag", "soccer ball", "birthday cake", "light bulb", "musical note",
-    "ghost", "alien", "hamburger", "avocado", "t-rex", "octopus", "four leaf clover", "hot beverage",
-    "crescent moon", "star",
+    "a cat", "a kitten", "a puppy", "a red heart", "a blue heart", "a green heart", "a yellow heart",
+    "a purple heart", "a shiny red apple", "a banana", "a slice of pizza", "a birthday cake", "a cup of coffee",
+    "a rocket", "a car", "a bicycle", "a tree", "a cactus", "a sunflower", "a rainbow", "a snowflake", "a ghost",
+    "a robot", "a unicorn", "an octopus", "a penguin", "a guitar", "a light bulb", "a crown", "a thumbs up",
+    "the japanese flag", "a smiley face",
 )  # fmt: skip
 
 
@@ -251,7 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sdplay.training.evaluate", description=main.__doc__)
     parser.add_argument("--model", default="sdplay-emoji", help="built-in name or diffusers folder")
     parser.add_argument("--data", type=Path, default=None, help="the .npz set (default: the emoji cache)")
-    parser.add_argument("-n", type=int, default=256, help="number of caption prompts")
+    parser.add_argument("--set", choices=["captions", "heldout", "both"], default="both", help="which prompts")
+    parser.add_argument("-n", type=int, default=256, help="number of training-caption prompts")
+    parser.add_argument("--heldout-n", type=int, default=1000, help="number of held-out prompts (all: 1000)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=4.0)
@@ -265,20 +290,27 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    """Evaluate as `args` say, print the report, write the grid and JSON if asked."""
+    """Evaluate as `args` say, print the reports, write the grid and JSON if asked."""
     data = load_set(args.data)
     settings = {k: getattr(args, k) for k in ("seed", "steps", "guidance", "sampler", "device", "backend")}
-    report, _, _ = evaluate(args.model, data, n=args.n, **settings)
-    print(report.summary(), f"({report.seconds:.1f} s)")
-    for cat, value in report.per_category.items():
-        print(f"  top-5 {value:6.1%}  {cat}")
-    print("  first misses (prompt -> nearest):", "; ".join(f"{p} -> {q}" for p, q in report.misses[:12]))
+    sets = {"captions": (args.n, False), "heldout": (args.heldout_n, True)}
+    reports = {}
+    for name in ("captions", "heldout") if args.set == "both" else (args.set,):
+        n, held = sets[name]
+        report, _, _ = evaluate(args.model, data, n=n, heldout=held, **settings)
+        reports[name] = asdict(report)
+        print(f"== {name}:", report.summary(), f"({report.seconds:.1f} s)")
+        for cat, value in report.per_category.items():
+            print(f"  top-5 {value:6.1%}  {cat}")
+        worst = report.misses5 if held else report.misses
+        print(f"  misses{' (not in top 5)' if held else ''}, prompt -> nearest:",
+              "; ".join(f"{p} -> {q}" for p, q in worst[:20]) or "none")  # fmt: skip
     if args.grid:
-        prompts = [p for p in GRID_PROMPTS if p in data.captions]
-        grid_images = generate(args.model, prompts, **settings)
-        print("grid:", save_grid(grid_images, prompts, args.grid))
+        prompts = GRID_PROMPTS
+        grid_images = generate(args.model, list(prompts), **settings)
+        print("grid:", save_grid(grid_images, list(prompts), args.grid))
     if args.json:
-        args.json.write_text(json.dumps(asdict(report), indent=2))
+        args.json.write_text(json.dumps(reports, indent=2))
     return 0
 
 

@@ -116,6 +116,7 @@ def write_model(
     tokenizer_dir: Path | None = None,
     readme: str = "",
     dtype: torch.dtype = torch.float16,
+    vocabulary: list[str] | None = None,
 ) -> Path:
     """Write a diffusers StableDiffusionPipeline folder (safetensors in `dtype`), replacing `folder` atomically."""
     tmp = folder.with_name(folder.name + ".partial")
@@ -130,6 +131,10 @@ def write_model(
     (tmp / "model_index.json").write_text(json.dumps(model_index(scheduler["_class_name"]), indent=2) + "\n")
     if readme:
         (tmp / "README.md").write_text(readme)
+    if vocabulary:
+        from sdplay.vocabulary import write_vocabulary
+
+        write_vocabulary(tmp, vocabulary)
     check_folder(tmp)
     old = folder.with_name(folder.name + ".old")
     if folder.exists():

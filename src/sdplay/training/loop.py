@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from sdplay.errors import DataError
+from sdplay.training import captions, export, models
 from sdplay.training import data as datasets
-from sdplay.training import export, models
 from sdplay.training.checkpoint import CHECKPOINT_NAME, Ema, load_checkpoint, save_checkpoint
 from sdplay.training.config import TrainConfig, TrainResult, pick_device
 from sdplay.training.control import fit_to_deadline, schedule, stop_on_sigint
@@ -59,6 +59,7 @@ class _Run:
     vae_total: int = 0
     saved: dict | None = None  # the checkpoint resumed from: optimiser and EMA state for its stage
     noise: Any = None  # the DDPM noise schedule of the UNet stage
+    vocabulary: list[str] | None = None  # the texts whose words the model knows (vocabulary.txt)
 
 
 def train(cfg: TrainConfig, resume: bool = False, on_step: StepHook | None = None) -> TrainResult:
@@ -105,8 +106,9 @@ def _setup(cfg: TrainConfig) -> _Run:
     data = datasets.load_folder(cfg.images, size) if cfg.images else datasets.load_set(cfg.data)
     if data.images.shape[1:3] != (size, size):
         data = _resized(data, size)
-    flat = [c for v in data.variants for c in v]
-    counts = torch.tensor([len(v) for v in data.variants])
+    variants = caption_variants(cfg, data, tokenizer, new_model)
+    flat = [c for v in variants for c in v]
+    counts = torch.tensor([len(v) for v in variants])
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     run = _Run(
         cfg=cfg,
@@ -125,9 +127,54 @@ def _setup(cfg: TrainConfig) -> _Run:
         empty=tokenize(tokenizer, [""])[0].to(device),
         gen=gen,
         stage="vae" if new_model else "unet",
+        vocabulary=_vocabulary(data, tokenizer_dir, new_model),
     )
     te.requires_grad_(cfg.train_text_encoder)
+    if new_model and cfg.token_embedding:
+        _start_token_embedding(te, cfg)
     return run
+
+
+def _start_token_embedding(te, cfg: TrainConfig) -> None:
+    """Copy pretrained word vectors into the text encoder's token embedding (optionally frozen there)."""
+    weight = te.get_input_embeddings().weight
+    try:
+        vectors = torch.from_numpy(np.load(cfg.token_embedding, allow_pickle=False)).float()
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{cfg.token_embedding} is not a readable .npy array ({exc}).", hint="Rebuild it.") from exc
+    if tuple(vectors.shape) != tuple(weight.shape):
+        raise DataError(
+            f"{cfg.token_embedding} holds {tuple(vectors.shape)} vectors; the text encoder has {tuple(weight.shape)}.",
+            hint="Build the vectors for this vocabulary and text width.",
+        )
+    with torch.no_grad():
+        weight.copy_(vectors.to(weight.device))
+    if cfg.freeze_token_embedding:
+        weight.requires_grad_(False)
+
+
+def caption_variants(cfg: TrainConfig, data: datasets.CaptionedImages, tokenizer, new_model: bool) -> list[list[str]]:
+    """Each image's captions, plus `cfg.augment` everyday phrasings of them (the same for a seed)."""
+    n = cfg.augment if cfg.augment is not None else (48 if new_model else 0)
+    if n <= 0:
+        return data.variants
+    from sdplay.training.heldout import prompt_words
+
+    known = {w for v in data.variants for c in v for w in c.split()}
+    known |= {w for ks in data.keywords or [] for k in ks for w in k.split()}
+    distractors = captions.distractor_words(tokenizer, captions.TRAINING_WORDS | prompt_words() | known, seed=cfg.seed)
+    return captions.augmented_variants(data, n, cfg.seed, distractors)
+
+
+def _vocabulary(data: datasets.CaptionedImages, tokenizer_dir: Path | None, new_model: bool) -> list[str] | None:
+    """The names and keywords of the data, plus the base model's vocabulary when fine-tuning one that has it."""
+    from sdplay.vocabulary import known_words
+
+    base = known_words(tokenizer_dir.parent) if tokenizer_dir else None
+    if not new_model and base is None and not data.keywords:
+        return None
+    texts = [c for v in data.variants for c in v] + [k for ks in data.keywords or [] for k in ks]
+    return texts + sorted(base or ())
 
 
 def tokenize(tokenizer, texts: list[str]) -> torch.Tensor:
@@ -141,7 +188,7 @@ def _resized(data: datasets.CaptionedImages, size: int) -> datasets.CaptionedIma
     from PIL import Image
 
     images = np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.LANCZOS)) for im in data.images])
-    return datasets.CaptionedImages(images, data.captions, data.variants, data.source)
+    return datasets.CaptionedImages(images, data.captions, data.variants, data.source, data.categories, data.keywords)
 
 
 # 2. Checkpoints ----------------------------------------------------------------------------------
@@ -328,9 +375,9 @@ def _unet_step(run: _Run) -> torch.Tensor:
     cfg, g, dev = run.cfg, run.gen, run.device
     b = cfg.batch_size
     idx = torch.randint(len(run.pixels), (b,), generator=g, device=dev)
-    # half the time the main caption, otherwise any variant; `caption_dropout` of them empty
+    # `main_caption` of the time the main caption, otherwise any variant; `caption_dropout` of them empty
     any_variant = (torch.rand(b, generator=g, device=dev) * run.var_count[idx]).long()
-    main = torch.rand(b, generator=g, device=dev) < 0.5
+    main = torch.rand(b, generator=g, device=dev) < cfg.main_caption
     tokens = run.tokens[run.var_start[idx] + torch.where(main, 0, any_variant)]
     drop = torch.rand(b, generator=g, device=dev) < cfg.caption_dropout
     tokens = torch.where(drop[:, None], run.empty[None], tokens)  # (B, 77)
@@ -366,7 +413,10 @@ def write(run: _Run, folder: Path) -> Path:
     te, unet = copy.deepcopy(run.te), copy.deepcopy(run.unet)
     if run.ema is not None:
         run.ema.copy_to(_trainable_of(te, unet, run.cfg.train_text_encoder))
-    return export.write_model(folder, te, unet, run.vae, run.scheduler, run.tokenizer_dir, model_readme(run))
+    readme = model_readme(run)
+    return export.write_model(
+        folder, te, unet, run.vae, run.scheduler, run.tokenizer_dir, readme, vocabulary=run.vocabulary
+    )
 
 
 def _trainable_of(te, unet, with_text: bool) -> list[torch.nn.Parameter]:

@@ -23,8 +23,10 @@ class EngineReplica:
     """Runs generations on this replica's device and streams their steps back; writes no files."""
 
     async def __init__(self, options: RayOptions):
+        from sdplay.accel.runtime import configure_torch
         from sdplay.engine import Engine
 
+        configure_torch()  # the replica owns its process
         self.options = options
         # The multiplexer decides which models stay (and tells the router); the engine never evicts on its own.
         self.engine = Engine(

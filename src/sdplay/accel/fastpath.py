@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import asdict, dataclass, fields, replace
-from pathlib import Path
 from typing import Any
 
+from sdplay.accel.fastgraphs import GraphedForward, SharedPool, cuda_recorder, install
+from sdplay.accel.runtime import compile_cache_dir
 from sdplay.devices import DeviceInfo
 from sdplay.errors import InvalidRequest
 from sdplay.families import FAMILIES, Family
-from sdplay.fastgraphs import GraphedForward, SharedPool, cuda_recorder, install
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +103,7 @@ class FastPath:
     config: FastConfig
     graphed: dict[str, GraphedForward]
     pool: SharedPool
-    deepcache: Any = None  # sdplay.deepcache.DeepCache when feature reuse is on
+    deepcache: Any = None  # sdplay.accel.deepcache.DeepCache when feature reuse is on
     packages: Any = None  # sdplay.aotpackages.PackagedForward when the UNet is compiled ahead of time
 
     def prepare_scheduler(self, scheduler: Any) -> Any:
@@ -133,7 +132,7 @@ def apply_fast_path(pipe: Any, device: DeviceInfo, opts: Any, family: Family) ->
     """Apply the fast path where it is supported: on by default on CUDA, off elsewhere unless asked for."""
     if device.kind != "cuda" and opts.fast is not True:
         return f"off (not measured to help on {device.kind})"
-    config = FastConfig.parse(getattr(opts, "fast_options", "") or os.environ.get(ENV))
+    config = FastConfig.parse(opts.fast_options)  # $SDPLAY_FAST is read by the CLI and the server, into opts
     if device.kind != "cuda":  # nothing compiled unless asked for: Inductor on a CPU is minutes per model
         config = replace(config, graphs=False, host_timesteps=False,
                          compile="none" if config.compile == "auto" else config.compile)  # fmt: skip
@@ -178,7 +177,7 @@ def accelerate(
     # 4. Feature reuse across steps (opt-in), keyed into the UNet's graphs by phase.
     reuse = None
     if config.deepcache:
-        from sdplay import deepcache
+        from sdplay.accel import deepcache
 
         reuse = deepcache.install(pipe.unet, config.deepcache)
         choices["deepcache_interval"] = config.deepcache
@@ -291,32 +290,14 @@ def _share_fused(attn: Any) -> None:
         start += n
 
 
-def compile_cache_dir() -> Path:
-    """Where Inductor keeps compiled kernels and FX graphs between runs (unless TORCHINDUCTOR_CACHE_DIR is set)."""
-    import torch
-    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
-
-    from sdplay.loading import cache_dir
-
-    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    if current and os.path.abspath(current) != os.path.abspath(default_cache_dir()):
-        return Path(current)  # chosen by the user
-    path = cache_dir() / "compile" / f"torch-{torch.__version__}"
-    path.mkdir(parents=True, exist_ok=True)
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)  # Inductor reads it at each use
-    return path
-
-
 def compile_modules(pipe: Any, config: FastConfig) -> list[str]:
     """torch.compile the chosen regions (compilation itself happens lazily, on the first call of each shape)."""
     import torch
 
     if config.compile == "none" and "compile" not in config.vae:
         return []
-    # Many block shapes per model (one per UNet level and image size): allow a compiled entry for each.
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, 1024)
-    torch._dynamo.config.suppress_errors = True  # a block that fails to compile runs eagerly (logged), never fails
+    # Recompile limits, eager fallback and the persistent cache are process-wide: sdplay.accel.runtime sets them at
+    # start-up (configure_torch), never here.
     kw: dict[str, Any] = {"backend": config.backend, "dynamic": config.dynamic, "fullgraph": True}
     if config.autotune and config.backend == "inductor":  # sdplay captures its own CUDA graphs
         kw["mode"] = "max-autotune-no-cudagraphs"

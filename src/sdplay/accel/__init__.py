@@ -1,0 +1,1 @@
+"""Acceleration: the compiled fast path, CUDA graphs and feature reuse (DeepCache)."""
