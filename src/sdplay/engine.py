@@ -13,10 +13,13 @@ from sdplay import catalog
 from sdplay.catalog import ModelSpec
 from sdplay.devices import DeviceInfo, discover_devices, resolve_device, resolve_dtype
 from sdplay.errors import InvalidRequest
+from sdplay.inputs import prepare_input, working_size
 from sdplay.loading import LoadedModel, LoadOptions, load_pipeline
+from sdplay.masking import fill_mode, resize_mode
 from sdplay.run import BatchOutput, run_batch
 from sdplay.samplers import get_sampler, sampler_names
 from sdplay.types import (
+    DEFAULT_STRENGTH,
     MAX_SEED,
     EngineProtocol,
     GenerationRequest,
@@ -148,7 +151,11 @@ class Engine(EngineProtocol):
         ]
         size = (first.batch_size or first.n_images) if len(resolved) == 1 else len(items)
         batches = [items[i : i + size] for i in range(0, len(items), size)]
-        outputs = [run_batch(loaded, first, b, on_step, n, len(batches)) for n, b in enumerate(batches)]
+        prepared = [prepare_input(r) for r in resolved] if first.init_image is not None else None
+        outputs = [
+            run_batch(loaded, first, b, on_step, n, len(batches), [prepared[i.owner] for i in b] if prepared else None)
+            for n, b in enumerate(batches)
+        ]
         return _split_results(resolved, items, outputs, loaded, fresh)
 
     def resolve(self, request: GenerationRequest) -> GenerationRequest:
@@ -157,12 +164,16 @@ class Engine(EngineProtocol):
         spec = catalog.resolve(request.model, allow_pickle=self.options.allow_pickle)
         dev = resolve_device(request.device, self.devices())
         sampler = get_sampler(request.sampler or spec.default_sampler).name
+        width, height = working_size(request, spec.native_size)
         return request.with_(
             model=spec.name,
             steps=request.steps or spec.default_steps,
             guidance=spec.default_guidance if request.guidance is None else request.guidance,
-            width=request.width or spec.native_size,
-            height=request.height or spec.native_size,
+            width=width,
+            height=height,
+            strength=_strength(request),
+            inpaint_fill=fill_mode(request.inpaint_fill),
+            resize_mode=resize_mode(request.resize_mode),
             sampler=sampler,
             seed=random.randint(0, MAX_SEED) if request.seed == -1 else request.seed,
             device=dev.id,
@@ -170,11 +181,19 @@ class Engine(EngineProtocol):
         )
 
 
+def _strength(request: GenerationRequest) -> float | None:
+    if request.init_image is None:
+        return None
+    return DEFAULT_STRENGTH if request.strength is None else request.strength
+
+
 def _check_compatible(requests: list[GenerationRequest]) -> None:
     for key in BATCH_KEYS:
         values = {getattr(r, key) for r in requests}
         if len(values) > 1:
             raise InvalidRequest(f"Requests in one batch must share {key}; got {sorted(map(str, values))}.")
+    if len({r.batch_fields() for r in requests}) > 1:
+        raise InvalidRequest("Requests in one batch must share the task, denoising strength, fill and hires fix.")
 
 
 def _split_results(
