@@ -13,12 +13,14 @@ from typing import Any
 
 from sdplay import catalog
 from sdplay.errors import InvalidRequest, ModelNotAvailable, SdplayError
+from sdplay.inputs import working_size
 from sdplay.server.errors import Conflict, NotFound, QueueFull
 from sdplay.server.gallery import Gallery
 from sdplay.server.jobs import Job, JobOutput, JobQueue, JobStatus
 from sdplay.server.metrics import Metrics
 from sdplay.server.settings import Settings
 from sdplay.server.storage import UrlSigner, check_job_id
+from sdplay.server.uploads import Uploads
 from sdplay.types import EngineProtocol, GenerationRequest, ModelInfo
 
 log = logging.getLogger(__name__)
@@ -59,6 +61,7 @@ class Service:
         self.metrics = Metrics(lambda: len(self.queue))
         self.signer = UrlSigner(settings.url_secret, settings.url_ttl_s)
         self.catalog = Catalog()
+        self.uploads = Uploads()  # input images for later jobs (native API)
         self.jobs: OrderedDict[str, Job] = OrderedDict()
         self._by_key: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -148,13 +151,14 @@ class Service:
         if sampler is None:
             hint = f"Choose one of: {', '.join(self.catalog.samplers)}."
             raise InvalidRequest(f"Unknown sampler {request.sampler!r}.", field="sampler", hint=hint)
+        width, height = working_size(request, info.native_size)
         prepared = request.with_(
             model=info.name,
             sampler=sampler,
             steps=request.steps or info.default_steps,
             guidance=info.default_guidance if request.guidance is None else request.guidance,
-            width=request.width or info.native_size,
-            height=request.height or info.native_size,
+            width=width,
+            height=height,
         )
         return prepared.validate()
 
