@@ -7,7 +7,6 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sdplay.catalog import Family
 from sdplay.prompts import execution_device
 from sdplay.samplers import make_scheduler
 from sdplay.types import StepInfo
@@ -15,11 +14,6 @@ from sdplay.types import StepInfo
 if TYPE_CHECKING:
     from sdplay.loading import LoadedModel
 
-# Pipeline classes per family and task (diffusers'), created over the loaded modules with `from_pipe`.
-TASK_PIPELINES: dict[str, dict[str, str]] = {
-    "sd": {"img2img": "StableDiffusionImg2ImgPipeline", "inpaint": "StableDiffusionInpaintPipeline"},
-    "sdxl": {"img2img": "StableDiffusionXLImg2ImgPipeline", "inpaint": "StableDiffusionXLInpaintPipeline"},
-}
 _CARRIED = ("sdplay_fast", "sdplay_execution_device")  # what sdplay keeps on a pipeline, shared by its tasks
 
 
@@ -29,7 +23,8 @@ def is_inpainting_model(pipe: Any) -> bool:
 
 
 def task_pipe(loaded: LoadedModel, task: str) -> Any:
-    """The pipeline for a task over the same modules as the loaded one (no second copy of any weight)."""
+    """The pipeline for a task over the same modules as the loaded one (no second copy of any weight), created
+    with diffusers' `from_pipe` from the family's pipeline class for that task (sdplay.families)."""
     import diffusers
 
     base = loaded.pipe
@@ -39,7 +34,7 @@ def task_pipe(loaded: LoadedModel, task: str) -> Any:
         task = "inpaint"  # an inpainting UNet draws from nothing as inpainting of a fully masked blank image
     cache = base.__dict__.setdefault("sdplay_tasks", {})
     if task not in cache:
-        name = TASK_PIPELINES["sdxl" if loaded.family is Family.SDXL else "sd"][task]
+        name = loaded.family_spec.pipeline_class(task)  # the family's diffusers class for the task, as data
         if type(base).__name__ == name:
             cache[task] = base
         else:

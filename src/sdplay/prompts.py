@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sdplay.catalog import Family
+from sdplay.families import FamilySpec
 
 
 @dataclass
@@ -46,11 +46,11 @@ def count_chunks(tokenizer: Any, texts: list[str]) -> int:
     return max(len(chunk_ids(tokenizer, t)) for t in set(texts))
 
 
-def encode(pipe: Any, family: Family, prompts: list[str], negatives: list[str]) -> Embeddings:
+def encode(pipe: Any, family: FamilySpec, prompts: list[str], negatives: list[str]) -> Embeddings:
     """Encode a batch of prompts and negative prompts to the same number of chunks."""
-    tokenizers = [pipe.tokenizer] + ([pipe.tokenizer_2] if family is Family.SDXL else [])
+    tokenizers = [getattr(pipe, name) for name in family.tokenizers]
     chunks = max(count_chunks(tokenizers[0], prompts + negatives), 1)
-    if family is Family.SDXL:
+    if family.pooled:
         pos, pooled = _encode_sdxl(pipe, prompts, chunks)
         if not any(negatives) and pipe.config.get("force_zeros_for_empty_prompt", True):
             import torch

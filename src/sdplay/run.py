@@ -17,6 +17,7 @@ from sdplay.types import DEFAULT_STRENGTH, MAX_PIXELS, MAX_SIDE, GenerationReque
 if TYPE_CHECKING:
     from sdplay.loading import LoadedModel
     from sdplay.masking import InpaintInput
+    from sdplay.plan import Plan
 
 
 @dataclass
@@ -37,20 +38,21 @@ class BatchOutput:
 
 def run_batch(
     loaded: LoadedModel,
-    req: GenerationRequest,
+    plan: Plan,
     items: list,
     on_step: StepCallback | None,
     index: int,
     count: int,
     inputs: list[InpaintInput] | None = None,
 ) -> BatchOutput:
-    """Generate the images of `items` (prompt, negative, seed each) with the settings of `req`; `inputs` are the
+    """Generate the images of `items` (prompt, negative, seed each) with the settings of `plan`; `inputs` are the
     prepared images of image-to-image and inpainting, one per item."""
     import torch
 
+    req = plan.request
     try:
         with torch.inference_mode():
-            return _run(loaded, req, items, on_step, index, count, inputs)
+            return _run(loaded, plan, items, on_step, index, count, inputs)
     except torch.OutOfMemoryError as exc:
         empty_cache(loaded.device)
         raise DeviceOutOfMemory(
@@ -59,19 +61,20 @@ def run_batch(
         ) from exc
 
 
-def _run(loaded: LoadedModel, req: GenerationRequest, items: list, on_step, index, count, inputs) -> BatchOutput:
+def _run(loaded: LoadedModel, plan: Plan, items: list, on_step, index, count, inputs) -> BatchOutput:
     import torch
 
+    req = plan.request
     pipe, dev = loaded.pipe, loaded.device
     clock = _Clock(dev)
     reset_peak_memory(dev)
     # 1. Encode the prompts (chunked beyond 75 tokens).
-    emb = encode(pipe, loaded.family, [i.prompt for i in items], [i.negative for i in items])
+    emb = encode(pipe, loaded.family_spec, [i.prompt for i in items], [i.negative for i in items])
     t_text = clock.lap()
     # 2. One CPU generator per image (same seed, same image on any device); a fresh scheduler for every pass.
     seeds = [i.seed for i in items]
     generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-    args = PassArgs(emb, generators, req.sampler, req.steps, req.guidance, req.width, req.height, seeds)
+    args = PassArgs(emb, generators, plan.sampler.spec, req.steps, req.guidance, req.width, req.height, seeds)
     progress = passes.Progress(on_step, index, count, loaded.family.value, _planned_steps(req))
     # 3. Denoise as the task asks (the step callback may raise Cancelled).
     latents = _denoise(loaded, req, args, progress, inputs)

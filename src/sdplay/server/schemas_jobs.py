@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sdplay.server.compat import combine_sampler
+from sdplay.samplers import combine_sampler
 from sdplay.server.jobs import Job, JobStatus
 from sdplay.server.uploads import Uploads
 from sdplay.types import (
