@@ -114,8 +114,13 @@ def _common(args: PassArgs, progress: Progress, offset: int) -> dict[str, Any]:
     }
 
 
-def txt2img(loaded: LoadedModel, args: PassArgs, progress: Progress) -> Any:
-    """Noise from CPU generators, one per image (same seed, same image on any device), then denoise."""
+def _without_size(kwargs: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in kwargs.items() if k not in ("height", "width")}
+
+
+def txt2img(loaded: LoadedModel, args: PassArgs, progress: Progress, end: float | None = None) -> Any:
+    """Noise from CPU generators, one per image (same seed, same image on any device), then denoise (up to the
+    fraction `end` of the schedule when a refiner takes over: SDXL's `denoising_end`)."""
     import torch
 
     pipe = loaded.pipe
@@ -124,7 +129,21 @@ def txt2img(loaded: LoadedModel, args: PassArgs, progress: Progress) -> Any:
     shape = (pipe.unet.config.in_channels, args.height // scale, args.width // scale)
     latents = torch.stack([torch.randn(shape, generator=g) for g in args.generators])  # (B, C, H/8, W/8)
     latents = latents.to(execution_device(pipe), args.emb.prompt.dtype)
-    return pipe(**_common(args, progress, 0), latents=latents).images
+    extra = {"denoising_end": end} if end is not None else {}
+    return pipe(**_common(args, progress, 0), latents=latents, **extra).images
+
+
+def refine(refiner: LoadedModel, args: PassArgs, progress: Progress, latents: Any, prompts, negatives, start) -> Any:
+    """The SDXL refiner finishes the schedule from the fraction `start` in latent space (`denoising_start`); it
+    encodes the prompts with its own (second) text encoder."""
+    pipe = refiner.pipe
+    pipe.set_progress_bar_config(disable=True)
+    progress.scheduler = new_scheduler(refiner, pipe, args)
+    kwargs = _without_size(_common(args, progress, progress.done))
+    for key in ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds"):
+        kwargs.pop(key, None)
+    image = latents.to(execution_device(pipe), pipe.unet.dtype)
+    return pipe(**kwargs, prompt=prompts, negative_prompt=negatives, image=image, denoising_start=start).images
 
 
 def img2img(loaded: LoadedModel, args: PassArgs, progress: Progress, latents: Any, strength: float, offset=0) -> Any:
@@ -146,6 +165,7 @@ def img2img(loaded: LoadedModel, args: PassArgs, progress: Progress, latents: An
         ).images
     pipe = task_pipe(loaded, "img2img")
     progress.scheduler = new_scheduler(loaded, pipe, args)
+    kwargs = _without_size(kwargs)  # image-to-image pipelines take the size from the image
     return pipe(**kwargs, image=latents.to(execution_device(pipe), args.emb.prompt.dtype)).images
 
 

@@ -44,6 +44,7 @@ def run_batch(
     index: int,
     count: int,
     inputs: list[InpaintInput] | None = None,
+    refiner: LoadedModel | None = None,
 ) -> BatchOutput:
     """Generate the images of `items` (prompt, negative, seed each) with the settings of `plan`; `inputs` are the
     prepared images of image-to-image and inpainting, one per item."""
@@ -52,7 +53,7 @@ def run_batch(
     req = plan.request
     try:
         with torch.inference_mode():
-            return _run(loaded, plan, items, on_step, index, count, inputs)
+            return _run(loaded, plan, items, on_step, index, count, inputs, refiner)
     except torch.OutOfMemoryError as exc:
         empty_cache(loaded.device)
         raise DeviceOutOfMemory(
@@ -61,7 +62,7 @@ def run_batch(
         ) from exc
 
 
-def _run(loaded: LoadedModel, plan: Plan, items: list, on_step, index, count, inputs) -> BatchOutput:
+def _run(loaded: LoadedModel, plan: Plan, items: list, on_step, index, count, inputs, refiner) -> BatchOutput:
     import torch
 
     req = plan.request
@@ -76,8 +77,14 @@ def _run(loaded: LoadedModel, plan: Plan, items: list, on_step, index, count, in
     generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
     args = PassArgs(emb, generators, plan.sampler.spec, req.steps, req.guidance, req.width, req.height, seeds)
     progress = passes.Progress(on_step, index, count, loaded.family.value, _planned_steps(req))
-    # 3. Denoise as the task asks (the step callback may raise Cancelled).
-    latents = _denoise(loaded, req, args, progress, inputs)
+    # 3. Denoise as the task asks (the step callback may raise Cancelled); the refiner takes the last steps.
+    if refiner is not None:
+        latents = passes.txt2img(loaded, args, progress, end=req.refiner_switch_at)
+        prompts, negatives = [i.prompt for i in items], [i.negative for i in items]
+        latents = passes.refine(refiner, args, progress, latents, prompts, negatives, req.refiner_switch_at)
+        pipe = refiner.pipe  # decode with the refiner's VAE
+    else:
+        latents = _denoise(loaded, req, args, progress, inputs)
     # 4. Hires fix: upscale, then a second image-to-image pass at the larger size.
     if req.hires is not None:
         latents = _hires(loaded, req, args, progress, latents)

@@ -148,6 +148,12 @@ class GenerationRequest:
                                  hint=f"Send a {w}x{h} mask (white = the area to repaint, black = keep).")  # fmt: skip
         if self.outpaint is not None:
             self.outpaint.validate()
+        if self.refiner is not None:
+            _check_text(self.refiner, "refiner_checkpoint")
+            if self.init_image is not None or self.hires is not None:
+                raise InvalidRequest("The refiner runs after text-to-image here.", field="refiner_checkpoint",
+                                     hint="Leave out the init image and hires fix, or the refiner.")  # fmt: skip
+            _check_float(self.refiner_switch_at, "refiner_switch_at", 0.05, 0.95)
         if self.hires is not None:
             if self.init_image is not None:
                 hint = "For an init image, set the size you want and a denoising strength."

@@ -41,7 +41,7 @@ def left_half_mask() -> Image.Image:
 def real(tmp_path_factory):
     from sdplay.engine import Engine
 
-    with live_server(tmp_path_factory.mktemp("images-in"), Engine()) as s:
+    with live_server(tmp_path_factory.mktemp("images-in"), Engine(device="cpu")) as s:
         yield s
 
 

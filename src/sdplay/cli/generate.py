@@ -53,6 +53,9 @@ def _add_image_options(p) -> None:
     h.add_argument("--hires-upscaler", default="Latent", help="Latent, Latent (bicubic), ..., Lanczos")
     h.add_argument("--hires-steps", type=int, default=0, help="second-pass steps (default: as the first pass)")
     h.add_argument("--hires-strength", type=float, default=0.7, help="second-pass denoising strength (default 0.7)")
+    r = p.add_argument_group("SDXL refiner")
+    r.add_argument("--refiner", default=None, help="refiner model (catalog name, folder or file) for the last steps")
+    r.add_argument("--refiner-switch-at", type=float, default=0.8, help="fraction of the steps before the refiner")
 
 
 def _image_fields(args: argparse.Namespace) -> dict:
@@ -75,6 +78,8 @@ def _image_fields(args: argparse.Namespace) -> dict:
         from sdplay.errors import InvalidRequest
 
         raise InvalidRequest("--mask, --outpaint and --strength need --init-image.", field="init_image")
+    if args.refiner:
+        fields |= {"refiner": args.refiner, "refiner_switch_at": args.refiner_switch_at}
     if args.hires is not None or args.hires_size:
         w, h = parse_size(args.hires_size) if args.hires_size else (0, 0)
         fields["hires"] = HiresFix(scale=args.hires or 2.0, width=w or 0, height=h or 0, upscaler=args.hires_upscaler,

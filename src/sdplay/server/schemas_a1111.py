@@ -83,7 +83,12 @@ class Txt2ImgRequest(BaseModel):
     def to_request(self, model: str | None) -> GenerationRequest:
         """The core request; `model` is the checkpoint chosen by options or override_settings."""
         self._refuse_unsupported()
-        return self._common(model).with_(hires=self._hires())
+        refiner = {}
+        if self.refiner_checkpoint and self.refiner_checkpoint.strip().lower() not in ("", "none"):
+            switch = 0.8 if self.refiner_switch_at is None else self.refiner_switch_at
+            name = self.refiner_checkpoint.split(" [")[0].strip().removesuffix(".safetensors")  # A1111 titles
+            refiner = {"refiner": name, "refiner_switch_at": switch}
+        return self._common(model).with_(hires=self._hires(), **refiner)
 
     def _hires(self) -> HiresFix | None:
         """enable_hr and the hr_* fields -> the hires fix (A1111 takes the size from hr_resize_x/y if set)."""
@@ -130,8 +135,6 @@ class Txt2ImgRequest(BaseModel):
         if self.alwayson_scripts:
             name = next(iter(self.alwayson_scripts))
             raise InvalidRequest(f"always on script {name} not found.", field="alwayson_scripts", hint="Send {}.")
-        if self.refiner_checkpoint:
-            raise InvalidRequest("Refiners are not supported.", field="refiner_checkpoint", hint="Leave it empty.")
 
 
 class Img2ImgRequest(Txt2ImgRequest):
