@@ -129,6 +129,12 @@ def plan(
         dtype=resolve_dtype(request.dtype, dev),
     )
     limits.check(resolved)  # the model's defaults count too
+    if resolved.hires is not None:  # the second pass's size, refused now rather than after the first pass
+        from sdplay.hires import target_size
+        from sdplay.types import MAX_PIXELS, MAX_SIDE
+
+        side = min(MAX_SIDE, limits.max_side or MAX_SIDE)
+        target_size(resolved.width, resolved.height, resolved.hires, MAX_PIXELS, side)
     return Plan(
         request=resolved,
         model=spec,

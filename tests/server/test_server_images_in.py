@@ -75,7 +75,7 @@ def test_webuiapi_hires_fix_and_upscaler_lists(real):
     names = [m["name"] for m in httpx.get(f"{real.url}/sdapi/v1/latent-upscale-modes").json()]
     assert "Latent" in names and "Latent (nearest-exact)" in names
     assert "Lanczos" in [u["name"] for u in httpx.get(f"{real.url}/sdapi/v1/upscalers").json()]
-    too_big = httpx.post(f"{real.url}/sdapi/v1/txt2img", json={"prompt": "x", "width": 1024, "height": 1024,
+    too_big = httpx.post(f"{real.url}/sdapi/v1/txt2img", timeout=60, json={"prompt": "x", "width": 1024, "height": 1024,
                                                                "enable_hr": True, "hr_scale": 4})  # fmt: skip
     assert too_big.status_code == 400 and "largest hires scale" in too_big.text
 

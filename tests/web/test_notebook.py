@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import io
 import time
 from pathlib import Path
@@ -121,8 +122,9 @@ def test_uploaded_image_and_strength_make_an_image_to_image_run(playground_engin
     buf = io.BytesIO()
     Image.new("RGB", (64, 48), (200, 30, 30)).save(buf, format="PNG")
     data = buf.getvalue()
+    now = datetime.datetime.now(datetime.UTC)
     pg.init_image.value = ({"name": "in.png", "type": "image/png", "size": len(data), "content": memoryview(data),
-                            "last_modified": 0},)  # fmt: skip
+                            "last_modified": now},)  # fmt: skip
     pg.prompt.value, pg.steps.value, pg.seed.value, pg.strength.value = "a red heart", 4, 1, 0.5
     request = pg.request()
     assert request.task == "img2img" and request.strength == 0.5 and request.init_image.size == (64, 48)
@@ -131,5 +133,5 @@ def test_uploaded_image_and_strength_make_an_image_to_image_run(playground_engin
     assert result is not None, pg.status.value
     assert _grid_images(pg)[0][0].size == (64, 48)
     pg.init_image.value = ({"name": "bad.png", "type": "image/png", "size": 3, "content": memoryview(b"abc"),
-                            "last_modified": 0},)  # fmt: skip
+                            "last_modified": now},)  # fmt: skip
     assert pg.generate() is None and "not a PNG, JPEG or WebP" in pg.status.value

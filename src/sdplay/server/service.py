@@ -154,7 +154,7 @@ class Service:
 
     def _engine_for(self, plan: Plan) -> int:
         """The least busy engine of the plan's device (engines of one device id are interchangeable)."""
-        same = [i for i, engine in enumerate(self.engines) if engine.device == plan.device.id]
+        same = [i for i, engine in enumerate(self.engines) if engine.device in (plan.device.id, "auto")]  # auto: any
         if not same:
             raise SdplayError(f"No engine runs on {plan.device.id} here.", hint="Plan the request on this server.")
         return self._least_busy(same)
