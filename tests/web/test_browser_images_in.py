@@ -46,7 +46,12 @@ def test_paint_a_mask_and_inpaint(page, server, tmp_path, shots):
     page.locator("#strength").fill("1")
     shots(page, "inpaint-mask")
     page.click("#generate")
-    expect(page.locator("#results .result")).to_have_count(1, timeout=240_000)
+    try:
+        expect(page.locator("#results .result")).to_have_count(1, timeout=400_000)
+    except AssertionError:
+        state = page.evaluate("() => [document.querySelector('#progress-text').textContent, "
+                              "document.querySelector('#gen-form .form-error').textContent]")  # fmt: skip
+        raise AssertionError(f"no result; progress and form error: {state}") from None
     with httpx.Client(base_url=server.url, timeout=30) as client:
         job = client.get("/api/v1/jobs", params={"limit": 1}).json()["jobs"][0]
         assert job["status"] == "done" and job["request"]["init_image"]["width"] == 64
