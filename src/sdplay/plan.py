@@ -124,7 +124,7 @@ def plan(
         height=height,
         **image_defaults(request),
         sampler=sampler.name,
-        seed=random.randint(0, MAX_SEED) if request.seed == -1 else request.seed,
+        seed=random.randint(0, MAX_SEED + 1 - request.n_images) if request.seed == -1 else request.seed,  # no wrap
         device=dev.id,
         dtype=resolve_dtype(request.dtype, dev),
     )

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from sdplay import passes
+from sdplay import cancel, passes
 from sdplay.devices import empty_cache, peak_memory, reset_peak_memory, synchronize
 from sdplay.errors import DeviceOutOfMemory
 from sdplay.hires import LATENT_UPSCALERS, target_size, upscale_latents, upscale_pixels
@@ -67,6 +67,7 @@ def _run(loaded: LoadedModel, plan: Plan, items: list, on_step, index, count, in
 
     req = plan.request
     pipe, dev = loaded.pipe, loaded.device
+    cancel.guard(pipe)  # a stop takes effect between two UNet blocks, not only between steps
     clock = _Clock(dev)
     reset_peak_memory(dev)
     # 1. Encode the prompts (chunked beyond 75 tokens).

@@ -121,6 +121,12 @@ class GenerationRequest:
                 hint="Choose a smaller size, e.g. 1024x1024, and upscale afterwards.",
             )
         _check_int(self.seed, "seed", -1, MAX_SEED)
+        if self.seed + self.n_images - 1 > MAX_SEED:  # image i has seed + i: refuse rather than wrap to 0
+            raise InvalidRequest(
+                f"seed {self.seed} + {self.n_images} images runs past the largest seed, {MAX_SEED}.",
+                field="seed",
+                hint=f"Use a seed of at most {MAX_SEED - self.n_images + 1}, or -1 for a random one.",
+            )
         return self
 
     def _validate_images(self) -> None:

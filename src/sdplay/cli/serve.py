@@ -32,6 +32,9 @@ def register(sub) -> None:
     p.add_argument(
         "--gallery-db", type=Path, default=None, help="SQLite gallery (default ~/.sdplay/server/gallery.sqlite3)"
     )
+    p.add_argument(
+        "--input-dir", type=Path, default=None, help="uploaded images, ComfyUI API (default ~/.sdplay/server/inputs)"
+    )
     p.add_argument("--default-model", default=None, help="model used when a request names none")
     p.add_argument("--max-queue", type=int, default=None, help="queued jobs before 429 (default 64)")
     p.add_argument("--max-batch", type=int, default=None, help="images per cross-request batch (default 4; 1 = off)")
@@ -39,6 +42,19 @@ def register(sub) -> None:
     p.add_argument(
         "--cors-origin", action="append", default=None, dest="cors_origins", help="allowed CORS origin (repeatable)"
     )
+    p.add_argument(
+        "--allowed-host",
+        action="append",
+        default=None,
+        dest="allowed_hosts",
+        help="another Host name this server answers without an API key (repeatable; '*' = any)",
+    )
+    p.add_argument("--public-url", default=None, help="base of absolute URLs in answers (default: the bound address)")
+    p.add_argument("--max-request-s", type=float, default=None, help="time limit of one request (0 = device default)")
+    p.add_argument(
+        "--max-work", type=int, default=None, help="width*height*steps*images per request (0 = from device speed)"
+    )
+    p.add_argument("--max-pixels", type=int, default=None, help="width*height per image (0 = device default)")
     p.add_argument(
         "--random-weights",
         action="store_const",
@@ -56,8 +72,9 @@ def run(args: argparse.Namespace) -> int:
     from sdplay.server.settings import Settings
 
     overrides = {name: getattr(args, name) for name in _FLAGS}
-    if overrides["cors_origins"] is not None:
-        overrides["cors_origins"] = tuple(overrides["cors_origins"])
+    for name in ("cors_origins", "allowed_hosts"):
+        if overrides[name] is not None:
+            overrides[name] = tuple(overrides[name])
     settings = Settings.from_env(**overrides).check()  # InvalidRequest -> exit status 2
 
     from sdplay.server.scaleout.cli import run_ray, wants_ray
@@ -80,5 +97,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-_FLAGS = ("host", "port", "api_key", "api_auth", "models_preload", "devices", "output_dir", "gallery_db",
-          "default_model", "max_queue", "max_batch", "batch_window_ms", "cors_origins", "random_weights")  # fmt: skip
+_FLAGS = ("host", "port", "api_key", "api_auth", "models_preload", "devices", "output_dir", "gallery_db", "input_dir",
+          "default_model", "max_queue", "max_batch", "batch_window_ms", "cors_origins", "random_weights",
+          "allowed_hosts", "public_url", "max_request_s", "max_work", "max_pixels")  # fmt: skip

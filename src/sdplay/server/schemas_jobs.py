@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sdplay.samplers import combine_sampler
 from sdplay.server.jobs import Job, JobStatus
+from sdplay.server.jsontypes import IntegralFloats
 from sdplay.server.uploads import Uploads
 from sdplay.types import (
     MAX_GUIDANCE,
@@ -42,7 +43,7 @@ class HiresBody(BaseModel):
     strength: float = Field(0.7, ge=0, le=1)
 
 
-class JobCreate(BaseModel):
+class JobCreate(IntegralFloats):
     """A job: text-to-image, or image-to-image / inpainting / outpainting with an init image. Omitted fields take
     the model's defaults. Images are base64 (bare or a data URL) or `upload:ID` from POST /api/v1/uploads."""
 
