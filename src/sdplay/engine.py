@@ -12,6 +12,7 @@ from sdplay import catalog
 from sdplay.catalog import ModelSpec
 from sdplay.devices import DeviceInfo, discover_devices, resolve_device
 from sdplay.errors import InvalidRequest, ModelNotAvailable
+from sdplay.inputs import prepare_input
 from sdplay.loading import LoadedModel, LoadOptions, load_pipeline
 from sdplay.plan import Limits, Plan, check_compatible, plan
 from sdplay.run import BatchOutput, run_batch
@@ -111,6 +112,18 @@ class Engine:
             log.info("loaded %s on %s (%s) in %.1f s", p.model.name, p.device.id, p.dtype, loaded.load_seconds)
             return loaded, True
 
+    def _refiner(self, first: Plan) -> LoadedModel | None:
+        """The SDXL refiner of a plan, loaded on the plan's device like any model (it stays in the cache)."""
+        req = first.request
+        if not req.refiner:
+            return None
+        base = self._models.get((first.model.name, first.device.id, first.dtype))
+        ask = GenerationRequest(prompt="", model=req.refiner, device=first.device.id, dtype=first.dtype)
+        refiner, _ = self._load(self.plan(ask, first.limits))
+        if base is not None:
+            _check_refiner(base, refiner)
+        return refiner
+
     def _over_budget(self) -> bool:
         budget = self.memory_budget_bytes
         return budget is not None and sum(model_bytes(m.pipe) for m in self._models.values()) > budget
@@ -182,8 +195,23 @@ class Engine:
         req = first.request
         size = (req.batch_size or req.n_images) if len(plans) == 1 else len(items)
         batches = [items[i : i + size] for i in range(0, len(items), size)]
-        outputs = [run_batch(loaded, first, b, on_step, n, len(batches)) for n, b in enumerate(batches)]
+        prepared = [prepare_input(p.request) for p in plans] if req.init_image is not None else None
+        refiner = self._refiner(first)
+        outputs = [
+            run_batch(loaded, first, b, on_step, n, len(batches), [prepared[i.owner] for i in b] if prepared else None,
+                      refiner)
+            for n, b in enumerate(batches)
+        ]  # fmt: skip
         return _split_results([p.request for p in plans], items, outputs, loaded, fresh)
+
+
+def _check_refiner(base: LoadedModel, refiner: LoadedModel) -> None:
+    from sdplay.families import Family
+
+    for role, model in (("model", base), ("refiner", refiner)):
+        if model.family is not Family.SDXL:
+            raise InvalidRequest(f"The {role} {model.spec.name} is not an SDXL model.", field="refiner_checkpoint",
+                                 hint="A refiner hands over from an SDXL base to an SDXL refiner.")  # fmt: skip
 
 
 def _split_results(

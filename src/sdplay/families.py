@@ -96,8 +96,10 @@ _SDXL_VAE_RGB: tuple[RGB, ...] = (
     (0.1076, 0.1111, -0.0362),
     (-0.3165, -0.2492, -0.2188),
 )
-_SD_PIPELINES = {"txt2img": "StableDiffusionPipeline", "img2img": None, "inpaint": None}
-_SDXL_PIPELINES = {"txt2img": "StableDiffusionXLPipeline", "img2img": None, "inpaint": None}
+_SD_PIPELINES = {"txt2img": "StableDiffusionPipeline", "img2img": "StableDiffusionImg2ImgPipeline",
+                 "inpaint": "StableDiffusionInpaintPipeline"}  # fmt: skip
+_SDXL_PIPELINES = {"txt2img": "StableDiffusionXLPipeline", "img2img": "StableDiffusionXLImg2ImgPipeline",
+                   "inpaint": "StableDiffusionXLInpaintPipeline"}  # fmt: skip
 
 # Measured on an H100 (docs/benchmarks.md): the whole UNet compiled is 27-31% faster for SD 1.x/2.x (cold compile
 # 41-49 s, restart 11-15 s); for SDXL 18% faster but 103 s cold and 23 s at every restart, so SDXL compiles its

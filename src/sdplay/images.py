@@ -42,10 +42,44 @@ def parameters_for(result: GenerationResult, index: int) -> str:
         "Seed": result.seeds[index],
         "Size": f"{req.width}x{req.height}",
         "Model": meta.get("model"),
+        **image_input_fields(req),
         "Random weights": "True" if meta.get("random_weights") else None,
         "Version": f"sdplay {meta.get('versions', {}).get('sdplay', '')}".strip(),
     }
     return a1111_parameters(req.prompt, req.negative_prompt, fields)
+
+
+def image_input_fields(req: Any) -> dict[str, Any]:
+    """A1111's infotext fields for image-to-image, inpainting, outpainting, hires fix and the refiner."""
+    fields: dict[str, Any] = {}
+    if req.init_image is not None:
+        from sdplay.image_input import image_hash
+
+        fields["Denoising strength"] = req.strength
+        fields["Init image hash"] = image_hash(req.init_image)[:10]
+        if req.resize_mode != "just resize":
+            fields["Resize mode"] = req.resize_mode.capitalize()
+    if req.task == "inpaint":
+        fields |= {"Mask blur": req.mask_blur, "Masked content": req.inpaint_fill}
+        if req.mask is not None:
+            fields["Mask hash"] = image_hash(req.mask)[:10]
+        if req.mask_invert:
+            fields["Mask mode"] = "Inpaint not masked"
+        if req.inpaint_full_res:
+            fields |= {"Inpaint area": "Only masked", "Masked area padding": req.inpaint_padding}
+    if req.outpaint is not None:
+        o = req.outpaint
+        fields["Outpaint"] = " ".join(f"{k}={v}" for k, v in vars(o).items() if v)
+    if req.hires is not None:
+        hr = req.hires
+        fields["Denoising strength"] = hr.strength
+        fields["Hires resize" if hr.width or hr.height else "Hires upscale"] = (
+            f"{hr.width}x{hr.height}" if hr.width or hr.height else hr.scale
+        )
+        fields |= {"Hires steps": hr.steps or None, "Hires upscaler": hr.upscaler}
+    if req.refiner:
+        fields |= {"Refiner": req.refiner, "Refiner switch at": req.refiner_switch_at}
+    return fields
 
 
 def metadata_for(result: GenerationResult, index: int) -> dict[str, Any]:

@@ -49,6 +49,10 @@ class Playground:
         self.n_images = w.BoundedIntText(1, min=1, max=MAX_IMAGES, description="Images")
         self.steps = w.BoundedIntText(0, min=0, max=MAX_STEPS, description="Steps", tooltip="0: the model's default")
         self.seed = w.BoundedIntText(-1, min=-1, max=MAX_SEED, description="Seed", tooltip="-1: random")
+        self.init_image = w.FileUpload(accept="image/png,image/jpeg,image/webp", multiple=False,
+                                       description="Init image")  # fmt: skip
+        self.strength = w.FloatSlider(0.75, min=0.0, max=1.0, step=0.05, description="Strength",
+                                      tooltip="denoising strength of image-to-image")  # fmt: skip
         self.generate_button = w.Button(description="Generate", button_style="primary", icon="play")
         self.cancel_button = w.Button(description="Cancel", icon="stop", disabled=True)
         self.progress = w.IntProgress(0, min=0, max=1, description="", layout=w.Layout(width="60%"))
@@ -62,13 +66,15 @@ class Playground:
                 self.prompt,
                 self.negative_prompt,
                 w.HBox([self.n_images, self.steps, self.seed]),
+                w.HBox([self.init_image, self.strength]),
                 w.HBox([self.generate_button, self.cancel_button, self.progress]),
                 self.status,
                 self.grid,
             ]
         )
         self._fields = {"model": self.model, "prompt": self.prompt, "negative_prompt": self.negative_prompt,
-                        "n_images": self.n_images, "steps": self.steps, "seed": self.seed}  # fmt: skip
+                        "n_images": self.n_images, "steps": self.steps, "seed": self.seed,
+                        "init_image": self.init_image, "strength": self.strength}  # fmt: skip
 
     def _fill_models(self, wanted: str | None) -> None:
         """Catalog models (marked when their weights are missing), plus `wanted` if it is a path or other name."""
@@ -89,7 +95,9 @@ class Playground:
 
     # -- running -----------------------------------------------------------------------------
     def request(self) -> GenerationRequest:
-        """The request the form describes (0 steps means the model's default)."""
+        """The request the form describes (0 steps means the model's default; an uploaded image means
+        image-to-image at the chosen strength)."""
+        image = self._uploaded_image()
         return GenerationRequest(
             prompt=self.prompt.value,
             negative_prompt=self.negative_prompt.value,
@@ -97,7 +105,17 @@ class Playground:
             n_images=self.n_images.value,
             steps=self.steps.value or None,
             seed=self.seed.value,
+            init_image=image,
+            strength=self.strength.value if image is not None else None,
         )
+
+    def _uploaded_image(self):
+        from sdplay.image_input import decode_image
+
+        files = self.init_image.value
+        if not files:
+            return None
+        return decode_image(bytes(files[0]["content"]), "init_image")
 
     def generate(self) -> threading.Thread | None:
         """Start generating in a background thread (the kernel stays free); None if a run is already going."""
@@ -109,7 +127,14 @@ class Playground:
         self._set_running(True)
         self._show_status("Starting…")
         self.progress.value, self.progress.max = 0, 1
-        self.thread = threading.Thread(target=self._run, args=(self.request(),), name="sdplay-playground", daemon=True)
+        try:
+            request = self.request()
+        except SdplayError as exc:
+            self.error = exc
+            self._show_error(exc)
+            self._set_running(False)
+            return None
+        self.thread = threading.Thread(target=self._run, args=(request,), name="sdplay-playground", daemon=True)
         self.thread.start()
         return self.thread
 

@@ -15,15 +15,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from sdplay.errors import InvalidRequest
+from sdplay.inputs import working_size
 from sdplay.samplers import SamplerSpec, get_sampler
-from sdplay.types import MAX_SEED, GenerationRequest
+from sdplay.types import DEFAULT_STRENGTH, MAX_SEED, GenerationRequest
 
 if TYPE_CHECKING:
     from sdplay.catalog import ModelSpec
     from sdplay.devices import DeviceInfo
     from sdplay.families import FamilySpec
 
-TASKS = ("txt2img",)  # image-to-image and inpainting join with their image inputs
+TASKS = ("txt2img", "img2img", "inpaint")  # the request's image inputs decide (GenerationRequest.task)
 
 # Request fields that must agree for plans to share one UNet batch (prompts and seeds may differ); with `task`.
 BATCH_FIELDS = ("model", "steps", "guidance", "width", "height", "sampler", "device", "dtype")
@@ -77,8 +78,8 @@ class Plan:
 
     @property
     def batch_key(self) -> tuple:
-        """Plans with equal keys may run as one UNet batch."""
-        return (self.task, *(getattr(self.request, name) for name in BATCH_FIELDS))
+        """Plans with equal keys may run as one UNet batch (task kinds, strengths, fills, hires never mix)."""
+        return (self.task, *(getattr(self.request, name) for name in BATCH_FIELDS), *self.request.batch_fields())
 
     @property
     def seeds(self) -> list[int]:
@@ -95,7 +96,7 @@ def plan(
     models: ModelResolver,
     device: DeviceInfo,
     limits: Limits | None = None,
-    task: str = "txt2img",
+    task: str | None = None,
 ) -> Plan:
     """Validate `request` against the limits, resolve its model with `models`, pin it to `device`, fill defaults."""
     from sdplay.devices import resolve_device, resolve_dtype
@@ -103,25 +104,39 @@ def plan(
     limits = limits or Limits()
     limits.check(request)
     request.validate()
+    task = task or request.task
     if task not in TASKS:
         raise InvalidRequest(f"Unknown task {task!r}.", field="task", hint=f"Use one of: {', '.join(TASKS)}.")
+    if task != request.task:
+        hint = "Give an init image for img2img, and a mask or an outpaint for inpaint."
+        raise InvalidRequest(
+            f"A {task} plan needs its inputs; this request is {request.task}.", field="task", hint=hint
+        )
     spec = models(request.model)
     dev = resolve_device(request.device, [device])
     sampler = get_sampler(request.sampler or spec.default_sampler)
     whole = request.batch_size is None or request.batch_size >= request.n_images  # one batch: no batch size
+    width, height = working_size(request, spec.native_size)
     resolved = request.with_(
         model=spec.name,
         batch_size=None if whole else request.batch_size,
         steps=request.steps or spec.default_steps,
         guidance=spec.default_guidance if request.guidance is None else request.guidance,
-        width=request.width or spec.native_size,
-        height=request.height or spec.native_size,
+        width=width,
+        height=height,
+        **image_defaults(request),
         sampler=sampler.name,
         seed=random.randint(0, MAX_SEED + 1 - request.n_images) if request.seed == -1 else request.seed,  # no wrap
         device=dev.id,
         dtype=resolve_dtype(request.dtype, dev),
     )
     limits.check(resolved)  # the model's defaults count too
+    if resolved.hires is not None:  # the second pass's size, refused now rather than after the first pass
+        from sdplay.hires import target_size
+        from sdplay.types import MAX_PIXELS, MAX_SIDE
+
+        side = min(MAX_SIDE, limits.max_side or MAX_SIDE)
+        target_size(resolved.width, resolved.height, resolved.hires, MAX_PIXELS, side)
     return Plan(
         request=resolved,
         model=spec,
@@ -134,6 +149,17 @@ def plan(
     )
 
 
+def image_defaults(request: GenerationRequest) -> dict:
+    """Strength filled in (0.75) where there is an init image; fill and resize mode under their canonical names."""
+    from sdplay.masking import fill_mode, resize_mode
+
+    strength = None
+    if request.init_image is not None:
+        strength = DEFAULT_STRENGTH if request.strength is None else request.strength
+    return {"strength": strength, "inpaint_fill": fill_mode(request.inpaint_fill),
+            "resize_mode": resize_mode(request.resize_mode)}  # fmt: skip
+
+
 def check_compatible(plans: list[Plan]) -> None:
     """Refuse to batch plans whose batch keys differ, naming the first field that differs."""
     keys = {p.batch_key for p in plans}
@@ -143,6 +169,7 @@ def check_compatible(plans: list[Plan]) -> None:
         values = {k[i] for k in keys}
         if len(values) > 1:
             raise InvalidRequest(f"Requests in one batch must share {name}; got {sorted(map(str, values))}.")
+    raise InvalidRequest("Requests in one batch must share the denoising strength, masked-content fill and hires fix.")
 
 
 def _limit(value: int | None, limit: int | None, name: str, hint: str) -> None:

@@ -1,20 +1,22 @@
-"""One UNet batch, as numbered steps: encode text, draw noise, denoise, decode, check."""
+"""One UNet batch, as numbered steps: encode text, denoise as the task asks (hires pass too), decode, check."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from sdplay import cancel
+from sdplay import cancel, passes
 from sdplay.devices import empty_cache, peak_memory, reset_peak_memory, synchronize
 from sdplay.errors import DeviceOutOfMemory
+from sdplay.hires import LATENT_UPSCALERS, target_size, upscale_latents, upscale_pixels
+from sdplay.passes import PassArgs
 from sdplay.prompts import encode, execution_device
-from sdplay.samplers import make_scheduler
-from sdplay.types import GenerationRequest, StepCallback, StepInfo
+from sdplay.types import DEFAULT_STRENGTH, MAX_PIXELS, MAX_SIDE, GenerationRequest, StepCallback
 
 if TYPE_CHECKING:
     from sdplay.loading import LoadedModel
+    from sdplay.masking import InpaintInput
     from sdplay.plan import Plan
 
 
@@ -35,15 +37,23 @@ class BatchOutput:
 
 
 def run_batch(
-    loaded: LoadedModel, plan: Plan, items: list, on_step: StepCallback | None, index: int, count: int
+    loaded: LoadedModel,
+    plan: Plan,
+    items: list,
+    on_step: StepCallback | None,
+    index: int,
+    count: int,
+    inputs: list[InpaintInput] | None = None,
+    refiner: LoadedModel | None = None,
 ) -> BatchOutput:
-    """Generate the images of `items` (prompt, negative, seed each) with the settings of `plan`."""
+    """Generate the images of `items` (prompt, negative, seed each) with the settings of `plan`; `inputs` are the
+    prepared images of image-to-image and inpainting, one per item."""
     import torch
 
     req = plan.request
     try:
         with torch.inference_mode():
-            return _run(loaded, plan, items, on_step, index, count)
+            return _run(loaded, plan, items, on_step, index, count, inputs, refiner)
     except torch.OutOfMemoryError as exc:
         empty_cache(loaded.device)
         raise DeviceOutOfMemory(
@@ -52,7 +62,7 @@ def run_batch(
         ) from exc
 
 
-def _run(loaded: LoadedModel, plan: Plan, items: list, on_step, index: int, count: int) -> BatchOutput:
+def _run(loaded: LoadedModel, plan: Plan, items: list, on_step, index, count, inputs, refiner) -> BatchOutput:
     import torch
 
     req = plan.request
@@ -60,47 +70,97 @@ def _run(loaded: LoadedModel, plan: Plan, items: list, on_step, index: int, coun
     cancel.guard(pipe)  # a stop takes effect between two UNet blocks, not only between steps
     clock = _Clock(dev)
     reset_peak_memory(dev)
-    # 1. A fresh scheduler for this batch: no step state is shared between requests.
-    pipe.scheduler = make_scheduler(plan.sampler.spec, loaded.scheduler_config, [i.seed for i in items])
-    if getattr(pipe, "sdplay_fast", None) is not None:  # the fast path keeps step arithmetic off the device
-        pipe.sdplay_fast.prepare_scheduler(pipe.scheduler)
-    # 2. Encode the prompts (chunked beyond 75 tokens).
+    # 1. Encode the prompts (chunked beyond 75 tokens).
     emb = encode(pipe, loaded.family_spec, [i.prompt for i in items], [i.negative for i in items])
     t_text = clock.lap()
-    # 3. Initial noise from CPU generators, one per image: same seed, same image on any device.
-    generators = [torch.Generator("cpu").manual_seed(i.seed) for i in items]
-    shape = (pipe.unet.config.in_channels, req.height // pipe.vae_scale_factor, req.width // pipe.vae_scale_factor)
-    latents = torch.stack([torch.randn(shape, generator=g) for g in generators])  # (B, C, H/8, W/8)
-    # 4. Denoise, reporting every step (the callback may raise Cancelled).
-    started = time.perf_counter()
-
-    def step_end(p, i, _t, kwargs):
-        if on_step is not None:
-            elapsed = time.perf_counter() - started
-            on_step(StepInfo(i + 1, p.num_timesteps, index, count, elapsed, kwargs["latents"], loaded.family.value))
-        return kwargs
-
-    latents = pipe(
-        **emb.pipeline_kwargs(),
-        height=req.height,
-        width=req.width,
-        num_inference_steps=req.steps,
-        guidance_scale=req.guidance,
-        generator=generators,
-        latents=latents.to(execution_device(pipe), emb.prompt.dtype),
-        output_type="latent",
-        callback_on_step_end=step_end,
-    ).images
+    # 2. One CPU generator per image (same seed, same image on any device); a fresh scheduler for every pass.
+    seeds = [i.seed for i in items]
+    generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+    args = PassArgs(emb, generators, plan.sampler.spec, req.steps, req.guidance, req.width, req.height, seeds)
+    progress = passes.Progress(on_step, index, count, loaded.family.value, _planned_steps(req))
+    # 3. Denoise as the task asks (the step callback may raise Cancelled); the refiner takes the last steps.
+    if refiner is not None:
+        latents = passes.txt2img(loaded, args, progress, end=req.refiner_switch_at)
+        prompts, negatives = [i.prompt for i in items], [i.negative for i in items]
+        latents = passes.refine(refiner, args, progress, latents, prompts, negatives, req.refiner_switch_at)
+        pipe = refiner.pipe  # decode with the refiner's VAE
+    else:
+        latents = _denoise(loaded, req, args, progress, inputs)
+    # 4. Hires fix: upscale, then a second image-to-image pass at the larger size.
+    if req.hires is not None:
+        latents = _hires(loaded, req, args, progress, latents)
     t_denoise = clock.lap()
     # 5. Decode with the VAE (fp32 where the model needs it).
     image = decode_latents(pipe, latents)
     t_decode = clock.lap()
-    # 6. Safety checker where the model ships one, then PIL images.
+    # 6. Safety checker where the model ships one, then PIL images, pasted back into the originals.
     images, nsfw = _postprocess(pipe, image, emb.prompt.dtype)
+    if inputs is not None:
+        images = [img if nsfw and nsfw[k] else inputs[k].finish(img) for k, img in enumerate(images)]
     t_safety = clock.lap()
     warnings = ["non-finite values in the decoded image (black output)"] if not torch.isfinite(image).all() else []
     return BatchOutput(images, nsfw, t_text, t_denoise, t_decode, t_safety, peak_memory(dev),
-                       type(pipe.scheduler).__name__, emb.chunks, warnings)  # fmt: skip
+                       progress.scheduler, emb.chunks, warnings)  # fmt: skip
+
+
+def _denoise(loaded: LoadedModel, req: GenerationRequest, args: PassArgs, progress, inputs) -> Any:
+    strength = DEFAULT_STRENGTH if req.strength is None else req.strength
+    if req.task == "inpaint" or (req.task == "txt2img" and passes.is_inpainting_model(loaded.pipe)):
+        if inputs is None:  # an inpainting UNet drawing from nothing: a blank image, all of it masked
+            images, masks, strength = _blank(req, len(args.generators)), None, 1.0
+        else:
+            images, masks = [i.init for i in inputs], [i.mask for i in inputs]
+        masks = masks or [_white(req) for _ in images]
+        return passes.inpaint(loaded, args, progress, images, masks, strength, _latent_fill(req.inpaint_fill))
+    if req.task == "img2img":
+        pipe = loaded.pipe
+        init = passes.encode_images(pipe, passes.pil_to_tensor([i.init for i in inputs]).to(execution_device(pipe)))
+        return passes.img2img(loaded, args, progress, init, strength)
+    return passes.txt2img(loaded, args, progress)
+
+
+def _hires(loaded: LoadedModel, req: GenerationRequest, args: PassArgs, progress, latents) -> Any:
+    """Upscale the first pass (in latent space, or decoded, resized with Pillow and encoded again), then
+    denoise it again at the larger size from `hires.strength`."""
+    hr = req.hires
+    width, height = target_size(req.width, req.height, hr, MAX_PIXELS, MAX_SIDE)
+    pipe = loaded.pipe
+    if hr.upscaler in LATENT_UPSCALERS:
+        scale = pipe.vae_scale_factor
+        latents = upscale_latents(latents, (height // scale, width // scale), hr.upscaler)
+    else:
+        images = to_pil(decode_latents(pipe, latents), [True] * latents.shape[0])
+        pixels = passes.pil_to_tensor(upscale_pixels(images, (width, height), hr.upscaler))
+        latents = passes.encode_images(pipe, pixels.to(execution_device(pipe)))
+    second = replace(args, steps=hr.steps or args.steps, width=width, height=height)
+    offset = progress.done
+    return passes.img2img(loaded, second, progress, latents, hr.strength, offset=offset)
+
+
+def _planned_steps(req: GenerationRequest) -> int:
+    strength = DEFAULT_STRENGTH if req.strength is None else req.strength
+    first = req.steps if req.task == "txt2img" else passes.pass_steps(req.steps, strength)
+    if req.hires is None:
+        return first
+    return first + passes.pass_steps(req.hires.steps or req.steps, req.hires.strength)
+
+
+def _latent_fill(fill: str) -> str:
+    from sdplay.masking import fill_mode
+
+    return fill_mode(fill)
+
+
+def _blank(req: GenerationRequest, n: int) -> list:
+    from PIL import Image
+
+    return [Image.new("RGB", (req.width, req.height), (127, 127, 127)) for _ in range(n)]
+
+
+def _white(req: GenerationRequest) -> Any:
+    from PIL import Image
+
+    return Image.new("L", (req.width, req.height), 255)
 
 
 def decode_latents(pipe: Any, latents: Any) -> Any:

@@ -13,6 +13,8 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
+    from sdplay.masking import Outpaint
+
 MAX_IMAGES = 16
 MAX_STEPS = 150
 MAX_GUIDANCE = 30.0
@@ -20,6 +22,34 @@ MAX_PIXELS = 2048 * 2048
 MAX_SIDE = 4096
 MAX_SEED = 2**32 - 1
 MAX_PROMPT_CHARS = 10_000
+MAX_PADDING = 512
+TASKS = ("txt2img", "img2img", "inpaint")
+DEFAULT_STRENGTH = 0.75
+IMAGE_FIELDS = ("init_image", "mask")
+
+
+@dataclass(frozen=True)
+class HiresFix:
+    """A1111's hires fix: a second image-to-image pass at a larger size (by `scale`, or to width x height)."""
+
+    scale: float = 2.0
+    width: int = 0  # 0: from scale
+    height: int = 0
+    upscaler: str = "Latent"
+    steps: int = 0  # 0: as many as the first pass
+    strength: float = 0.7
+
+    def validate(self) -> HiresFix:
+        _check_float(self.scale, "hr_scale", 1.0, 8.0)
+        for name, value in (("hr_resize_x", self.width), ("hr_resize_y", self.height)):
+            if value:
+                _check_side(value, name)
+        _check_int(self.steps, "hr_second_pass_steps", 0, MAX_STEPS)
+        _check_float(self.strength, "denoising_strength", 0.0, 1.0)
+        from sdplay.hires import check_upscaler
+
+        check_upscaler(self.upscaler)
+        return self
 
 
 @dataclass(frozen=True)
@@ -39,9 +69,36 @@ class GenerationRequest:
     sampler: str | None = None
     device: str = "auto"
     dtype: str = "auto"
+    # Images in (the edge decodes them with sdplay.image_input): image-to-image, inpainting, outpainting.
+    init_image: Image.Image | None = None  # RGB
+    mask: Image.Image | None = None  # L, white = repaint (the init image's size)
+    strength: float | None = None  # denoising strength; None: 0.75 (1.0 when outpainting)
+    mask_blur: int = 4
+    mask_invert: bool = False
+    inpaint_fill: str = "original"  # fill / original / latent noise / latent nothing
+    inpaint_full_res: bool = False  # work on the masked area only, at full resolution
+    inpaint_padding: int = 32
+    resize_mode: str = "just resize"  # just resize / crop and resize / resize and fill
+    outpaint: Outpaint | None = None
+    hires: HiresFix | None = None  # text-to-image only
+    refiner: str | None = None  # SDXL refiner model: runs the last (1 - refiner_switch_at) of the steps
+    refiner_switch_at: float = 0.8
+
+    @property
+    def task(self) -> str:
+        """txt2img, img2img or inpaint (a mask or an outpaint makes it inpainting)."""
+        if self.init_image is None:
+            return "txt2img"
+        return "inpaint" if self.mask is not None or self.outpaint is not None else "img2img"
+
+    def batch_fields(self) -> tuple:
+        """What, beyond model/size/steps/sampler/guidance, must agree for requests to share a UNet batch."""
+        return (self.task, self.strength, self.inpaint_fill if self.task == "inpaint" else None,
+                self.hires, self.refiner, self.refiner_switch_at if self.refiner else None)  # fmt: skip
 
     def validate(self) -> GenerationRequest:
         """Check every field; raise InvalidRequest naming the field and the fix."""
+        self._validate_images()
         _check_text(self.prompt, "prompt")
         _check_text(self.negative_prompt, "negative_prompt")
         _check_int(self.n_images, "n_images", 1, MAX_IMAGES)
@@ -70,12 +127,60 @@ class GenerationRequest:
             )
         return self
 
+    def _validate_images(self) -> None:
+        from sdplay.masking import fill_mode, resize_mode
+
+        if self.strength is not None:
+            _check_float(self.strength, "denoising_strength", 0.0, 1.0)
+        _check_int(self.mask_blur, "mask_blur", 0, 64)
+        _check_int(self.inpaint_padding, "inpaint_full_res_padding", 0, MAX_PADDING)
+        _check_float(self.refiner_switch_at, "refiner_switch_at", 0.0, 1.0)
+        fill_mode(self.inpaint_fill)
+        resize_mode(self.resize_mode)
+        for name in IMAGE_FIELDS:
+            value = getattr(self, name)
+            if value is not None and not (hasattr(value, "size") and hasattr(value, "mode")):
+                raise InvalidRequest(f"{name} must be a decoded image.", field=name,
+                                     hint="Read it with sdplay.image_input.decode_image.")  # fmt: skip
+        if self.init_image is None:
+            for name in ("mask", "outpaint"):
+                if getattr(self, name) is not None:
+                    raise InvalidRequest(f"{name} needs an init image.", field=name, hint="Give the image to edit.")
+        elif self.mask is not None and self.mask.size != self.init_image.size:
+            (w, h), (mw, mh) = self.init_image.size, self.mask.size
+            raise InvalidRequest(f"mask is {mw}x{mh} but the image is {w}x{h}.", field="mask",
+                                 hint=f"Send a {w}x{h} mask (white = the area to repaint, black = keep).")  # fmt: skip
+        if self.outpaint is not None:
+            self.outpaint.validate()
+        if self.refiner is not None:
+            _check_text(self.refiner, "refiner_checkpoint")
+            if self.init_image is not None or self.hires is not None:
+                raise InvalidRequest("The refiner runs after text-to-image here.", field="refiner_checkpoint",
+                                     hint="Leave out the init image and hires fix, or the refiner.")  # fmt: skip
+            _check_float(self.refiner_switch_at, "refiner_switch_at", 0.05, 0.95)
+        if self.hires is not None:
+            if self.init_image is not None:
+                hint = "For an init image, set the size you want and a denoising strength."
+                raise InvalidRequest("hires fix is for text-to-image.", field="enable_hr", hint=hint)
+            self.hires.validate()
+
     def with_(self, **changes: Any) -> GenerationRequest:
         """A copy with some fields changed."""
         return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Every field as JSON-ready data; images appear as their size and SHA-256."""
+        images = {name: getattr(self, name) for name in IMAGE_FIELDS}
+        out = asdict(replace(self, init_image=None, mask=None))
+        for name, img in images.items():
+            out[name] = None if img is None else _image_summary(img)
+        return out
+
+
+def _image_summary(img: Image.Image) -> dict[str, Any]:
+    from sdplay.image_input import image_hash
+
+    return {"width": img.size[0], "height": img.size[1], "sha256": image_hash(img)}
 
 
 @dataclass(frozen=True)

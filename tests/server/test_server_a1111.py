@@ -120,7 +120,7 @@ def test_png_info_reads_back_the_parameters(api):
 
 def test_bad_requests_have_a1111_shape(server):
     cases = [
-        ({"prompt": "x", "enable_hr": True}, 400, "Hires fix"),
+        ({"prompt": "x", "enable_hr": True, "hr_upscaler": "ESRGAN_4x"}, 400, "Unknown hires upscaler"),
         ({"prompt": "x", "script_name": "x/y/z plot"}, 400, "not found"),
         ({"prompt": "x", "sampler_name": "Nope"}, 400, "Choose one of"),
         ({"prompt": "x", "steps": 0}, 400, "steps"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import io
 import time
 from pathlib import Path
@@ -113,3 +114,24 @@ def test_example_notebook_runs_top_to_bottom(small, tmp_path, monkeypatch):
     assert widget_views, "the playground widget was not displayed"
     assert len(list((tmp_path / "outputs" / "playground").glob("*.png"))) == 2
     assert any("[42, 43]" in o.get("data", {}).get("text/plain", "") for o in outputs)
+
+
+def test_uploaded_image_and_strength_make_an_image_to_image_run(playground_engine):
+    engine, model = playground_engine
+    pg = Playground(engine, model=model)
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(buf, format="PNG")
+    data = buf.getvalue()
+    now = datetime.datetime.now(datetime.UTC)
+    pg.init_image.value = ({"name": "in.png", "type": "image/png", "size": len(data), "content": memoryview(data),
+                            "last_modified": now},)  # fmt: skip
+    pg.prompt.value, pg.steps.value, pg.seed.value, pg.strength.value = "a red heart", 4, 1, 0.5
+    request = pg.request()
+    assert request.task == "img2img" and request.strength == 0.5 and request.init_image.size == (64, 48)
+    pg.generate_button.click()
+    result = pg.wait(timeout=120)
+    assert result is not None, pg.status.value
+    assert _grid_images(pg)[0][0].size == (64, 48)
+    pg.init_image.value = ({"name": "bad.png", "type": "image/png", "size": 3, "content": memoryview(b"abc"),
+                            "last_modified": now},)  # fmt: skip
+    assert pg.generate() is None and "not a PNG, JPEG or WebP" in pg.status.value

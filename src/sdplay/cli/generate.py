@@ -27,8 +27,77 @@ def register(sub) -> None:
     p.add_argument("--out", "-o", default="outputs", help="output folder (default ./outputs)")
     p.add_argument("--monitor", action="store_true", help="record device telemetry during the run")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_image_options(p)
     add_load_options(p)
     p.set_defaults(func=run)
+
+
+def _add_image_options(p) -> None:
+    g = p.add_argument_group("images in (image-to-image, inpainting, outpainting)")
+    g.add_argument("--init-image", "-i", default=None, help="PNG, JPEG or WebP to start from (EXIF orientation kept)")
+    g.add_argument("--strength", type=float, default=None, help="denoising strength 0..1 (default 0.75)")
+    g.add_argument("--mask", default=None, help="mask image, white = repaint (the init image's size)")
+    g.add_argument("--mask-blur", type=int, default=4, help="pixels of soft mask edge (default 4)")
+    g.add_argument("--invert-mask", action="store_true", help="repaint the black of the mask instead")
+    g.add_argument(
+        "--masked-content", default="original", choices=("fill", "original", "latent noise", "latent nothing")
+    )
+    g.add_argument("--only-masked", action="store_true", help="inpaint a crop around the mask at full resolution")
+    g.add_argument("--only-masked-padding", type=int, default=32, help="pixels around the mask's crop (default 32)")
+    g.add_argument(
+        "--resize-mode", default="just resize", choices=("just resize", "crop and resize", "resize and fill")
+    )
+    g.add_argument("--outpaint", default=None, help="extend the canvas: e.g. right=128,top=64 or all=64")
+    h = p.add_argument_group("hires fix (text-to-image)")
+    h.add_argument("--hires", type=float, default=None, metavar="SCALE", help="second pass at SCALE x the size")
+    h.add_argument("--hires-size", default=None, help="second pass at WIDTHxHEIGHT instead of a scale")
+    h.add_argument("--hires-upscaler", default="Latent", help="Latent, Latent (bicubic), ..., Lanczos")
+    h.add_argument("--hires-steps", type=int, default=0, help="second-pass steps (default: as the first pass)")
+    h.add_argument("--hires-strength", type=float, default=0.7, help="second-pass denoising strength (default 0.7)")
+    r = p.add_argument_group("SDXL refiner")
+    r.add_argument("--refiner", default=None, help="refiner model (catalog name, folder or file) for the last steps")
+    r.add_argument("--refiner-switch-at", type=float, default=0.8, help="fraction of the steps before the refiner")
+
+
+def _image_fields(args: argparse.Namespace) -> dict:
+    """The image-input flags as request fields (files read and decoded safely)."""
+    from sdplay.masking import parse_outpaint
+    from sdplay.types import HiresFix
+
+    fields: dict = {}
+    if args.init_image:
+        image = _read(args.init_image, "--init-image")
+        fields |= {"init_image": image, "strength": args.strength, "mask_blur": args.mask_blur,
+                   "mask_invert": args.invert_mask, "inpaint_fill": args.masked_content,
+                   "inpaint_full_res": args.only_masked, "inpaint_padding": args.only_masked_padding,
+                   "resize_mode": args.resize_mode}  # fmt: skip
+        if args.mask:
+            fields["mask"] = _read(args.mask, "--mask", mask_for=image.size)
+        if args.outpaint:
+            fields["outpaint"] = parse_outpaint(args.outpaint)
+    elif args.mask or args.outpaint or args.strength is not None:
+        from sdplay.errors import InvalidRequest
+
+        raise InvalidRequest("--mask, --outpaint and --strength need --init-image.", field="init_image")
+    if args.refiner:
+        fields |= {"refiner": args.refiner, "refiner_switch_at": args.refiner_switch_at}
+    if args.hires is not None or args.hires_size:
+        w, h = parse_size(args.hires_size) if args.hires_size else (0, 0)
+        fields["hires"] = HiresFix(scale=args.hires or 2.0, width=w or 0, height=h or 0, upscaler=args.hires_upscaler,
+                                   steps=args.hires_steps, strength=args.hires_strength)  # fmt: skip
+    return fields
+
+
+def _read(path: str, flag: str, mask_for=None):
+    from sdplay.errors import InvalidRequest
+    from sdplay.image_input import MAX_INPUT_BYTES, decode_image, decode_mask
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_INPUT_BYTES + 1)
+    except OSError as exc:
+        raise InvalidRequest(f"Cannot read {flag} {path}: {exc.strerror or exc}.", field=flag) from exc
+    return decode_mask(data, flag, size=mask_for) if mask_for else decode_image(data, flag)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,7 +139,7 @@ def request_from_args(args: argparse.Namespace):
     return GenerationRequest(
         prompt=args.prompt, negative_prompt=args.negative, model=args.model, n_images=args.n_images,
         batch_size=args.batch_size, steps=args.steps, guidance=args.guidance, width=width, height=height,
-        seed=args.seed, sampler=args.sampler, device=args.device, dtype=args.dtype,
+        seed=args.seed, sampler=args.sampler, device=args.device, dtype=args.dtype, **_image_fields(args),
     )  # fmt: skip
 
 

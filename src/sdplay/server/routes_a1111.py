@@ -19,6 +19,7 @@ from sdplay.server.blocking import wait_or_cancel
 from sdplay.server.deps import get_service
 from sdplay.server.jobs import Job, JobStatus
 from sdplay.server.schemas_a1111 import (
+    Img2ImgRequest,
     MemoryResponse,
     PNGInfoRequest,
     PNGInfoResponse,
@@ -74,7 +75,25 @@ async def txt2img(
     service: Service = Depends(get_service),
     state: A1111State = Depends(get_state),
 ) -> Txt2ImgResponse:
-    """Generate and wait; `info` is a JSON string with seed, all_seeds, infotexts, sampler_name, ..."""
+    """Generate and wait (hires fix with enable_hr); `info` is a JSON string with seed, all_seeds, infotexts, ..."""
+    return await _generate(body, body.model_dump(), request, service, state)
+
+
+@router.post("/img2img", response_model=Txt2ImgResponse)
+async def img2img(
+    body: Img2ImgRequest,
+    request: Request,
+    service: Service = Depends(get_service),
+    state: A1111State = Depends(get_state),
+) -> Txt2ImgResponse:
+    """Image-to-image from init_images[0]; with a mask, inpainting (mask_blur, inpainting_fill, inpaint_full_res,
+    inpaint_full_res_padding, inpainting_mask_invert, resize_mode as A1111 has them)."""
+    return await _generate(body, body.echoed(), request, service, state)
+
+
+async def _generate(
+    body: Txt2ImgRequest, echoed: dict, request: Request, service: Service, state: A1111State
+) -> Txt2ImgResponse:
     model = checkpoint_name(_checkpoint_override(body.override_settings))
     model = model or checkpoint_name(state.options.get("sd_model_checkpoint"))
     job_id, _ = service.submit(body.to_request(model), "a1111")
@@ -85,7 +104,7 @@ async def txt2img(
         raise job.error
     out = job.output
     images = [b64(encode_file(p)) for p in out.files] if out and body.send_images else []
-    return Txt2ImgResponse(images=images, parameters=body.model_dump(), info=json.dumps(_info(job, body)))
+    return Txt2ImgResponse(images=images, parameters=echoed, info=json.dumps(_info(job, body)))
 
 
 def _checkpoint_override(overrides: dict[str, Any] | None) -> str | None:
@@ -116,11 +135,12 @@ def _info(job: Job, body: Txt2ImgRequest) -> dict[str, Any]:
         "cfg_scale": req.guidance, "steps": req.steps, "batch_size": body.batch_size,
         "restore_faces": False, "face_restoration_model": None,
         "sd_model_name": req.model, "sd_model_hash": None, "sd_vae_name": None, "sd_vae_hash": None,
-        "seed_resize_from_w": -1, "seed_resize_from_h": -1, "denoising_strength": None,
+        "seed_resize_from_w": -1, "seed_resize_from_h": -1,
+        "denoising_strength": req.strength if req.strength is not None else (req.hires.strength if req.hires else None),
         "extra_generation_params": {"Schedule type": schedule}, "index_of_first_image": 0,
         "infotexts": out.infotexts if out else [], "styles": body.styles or [],
         "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(job.created_at)),
-        "clip_skip": 1, "is_using_inpainting_conditioning": False, "version": f"sdplay {__version__}",
+        "clip_skip": 1, "is_using_inpainting_conditioning": req.task == "inpaint", "version": f"sdplay {__version__}",
         "interrupted": job.status is JobStatus.CANCELLED,
     }  # fmt: skip
 
@@ -258,8 +278,20 @@ def sd_vae() -> list:
 
 
 @router.get("/upscalers")
-def upscalers() -> list:
-    return []
+def upscalers() -> list[dict[str, Any]]:
+    """The pixel upscalers the hires fix offers (Pillow filters; no upscaling networks are installed)."""
+    from sdplay.hires import PIXEL_UPSCALERS
+
+    return [{"name": n, "model_name": None, "model_path": None, "model_url": None, "scale": 4.0 if n != "None" else 1.0}
+            for n in PIXEL_UPSCALERS]  # fmt: skip
+
+
+@router.get("/latent-upscale-modes")
+def latent_upscale_modes() -> list[dict[str, str]]:
+    """The latent upscalers of the hires fix, under A1111's names."""
+    from sdplay.hires import LATENT_UPSCALERS
+
+    return [{"name": n} for n in LATENT_UPSCALERS]
 
 
 @router.get("/prompt-styles")

@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
+from sdplay.errors import InvalidRequest
 from sdplay.server.auth import require_api_key
 from sdplay.server.deps import get_service
 from sdplay.server.errors import NotFound
+from sdplay.server.forms import file_bytes, read_form
 from sdplay.server.jobs import Job, JobStatus
 from sdplay.server.schemas_errors import NativeError, error_responses
 from sdplay.server.schemas_jobs import JobCreate, JobList, JobView, view_of_job, view_of_record
@@ -44,11 +46,24 @@ def submit_job(
     """Queue a text-to-image job and return at once (202) with its id; poll it or follow its events."""
     idempotency_key = (idempotency_key or "").strip() or None
     digest = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
-    job_id, replayed = service.submit(body.to_request(), "native", idempotency_key=idempotency_key, body_hash=digest)
+    request = body.to_request(service.uploads)
+    job_id, replayed = service.submit(request, "native", idempotency_key=idempotency_key, body_hash=digest)
     response.headers["Location"] = f"/api/v1/jobs/{job_id}"
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
     return _view(service, job_id)
+
+
+@router.post("/uploads", status_code=201, summary="Upload an input image")
+async def upload_image(request: Request, service: Service = Depends(get_service)) -> dict:
+    """Keep a PNG, JPEG or WebP (multipart field `file`, at most 32 MiB and 4096x4096, checked from its header)
+    for later jobs: answers `{"id": "upload:…", "width", "height", "format", "bytes"}`; pass the id as
+    `init_image` or `mask`. Uploads live in memory; the oldest are dropped first."""
+    form = await read_form(request)
+    upload = form.get("file")
+    if upload is None or isinstance(upload, str):
+        raise InvalidRequest("Send the image as the multipart file field `file`.", field="file")
+    return service.uploads.put(file_bytes(upload, "file"))
 
 
 @router.get("/jobs", response_model=JobList, summary="List recent jobs")

@@ -1,4 +1,4 @@
-"""OpenAI-compatible images API: POST /v1/images/generations (plain or streamed), GET /v1/models."""
+"""OpenAI-compatible images API: POST /v1/images/generations (plain or streamed), edits, variations; models."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.responses import StreamingResponse
+from pydantic import ValidationError
 
-from sdplay.errors import Cancelled, ModelNotAvailable, SdplayError
+from sdplay.errors import Cancelled, InvalidRequest, ModelNotAvailable, SdplayError
 from sdplay.server.auth import require_api_key
 from sdplay.server.blocking import wait_or_cancel
 from sdplay.server.deps import get_service
 from sdplay.server.errors import NotFound, error_body
+from sdplay.server.forms import file_bytes, read_form
 from sdplay.server.jobs import Job, JobStatus
 from sdplay.server.schemas_errors import OpenAIError, error_responses
 from sdplay.server.schemas_openai import (
@@ -164,3 +166,104 @@ def image_file(token: str = Path(max_length=200), service: Service = Depends(get
     if row is None or not service.gallery.file_path(row).is_file():
         raise NotFound("This image no longer exists.", hint="It was deleted from the gallery; generate it again.")
     return Response(encode_file(service.gallery.file_path(row), fmt), media_type=MEDIA_TYPES[fmt])
+
+
+@router.post("/images/edits", response_model=ImagesResponse, response_model_exclude_none=True)
+async def edit_images(request: Request, service: Service = Depends(get_service)):
+    """Edit an image (multipart `image` or `image[]`): with a `mask` PNG, its transparent pixels are repainted
+    (without one, the image's own transparency is the mask; an opaque image is redrawn as image-to-image)."""
+    form = await read_form(request)
+    image, alpha = _form_image(form)
+    mask = _form_mask(form, image.size) if form.get("mask") is not None else alpha
+    body = _form_body(form, require_prompt=True)
+    strength = _form_float(form, "strength", 1.0 if mask is not None else 0.75)
+    req = body.to_request().with_(
+        init_image=image, mask=mask, strength=strength, mask_blur=_form_int(form, "mask_blur", 4)
+    )
+    return await _run_images(service, req, body, request)
+
+
+@router.post("/images/variations", response_model=ImagesResponse, response_model_exclude_none=True)
+async def image_variations(request: Request, service: Service = Depends(get_service)):
+    """Variations of an image (multipart `image`): image-to-image with an empty prompt at strength 0.6."""
+    form = await read_form(request)
+    image, _ = _form_image(form)
+    body = _form_body(form, require_prompt=False)
+    req = body.to_request().with_(init_image=image, strength=_form_float(form, "strength", 0.6))
+    return await _run_images(service, req, body, request)
+
+
+async def _run_images(service: Service, req, body: ImageGenerateRequest, request: Request) -> ImagesResponse:
+    job_id, _ = service.submit(req, "openai")
+    job = service.get(job_id)
+    assert job is not None
+    await wait_or_cancel(service, job, request)
+    _raise_unless_done(job)
+    out = job.output
+    assert out is not None
+    data = [_image(service, job, i, body, str(request.base_url)) for i in range(len(out.files))]
+    return ImagesResponse(created=int(job.created_at), data=data, output_format=body.format,
+                          size=f"{out.width}x{out.height}", quality="auto", background="opaque")  # fmt: skip
+
+
+def _form_image(form):
+    from sdplay.image_input import alpha_mask, decode_image
+
+    files = [*form.getlist("image"), *form.getlist("image[]")]
+    if len(files) != 1 or isinstance(files[0], str):
+        raise InvalidRequest("Send exactly one image file as `image` (or `image[]`).", field="image",
+                             hint="A PNG, JPEG or WebP up to 4096x4096.")  # fmt: skip
+    img = decode_image(file_bytes(files[0], "image"), "image", keep_alpha=True)
+    return img.convert("RGB"), alpha_mask(img)
+
+
+def _form_mask(form, size):
+    from sdplay.image_input import alpha_mask, decode_image, mask_from_image
+
+    upload = form.get("mask")
+    if isinstance(upload, str):
+        raise InvalidRequest("mask must be a file (a PNG).", field="mask")
+    img = decode_image(file_bytes(upload, "mask"), "mask", keep_alpha=True)
+    mask = alpha_mask(img)
+    if mask is None:
+        raise InvalidRequest("mask has no transparent pixels.", field="mask",
+                             hint="Make the area to edit fully transparent (alpha 0) in a PNG.")  # fmt: skip
+    return mask_from_image(mask, "mask", size)
+
+
+def _form_body(form, require_prompt: bool) -> ImageGenerateRequest:
+    """The text fields as the generation schema checks them (n, size, response_format, model, sdplay's extras)."""
+    fields = {k: v for k, v in form.multi_items() if isinstance(v, str) and k not in ("mask_blur", "strength")}
+    if require_prompt and not fields.get("prompt"):
+        raise InvalidRequest("prompt is required.", field="prompt", hint="Describe the edit.")
+    typed: dict = {"prompt": fields.pop("prompt", "")}
+    for name in ("n", "seed", "steps", "output_compression", "partial_images"):
+        if name in fields:
+            typed[name] = _as_number(fields.pop(name), name, int)
+    if "guidance" in fields:
+        typed["guidance"] = _as_number(fields.pop("guidance"), "guidance", float)
+    known = set(ImageGenerateRequest.model_fields)
+    typed |= {k: v for k, v in fields.items() if k in known and k not in ("stream",)}
+    try:
+        return ImageGenerateRequest.model_validate(typed)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = str(err["loc"][0]) if err.get("loc") else "form"
+        raise InvalidRequest(f"{name}: {err['msg']}.", field=name, hint="Check n, size and response_format.") from None
+
+
+def _as_number(text: str, name: str, kind):
+    try:
+        return kind(text)
+    except ValueError:
+        raise InvalidRequest(f"{name} must be a number, got {text!r}.", field=name) from None
+
+
+def _form_float(form, name: str, default: float) -> float:
+    value = form.get(name)
+    return default if value is None or not isinstance(value, str) else _as_number(value, name, float)
+
+
+def _form_int(form, name: str, default: int) -> int:
+    value = form.get(name)
+    return default if value is None or not isinstance(value, str) else _as_number(value, name, int)

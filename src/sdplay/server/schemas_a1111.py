@@ -8,7 +8,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sdplay.errors import InvalidRequest
 from sdplay.samplers import combine_sampler
-from sdplay.types import MAX_GUIDANCE, MAX_IMAGES, MAX_PROMPT_CHARS, MAX_SEED, MAX_SIDE, MAX_STEPS, GenerationRequest
+from sdplay.types import (
+    MAX_GUIDANCE,
+    MAX_IMAGES,
+    MAX_PROMPT_CHARS,
+    MAX_SEED,
+    MAX_SIDE,
+    MAX_STEPS,
+    GenerationRequest,
+    HiresFix,
+)
 
 
 class Txt2ImgRequest(BaseModel):
@@ -75,6 +84,30 @@ class Txt2ImgRequest(BaseModel):
     def to_request(self, model: str | None) -> GenerationRequest:
         """The core request; `model` is the checkpoint chosen by options or override_settings."""
         self._refuse_unsupported()
+        refiner = {}
+        if self.refiner_checkpoint and self.refiner_checkpoint.strip().lower() not in ("", "none"):
+            switch = 0.8 if self.refiner_switch_at is None else self.refiner_switch_at
+            name = self.refiner_checkpoint.split(" [")[0].strip().removesuffix(".safetensors")  # A1111 titles
+            refiner = {"refiner": name, "refiner_switch_at": switch}
+        return self._common(model).with_(hires=self._hires(), **refiner)
+
+    def _hires(self) -> HiresFix | None:
+        """enable_hr and the hr_* fields -> the hires fix (A1111 takes the size from hr_resize_x/y if set)."""
+        if not self.enable_hr:
+            return None
+        for name in ("hr_checkpoint_name", "hr_sampler_name", "hr_scheduler"):
+            value = getattr(self, name)
+            if value and value not in ("Use same checkpoint", "Use same sampler", "Use same scheduler"):
+                raise InvalidRequest(f"{name} is not supported; the second pass uses the first pass's.", field=name)
+        for name, base in (("hr_prompt", self.prompt), ("hr_negative_prompt", self.negative_prompt)):
+            if getattr(self, name) not in ("", base):
+                raise InvalidRequest(f"{name} is not supported; the second pass uses the same prompt.", field=name)
+        strength = 0.7 if self.denoising_strength is None else self.denoising_strength
+        return HiresFix(scale=self.hr_scale, width=self.hr_resize_x // 8 * 8, height=self.hr_resize_y // 8 * 8,
+                        upscaler=self.hr_upscaler or "Latent", steps=self.hr_second_pass_steps,
+                        strength=strength)  # fmt: skip
+
+    def _common(self, model: str | None) -> GenerationRequest:
         if self.batch_size * self.n_iter > MAX_IMAGES:
             raise InvalidRequest(
                 f"batch_size x n_iter is {self.batch_size * self.n_iter}; the limit is {MAX_IMAGES} images.",
@@ -96,10 +129,6 @@ class Txt2ImgRequest(BaseModel):
         )
 
     def _refuse_unsupported(self) -> None:
-        if self.enable_hr:
-            raise InvalidRequest(
-                "Hires fix (enable_hr) is not supported.", field="enable_hr", hint="Send enable_hr: false."
-            )
         if self.script_name:
             raise InvalidRequest(
                 f"Script {self.script_name!r} not found.", field="script_name", hint="GET /sdapi/v1/scripts."
@@ -107,8 +136,55 @@ class Txt2ImgRequest(BaseModel):
         if self.alwayson_scripts:
             name = next(iter(self.alwayson_scripts))
             raise InvalidRequest(f"always on script {name} not found.", field="alwayson_scripts", hint="Send {}.")
-        if self.refiner_checkpoint:
-            raise InvalidRequest("Refiners are not supported.", field="refiner_checkpoint", hint="Leave it empty.")
+
+
+class Img2ImgRequest(Txt2ImgRequest):
+    """A1111's StableDiffusionImg2ImgProcessingAPI: image-to-image, and inpainting when a mask is sent."""
+
+    init_images: list[str] = Field(min_length=1, max_length=1, description="One base64 image (data: URL or bare).")
+    mask: str | None = Field(None, description="Base64 mask, white = repaint (or alpha, opaque = repaint).")
+    resize_mode: int = Field(0, ge=0, le=2, description="0 just resize, 1 crop and resize, 2 resize and fill.")
+    denoising_strength: float | None = Field(0.75, ge=0, le=1)
+    image_cfg_scale: float | None = None
+    mask_blur: int | None = Field(None, ge=0, le=64)
+    mask_blur_x: int = Field(4, ge=0, le=64)
+    mask_blur_y: int = Field(4, ge=0, le=64)
+    inpainting_fill: int = Field(0, ge=0, le=3, description="0 fill, 1 original, 2 latent noise, 3 latent nothing.")
+    inpaint_full_res: bool = True
+    inpaint_full_res_padding: int = Field(0, ge=0, le=512)
+    inpainting_mask_invert: int = Field(0, ge=0, le=1)
+    initial_noise_multiplier: float | None = None
+    latent_mask: str | None = None
+    include_init_images: bool = False
+
+    def to_request(self, model: str | None) -> GenerationRequest:
+        from sdplay.image_input import decode_base64, decode_image, decode_mask
+        from sdplay.masking import fill_mode, resize_mode
+
+        self._refuse_unsupported()
+        if self.enable_hr:
+            raise InvalidRequest("enable_hr is for txt2img.", field="enable_hr", hint="Set width and height instead.")
+        if self.initial_noise_multiplier not in (None, 1, 1.0) or self.latent_mask:
+            field = "latent_mask" if self.latent_mask else "initial_noise_multiplier"
+            raise InvalidRequest(f"{field} is not supported.", field=field, hint="Leave it out.")
+        image = decode_image(decode_base64(self.init_images[0], "init_images"), "init_images")
+        mask = None
+        if self.mask:
+            mask = decode_mask(decode_base64(self.mask, "mask"), "mask", size=image.size)
+        return self._common(model).with_(
+            init_image=image, mask=mask, strength=self.denoising_strength,
+            mask_blur=self.mask_blur if self.mask_blur is not None else max(self.mask_blur_x, self.mask_blur_y),
+            mask_invert=bool(self.inpainting_mask_invert), inpaint_fill=fill_mode(self.inpainting_fill),
+            inpaint_full_res=self.inpaint_full_res, inpaint_padding=self.inpaint_full_res_padding,
+            resize_mode=resize_mode(self.resize_mode),
+        )  # fmt: skip
+
+    def echoed(self) -> dict[str, Any]:
+        """The request as A1111 returns it in `parameters`: images only if include_init_images."""
+        out = self.model_dump()
+        if not self.include_init_images:
+            out["init_images"], out["mask"] = None, None
+        return out
 
 
 class Txt2ImgResponse(BaseModel):

@@ -3,18 +3,49 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from sdplay.samplers import combine_sampler
 from sdplay.server.jobs import Job, JobStatus
 from sdplay.server.jsontypes import IntegralFloats
-from sdplay.types import MAX_GUIDANCE, MAX_IMAGES, MAX_PROMPT_CHARS, MAX_SEED, MAX_SIDE, MAX_STEPS, GenerationRequest
+from sdplay.server.uploads import Uploads
+from sdplay.types import (
+    MAX_GUIDANCE,
+    MAX_IMAGES,
+    MAX_PROMPT_CHARS,
+    MAX_SEED,
+    MAX_SIDE,
+    MAX_STEPS,
+    GenerationRequest,
+    HiresFix,
+)
+
+
+class OutpaintBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    left: int = Field(0, ge=0, le=2048)
+    right: int = Field(0, ge=0, le=2048)
+    top: int = Field(0, ge=0, le=2048)
+    bottom: int = Field(0, ge=0, le=2048)
+
+
+class HiresBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    scale: float = Field(2.0, ge=1, le=8)
+    width: int = Field(0, ge=0, le=MAX_SIDE, multiple_of=8)
+    height: int = Field(0, ge=0, le=MAX_SIDE, multiple_of=8)
+    upscaler: str = Field("Latent", description="A name from GET /sdapi/v1/latent-upscale-modes or /upscalers.")
+    steps: int = Field(0, ge=0, le=MAX_STEPS)
+    strength: float = Field(0.7, ge=0, le=1)
 
 
 class JobCreate(IntegralFloats):
-    """A text-to-image job. Omitted fields take the model's defaults."""
+    """A job: text-to-image, or image-to-image / inpainting / outpainting with an init image. Omitted fields take
+    the model's defaults. Images are base64 (bare or a data URL) or `upload:ID` from POST /api/v1/uploads."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -29,8 +60,39 @@ class JobCreate(IntegralFloats):
     seed: int = Field(-1, ge=-1, le=MAX_SEED, description="-1 draws a random seed.")
     sampler: str | None = Field(None, description="A name from GET /api/v1/samplers, e.g. 'DPM++ 2M Karras'.")
     scheduler: str | None = Field(None, description="Optional schedule type (Automatic, Uniform, Karras).")
+    init_image: str | None = Field(None, max_length=48 * 2**20, description="Image to start from.")
+    mask: str | None = Field(None, max_length=48 * 2**20, description="White = repaint; the init image's size.")
+    strength: float | None = Field(None, ge=0, le=1, description="Denoising strength (default 0.75).")
+    mask_blur: int = Field(4, ge=0, le=64)
+    mask_invert: bool = False
+    inpaint_fill: Literal["fill", "original", "latent noise", "latent nothing"] = "original"
+    inpaint_full_res: bool = Field(False, description="Inpaint a crop around the mask at the full working size.")
+    inpaint_padding: int = Field(32, ge=0, le=512)
+    resize_mode: Literal["just resize", "crop and resize", "resize and fill"] = "just resize"
+    outpaint: OutpaintBody | None = None
+    hires: HiresBody | None = Field(None, description="Hires fix (text-to-image only).")
 
-    def to_request(self) -> GenerationRequest:
+    def to_request(self, uploads: Uploads | None = None) -> GenerationRequest:
+        return self._text_request().with_(**self._image_fields(uploads or Uploads()))
+
+    def _image_fields(self, uploads: Uploads) -> dict[str, Any]:
+        from sdplay.image_input import decode_image, decode_mask
+        from sdplay.masking import Outpaint
+
+        fields: dict[str, Any] = {"hires": HiresFix(**self.hires.model_dump()) if self.hires else None}
+        if self.init_image is None:
+            return fields
+        image = decode_image(uploads.resolve(self.init_image, "init_image"), "init_image")
+        mask_bytes = uploads.resolve(self.mask, "mask")
+        return fields | {
+            "init_image": image, "mask": decode_mask(mask_bytes, "mask", image.size) if mask_bytes else None,
+            "strength": self.strength, "mask_blur": self.mask_blur, "mask_invert": self.mask_invert,
+            "inpaint_fill": self.inpaint_fill, "inpaint_full_res": self.inpaint_full_res,
+            "inpaint_padding": self.inpaint_padding, "resize_mode": self.resize_mode,
+            "outpaint": Outpaint(**self.outpaint.model_dump()) if self.outpaint else None,
+        }  # fmt: skip
+
+    def _text_request(self) -> GenerationRequest:
         return GenerationRequest(
             prompt=self.prompt,
             negative_prompt=self.negative_prompt,

@@ -24,6 +24,7 @@ from sdplay.server.jobs import Job, JobOutput, JobQueue, JobStatus
 from sdplay.server.metrics import Metrics
 from sdplay.server.settings import Settings
 from sdplay.server.storage import UrlSigner, check_job_id
+from sdplay.server.uploads import Uploads
 from sdplay.server.worker import Worker
 from sdplay.types import Catalog, GenerationRequest, ModelInfo
 
@@ -49,6 +50,7 @@ class Service:
         self.metrics = Metrics(lambda: len(self.queue))
         self.signer = UrlSigner(settings.url_secret, settings.url_ttl_s)
         self.catalog = Catalog()
+        self.uploads = Uploads()  # input images for later jobs (native API)
         self.jobs: OrderedDict[str, Job] = OrderedDict()
         self._by_key: dict[str, str] = {}
         self._lock = threading.Lock()

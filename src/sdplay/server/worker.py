@@ -281,8 +281,9 @@ class Worker(threading.Thread):
             ids = []
             for i, (path, seed) in enumerate(zip(files, result.seeds, strict=True)):
                 ids.append(service.gallery.add_image(_image_row(job, result, i, seed, path, service)))
+            width, height = result.images[0].size if result.images else (req.width or 0, req.height or 0)
             output = JobOutput(
-                seeds=list(result.seeds), files=files, image_ids=ids, width=req.width or 0, height=req.height or 0,
+                seeds=list(result.seeds), files=files, image_ids=ids, width=width, height=height,
                 request=req, timings=asdict(result.timings), metadata=result.metadata,
                 infotexts=[parameters_for(result, i) for i in range(len(files))],
             )  # fmt: skip
@@ -303,8 +304,8 @@ def _image_row(job: Job, result: GenerationResult, index: int, seed: int, path, 
         "negative_prompt": req.negative_prompt,
         "model": req.model or "",
         "seed": seed,
-        "width": req.width,
-        "height": req.height,
+        "width": result.images[index].size[0],  # the output's size (hires fix, only-masked inpainting)
+        "height": result.images[index].size[1],
         "steps": req.steps,
         "guidance": req.guidance,
         "sampler": req.sampler,

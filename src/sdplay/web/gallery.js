@@ -1,6 +1,7 @@
 // The Gallery page: search the server's stored images, view them, reuse their settings, delete them.
 
 import * as api from "./api.js";
+import { useImage } from "./imagein.js";
 import { $, clearErrors, el, formatDate, formatSeconds, notify, openViewer, showError } from "./ui.js";
 
 const PAGE = 48;
@@ -82,6 +83,7 @@ function viewerItems() {
 
 const actions = [
   { label: "Reuse settings", run: (v) => reuse(v.item) },
+  { label: "Send to img2img", run: (v) => sendToImg2Img(v.url) },
   { label: "Delete", danger: true, run: (v) => remove(v.item) },
 ];
 
@@ -99,6 +101,12 @@ function card(item) {
       el("span", { class: "muted" }, `${item.model} · seed ${item.seed}`),
       el("span", { class: "actions" },
         el("button", { type: "button", class: "small", onclick: () => reuse(item) }, "Reuse"), del)));
+}
+
+async function sendToImg2Img(url) {
+  location.hash = "#generate";
+  await useImage(url).catch((err) => notify(err.message, "error"));
+  $("#image-panel").open = true;
 }
 
 function reuse(item) {

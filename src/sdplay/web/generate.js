@@ -1,6 +1,7 @@
 // The Generate page: the form, submitting a job, following its events, and the results grid.
 
 import * as api from "./api.js";
+import { imageFields, imageSize, initImageIn, useImage } from "./imagein.js";
 import { $, clearErrors, el, formatSeconds, notify, openViewer, showError } from "./ui.js";
 
 const RANDOM = -1;
@@ -34,6 +35,7 @@ export async function initGenerate() {
   field("model").addEventListener("change", () => applyModelDefaults());
   field("size").addEventListener("change", showCustomSize);
   f.addEventListener("input", (e) => clearFieldError(e.target));
+  initImageIn();
   await loadCatalog();
 }
 
@@ -116,7 +118,7 @@ function readForm() {
     width = number("width");
     height = number("height");
   } else {
-    [width, height] = field("size").value.split("x").map(Number);
+    [width, height] = imageSize() ?? field("size").value.split("x").map(Number);
   }
   const body = {
     prompt: field("prompt").value,
@@ -133,7 +135,7 @@ function readForm() {
   for (const [key, value] of Object.entries(body)) {
     if (value === null || Number.isNaN(value)) delete body[key];
   }
-  return body;
+  return { ...body, ...imageFields() };
 }
 
 /** Fill the form from a stored request (a result or a gallery item); `seed` overrides its seed. */
@@ -296,6 +298,7 @@ function addResults(view) {
   const actions = [
     { label: "Reuse settings", run: (item) => reuseSettings(item.request, item.params.seed) },
     { label: "Reuse seed", run: (item) => setSeed(item.params.seed) },
+    { label: "Send to img2img", run: (item) => useImage(item.url).then(() => ($("#image-panel").open = true)) },
   ];
   const cards = items.map((item, i) => {
     const img = el("img", { alt: `Seed ${item.params.seed}`, loading: "lazy", width: view.width, height: view.height,
