@@ -10,6 +10,7 @@ import pytest
 
 from sdplay import samplers
 from sdplay.server.comfy import graph, nodes, plan
+from sdplay.server.comfy.executors import EXECUTORS
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "comfyui" / "open-webui-default-workflow.json"
 ENGINE_SAMPLERS = ["Euler", "Euler a", "DPM++ 2M", "DPM++ 2M Karras", "DDIM", "UniPC"]
@@ -100,7 +101,9 @@ def test_planning_turns_each_sampler_into_one_request():
     wf["5"]["inputs"].update(width=100, height=64, batch_size=2)
     wf["3"]["inputs"].update(seed=2**40 + 3, sampler_name="dpmpp_2m", scheduler="karras")
     checked = graph.check(wf, TABLE)
-    planned = plan.make_plan(wf, checked, plan.Context(ENGINE_SAMPLERS, lambda r: SimpleNamespace(request=r)))
+    planned = plan.make_plan(
+        wf, checked, plan.Context(ENGINE_SAMPLERS, lambda r: SimpleNamespace(request=r)), EXECUTORS
+    )
     [sampling] = planned.samplings
     r = sampling.request
     assert (r.prompt, r.negative_prompt, r.width, r.height, r.n_images) == ("a cat", "", 96, 64, 2)
@@ -112,6 +115,8 @@ def test_planning_refuses_what_sdplay_cannot_do():
     wf = workflow()
     wf["3"]["inputs"]["denoise"] = 0.5
     with pytest.raises(graph.PromptRefused) as info:
-        plan.make_plan(wf, graph.check(wf, TABLE), plan.Context(ENGINE_SAMPLERS, lambda r: SimpleNamespace(request=r)))
+        plan.make_plan(
+            wf, graph.check(wf, TABLE), plan.Context(ENGINE_SAMPLERS, lambda r: SimpleNamespace(request=r)), EXECUTORS
+        )
     err = info.value.node_errors["3"]["errors"][0]
     assert err["type"] == "custom_validation_failed" and "denoise 0.5" in err["details"]

@@ -18,9 +18,10 @@ from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile, 
 from fastapi.responses import JSONResponse, Response
 
 from sdplay import __version__
-from sdplay.errors import SdplayError
+from sdplay.errors import InvalidRequest, SdplayError
 from sdplay.server.auth import require_a1111_auth
 from sdplay.server.comfy import files, graph, nodes, plan
+from sdplay.server.comfy.executors import EXECUTORS
 from sdplay.server.comfy.runtime import ComfyPrompt, ComfyState, new_prompt_id
 from sdplay.server.deps import get_service
 from sdplay.server.errors import QueueFull, Unauthorized
@@ -44,6 +45,7 @@ def _choices(service: Service) -> nodes.Choices:
     return nodes.Choices(
         checkpoints=[m.name for m in service.usable_models()],
         samplers=list(service.catalog.samplers),
+        inputs=files.input_names(s),
         max_steps=s.max_steps,
         max_side=s.max_side,
         max_images=s.max_images,
@@ -63,6 +65,16 @@ def _resolver(service: Service):
         return info.name if info is not None and service.usable(info) else None
 
     return resolve
+
+
+def _context(service: Service) -> plan.Context:
+    def open_input(name: str) -> bytes:
+        try:
+            return files.read_input(service.settings, name)
+        except files.FileRefused as exc:
+            raise InvalidRequest(exc.args[0], field="image") from exc
+
+    return plan.Context(list(service.catalog.samplers), service.plan, open_input)
 
 
 def _refused(err: dict[str, Any], node_errors: dict[str, Any] | None = None, status: int = 400) -> JSONResponse:
@@ -102,7 +114,7 @@ async def post_prompt(request: Request) -> JSONResponse:
         )
     try:
         checked = graph.check(body["prompt"], nodes.table(_choices(service)), _resolver(service))
-        planned = plan.make_plan(body["prompt"], checked, plan.Context(list(service.catalog.samplers), service.plan))
+        planned = await asyncio.to_thread(plan.make_plan, body["prompt"], checked, _context(service), EXECUTORS)
     except graph.PromptRefused as exc:
         return JSONResponse(exc.body(), status_code=400)
     extra = body.get("extra_data") if isinstance(body.get("extra_data"), dict) else {}

@@ -158,3 +158,29 @@ def _apply_mask(settings: Any, data: bytes, original_ref: str) -> bytes:
         buf = io.BytesIO()
         image.save(buf, format="PNG")
     return buf.getvalue()
+
+
+MAX_LISTED = 2000
+
+
+def input_names(settings: Any) -> list[str]:
+    """Uploaded images as LoadImage names ('photo.png', 'set1/photo.png'), sorted; at most MAX_LISTED."""
+    root = Path(settings.input_dir)
+    if not root.is_dir():
+        return []
+    names = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        rel = Path(dirpath).relative_to(root)
+        for name in filenames:
+            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_TYPES:
+                names.append((rel / name).as_posix())
+        if len(names) >= MAX_LISTED:
+            break
+    return sorted(names)[:MAX_LISTED]
+
+
+def read_input(settings: Any, name: str) -> bytes:
+    """The bytes of an uploaded image by its LoadImage name."""
+    parts = name.replace("\\", "/").split("/")
+    return find(settings, "input", "/".join(parts[:-1]), parts[-1]).read_bytes()

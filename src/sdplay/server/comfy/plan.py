@@ -10,13 +10,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sdplay import samplers
 from sdplay.errors import SdplayError
 from sdplay.plan import Plan as JobPlan
 from sdplay.server.comfy.graph import Checked, PromptRefused, error
 from sdplay.types import MAX_SEED, GenerationRequest
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 
 @dataclass(frozen=True)
@@ -47,21 +50,55 @@ class EmptyLatent:
     batch: int
 
 
+@dataclass(frozen=True, eq=False)
+class Pixels:
+    image: Image.Image  # RGB
+
+
+@dataclass(frozen=True, eq=False)
+class Mask:
+    image: Image.Image  # L, white = repaint
+
+
+@dataclass(frozen=True, eq=False)
+class Encoded:
+    """A VAE-encoded input image: the sampler runs image-to-image, or inpainting when it carries a mask."""
+
+    image: Image.Image  # RGB, sides multiples of 8
+    model: str
+    mask: Image.Image | None = None
+    fill: str = "original"  # sdplay's inpaint_fill for the masked area
+
+
+@dataclass(frozen=True)
+class Upscaled:
+    """A sampler's latent, upscaled: a second sampler on it is sdplay's hires fix of the first."""
+
+    index: int
+    model: str
+    width: int
+    height: int
+    upscaler: str
+
+
 @dataclass(frozen=True)
 class Sampled:
     index: int  # into Plan.samplings
     model: str
+    stage: int = 1  # 2: after a hires fix on it
 
 
 @dataclass(frozen=True)
 class Decoded:
     index: int
+    stage: int = 1
 
 
 @dataclass
 class Sampling:
     node_id: str
     job: JobPlan  # sdplay's plan of the job: what the engine runs
+    stages: int = 1  # 2: a second sampler made it a hires fix
 
     @property
     def request(self) -> GenerationRequest:
@@ -81,6 +118,7 @@ class Plan:
     classes: dict[str, str]  # node id -> class_type
     samplings: list[Sampling] = field(default_factory=list)
     outputs: list[Output] = field(default_factory=list)
+    decodes: dict[str, Decoded] = field(default_factory=dict)  # VAEDecode node id -> what it decodes
 
     def sampling_of(self, node_id: str) -> int | None:
         return next((i for i, s in enumerate(self.samplings) if s.node_id == node_id), None)
@@ -107,7 +145,10 @@ class Context:
     open_input: Callable[[str], bytes] | None = None  # an uploaded image by LoadImage name
 
 
-def make_plan(graph: dict[str, dict], checked: Checked, ctx: Context) -> Plan:
+Executor = Callable[..., tuple]
+
+
+def make_plan(graph: dict[str, dict], checked: Checked, ctx: Context, executors: dict[str, Executor]) -> Plan:
     """Evaluate the needed nodes in order; raise PromptRefused naming every node sdplay cannot run."""
     plan = Plan(checked.order, {n: graph[n]["class_type"] for n in checked.order})
     results: dict[str, tuple] = {}
@@ -118,10 +159,22 @@ def make_plan(graph: dict[str, dict], checked: Checked, ctx: Context) -> Plan:
             continue  # an upstream node failed: it carries the error
         args = {k: (results[v[0]][v[1]] if isinstance(v, tuple) else v) for k, v in values.items()}
         try:
-            results[nid] = NODES[plan.classes[nid]](nid, args, plan, ctx)
+            results[nid] = executors[plan.classes[nid]](nid, args, plan, ctx)
         except NodeProblem as exc:
             node_errors[nid] = {
                 "errors": [exc.error],
+                "dependent_outputs": list(checked.outputs),
+                "class_type": plan.classes[nid],
+            }
+    for nid, decoded in plan.decodes.items():
+        if decoded.stage < plan.samplings[decoded.index].stages and nid not in node_errors:
+            problem = unsupported(
+                "this decodes the first pass of a hires fix;",
+                "sdplay keeps only the final image: decode the second sampler's LATENT.",
+                input_name="samples",
+            )
+            node_errors[nid] = {
+                "errors": [problem.error],
                 "dependent_outputs": list(checked.outputs),
                 "class_type": plan.classes[nid],
             }
@@ -166,16 +219,6 @@ def _ksampler_advanced(nid, a, plan, ctx) -> tuple:
 
 def _sample(nid, a, seed: int, denoise: float, plan: Plan, ctx: Context) -> tuple:
     model, pos, neg, latent = a["model"], a["positive"], a["negative"], a["latent_image"]
-    if not isinstance(latent, EmptyLatent):
-        raise unsupported(
-            "latent_image comes from another sampler or an image;",
-            "this server samples from an Empty Latent Image only.",
-            input_name="latent_image",
-        )
-    if not math.isclose(denoise, 1.0):
-        raise unsupported(
-            f"denoise {denoise:g} on an empty latent;", "use denoise 1.0 for text-to-image.", input_name="denoise"
-        )
     for name, cond in (("positive", pos), ("negative", neg)):
         if cond.clip.model != model.name:
             raise unsupported(
@@ -183,6 +226,51 @@ def _sample(nid, a, seed: int, denoise: float, plan: Plan, ctx: Context) -> tupl
                 "encode prompts with the CLIP of the same checkpoint.",
                 input_name=name,
             )
+    sampler = _sampler(a, ctx)
+    request = GenerationRequest(
+        prompt=pos.text,
+        negative_prompt=neg.text,
+        model=model.name,
+        steps=a["steps"],
+        guidance=a["cfg"],
+        seed=seed % (MAX_SEED + 1),
+        sampler=sampler,
+    )
+    if isinstance(latent, Upscaled):
+        return _hires(nid, request, latent, denoise, plan, ctx)
+    if isinstance(latent, EmptyLatent):
+        if not math.isclose(denoise, 1.0):
+            raise unsupported(
+                f"denoise {denoise:g} on an empty latent;", "use denoise 1.0 for text-to-image.", input_name="denoise"
+            )
+        request = request.with_(n_images=latent.batch, width=latent.width, height=latent.height)
+    elif isinstance(latent, Encoded):
+        if latent.model != model.name:
+            raise unsupported(
+                f"the image was encoded with the VAE of {latent.model}, the sampler runs {model.name};",
+                "encode with the VAE of the sampler's checkpoint.",
+                input_name="latent_image",
+            )
+        request = request.with_(
+            width=latent.image.width,
+            height=latent.image.height,
+            init_image=latent.image,
+            mask=latent.mask,
+            strength=denoise,
+            mask_blur=0,
+            inpaint_fill=latent.fill,
+        )
+    else:
+        raise unsupported(
+            "latent_image is the raw output of another sampler;",
+            "upscale it first (LatentUpscale), which makes a hires fix.",
+            input_name="latent_image",
+        )
+    plan.samplings.append(Sampling(nid, _plan_job(request, ctx)))
+    return (Sampled(len(plan.samplings) - 1, model.name),)
+
+
+def _sampler(a, ctx: Context) -> str:
     sampler = samplers.from_comfy(a["sampler_name"], a["scheduler"], ctx.samplers)
     if sampler is None:
         choices = samplers.comfy_schedulers_for(a["sampler_name"], ctx.samplers)
@@ -196,20 +284,12 @@ def _sample(nid, a, seed: int, denoise: float, plan: Plan, ctx: Context) -> tupl
                 received_value=a["scheduler"],
             )
         )
-    request = GenerationRequest(
-        prompt=pos.text,
-        negative_prompt=neg.text,
-        model=model.name,
-        n_images=latent.batch,
-        steps=a["steps"],
-        guidance=a["cfg"],
-        width=latent.width,
-        height=latent.height,
-        seed=seed % (MAX_SEED + 1),
-        sampler=sampler,
-    )
+    return sampler
+
+
+def _plan_job(request: GenerationRequest, ctx: Context) -> JobPlan:
     try:
-        job = ctx.plan_job(request)
+        return ctx.plan_job(request)
     except SdplayError as exc:
         raise NodeProblem(
             error(
@@ -220,8 +300,31 @@ def _sample(nid, a, seed: int, denoise: float, plan: Plan, ctx: Context) -> tupl
                 input_name=exc.field,
             )
         ) from exc
-    plan.samplings.append(Sampling(nid, job))
-    return (Sampled(len(plan.samplings) - 1, model.name),)
+
+
+HIRES_SAME = ("prompt", "negative_prompt", "guidance", "sampler", "seed")
+
+
+def _hires(nid, second: GenerationRequest, latent: Upscaled, denoise: float, plan: Plan, ctx: Context) -> tuple:
+    """A sampler on an upscaled latent: sdplay's hires fix of the first sampler (one job, two passes)."""
+    from sdplay.types import HiresFix
+
+    first = plan.samplings[latent.index]
+    if first.stages > 1:
+        raise unsupported("this is a third pass;", "sdplay's hires fix has two passes.", input_name="latent_image")
+    differ = [f for f in HIRES_SAME if getattr(second, f) != getattr(first.request, f)]
+    if differ:
+        raise unsupported(
+            f"the second pass differs from the first in {', '.join(differ)};",
+            "sdplay's hires fix runs both passes with the same prompts, cfg, sampler and seed.",
+            input_name="latent_image",
+        )
+    hires = HiresFix(
+        width=latent.width, height=latent.height, upscaler=latent.upscaler, steps=second.steps, strength=denoise
+    )
+    job = _plan_job(first.request.with_(hires=hires), ctx)
+    plan.samplings[latent.index] = Sampling(first.node_id, job, stages=2)
+    return (Sampled(latent.index, latent.model, stage=2),)
 
 
 def _decode(nid, a, plan, ctx) -> tuple:
@@ -236,7 +339,8 @@ def _decode(nid, a, plan, ctx) -> tuple:
             "use the VAE of the sampler's checkpoint.",
             input_name="vae",
         )
-    return (Decoded(samples.index),)
+    plan.decodes[nid] = Decoded(samples.index, samples.stage)
+    return (plan.decodes[nid],)
 
 
 def _output(folder: str):
