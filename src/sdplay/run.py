@@ -59,8 +59,9 @@ def _run(loaded: LoadedModel, req: GenerationRequest, items: list, on_step, inde
     pipe.scheduler = make_scheduler(req.sampler, loaded.scheduler_config, [i.seed for i in items])
     if getattr(pipe, "sdplay_fast", None) is not None:  # the fast path keeps step arithmetic off the device
         pipe.sdplay_fast.prepare_scheduler(pipe.scheduler)
-    # 2. Encode the prompts (chunked beyond 75 tokens).
-    emb = encode(pipe, loaded.family, [i.prompt for i in items], [i.negative for i in items])
+    # 2. Encode the prompts (chunked beyond 75 tokens, A1111 emphasis, one conditioning per range of steps).
+    emb = encode(pipe, loaded.family, [i.prompt for i in items], [i.negative for i in items], req.steps,
+                 getattr(req, "clip_skip", None) or 1)  # fmt: skip
     t_text = clock.lap()
     # 3. Initial noise from CPU generators, one per image: same seed, same image on any device.
     generators = [torch.Generator("cpu").manual_seed(i.seed) for i in items]
@@ -73,6 +74,8 @@ def _run(loaded: LoadedModel, req: GenerationRequest, items: list, on_step, inde
         if on_step is not None:
             elapsed = time.perf_counter() - started
             on_step(StepInfo(i + 1, p.num_timesteps, index, count, elapsed, kwargs["latents"], loaded.family.value))
+        if emb.schedule:  # prompt editing / alternation: the next step's conditioning
+            kwargs |= emb.step_inputs(i + 1, p.do_classifier_free_guidance)
         return kwargs
 
     latents = pipe(
@@ -85,6 +88,7 @@ def _run(loaded: LoadedModel, req: GenerationRequest, items: list, on_step, inde
         latents=latents.to(execution_device(pipe), emb.prompt.dtype),
         output_type="latent",
         callback_on_step_end=step_end,
+        callback_on_step_end_tensor_inputs=_step_tensors(emb, loaded.family),
     ).images
     t_denoise = clock.lap()
     # 5. Decode with the VAE (fp32 where the model needs it).
@@ -96,6 +100,13 @@ def _run(loaded: LoadedModel, req: GenerationRequest, items: list, on_step, inde
     warnings = ["non-finite values in the decoded image (black output)"] if not torch.isfinite(image).all() else []
     return BatchOutput(images, nsfw, t_text, t_denoise, t_decode, t_safety, peak_memory(dev),
                        type(pipe.scheduler).__name__, emb.chunks, warnings)  # fmt: skip
+
+
+def _step_tensors(emb: Any, family: Any) -> list[str]:
+    """The in-loop tensors the step callback sees: the conditioning too when it changes over the steps."""
+    if not emb.schedule:
+        return ["latents"]
+    return ["latents", "prompt_embeds"] + (["add_text_embeds"] if emb.pooled is not None else [])
 
 
 def decode_latents(pipe: Any, latents: Any) -> Any:
