@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 from importlib import resources
 from pathlib import Path
 
+from sdplay import families
 from sdplay.errors import ModelNotAvailable
+from sdplay.families import Family, FamilySpec
+
+__all__ = ["BUILTIN", "Family", "ModelSpec", "builtin", "catalog_names", "resolve"]
 
 ASSETS = Path(str(resources.files("sdplay") / "assets"))
 DEFAULT_MODEL = "sdplay-emoji"
-
-
-class Family(StrEnum):
-    """Pipeline kinds: decides text encoding, conditioning and latent previews."""
-
-    SD1 = "sd1"
-    SD2 = "sd2"
-    SDXL = "sdxl"
 
 
 @dataclass(frozen=True)
@@ -26,9 +21,8 @@ class ModelSpec:
     """Everything sdplay knows about a model before loading it."""
 
     name: str
-    family: Family
+    family_spec: FamilySpec
     repo_id: str | None
-    pipeline_class: str
     native_size: int
     prediction_type: str
     default_sampler: str
@@ -39,6 +33,15 @@ class ModelSpec:
     weights_dir: Path | None = None
     description: str = ""
     size_presets: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def family(self) -> Family:
+        return self.family_spec.family
+
+    @property
+    def pipeline_class(self) -> str:
+        """The text-to-image pipeline class (other tasks: `family_spec.pipeline_class(task)`)."""
+        return self.family_spec.pipeline_class("txt2img")
 
     @property
     def sizes(self) -> tuple[tuple[int, int], ...]:
@@ -54,9 +57,8 @@ def _configs(name: str) -> Path:
 BUILTIN: tuple[ModelSpec, ...] = (
     ModelSpec(
         name="sdplay-emoji",
-        family=Family.SD1,
+        family_spec=families.EMBEDDED,
         repo_id=None,
-        pipeline_class="StableDiffusionPipeline",
         native_size=64,
         prediction_type="epsilon",
         default_sampler="DPM++ 2M",
@@ -70,9 +72,8 @@ BUILTIN: tuple[ModelSpec, ...] = (
     ),
     ModelSpec(
         name="sd-v1-4",
-        family=Family.SD1,
+        family_spec=families.SD1,
         repo_id="CompVis/stable-diffusion-v1-4",
-        pipeline_class="StableDiffusionPipeline",
         native_size=512,
         prediction_type="epsilon",
         default_sampler="PNDM",
@@ -85,9 +86,8 @@ BUILTIN: tuple[ModelSpec, ...] = (
     ),
     ModelSpec(
         name="sd-v2-1",
-        family=Family.SD2,
+        family_spec=families.SD2,
         repo_id="stabilityai/stable-diffusion-2-1",
-        pipeline_class="StableDiffusionPipeline",
         native_size=768,
         prediction_type="v_prediction",
         default_sampler="DDIM",
@@ -100,9 +100,8 @@ BUILTIN: tuple[ModelSpec, ...] = (
     ),
     ModelSpec(
         name="sdxl-base-1.0",
-        family=Family.SDXL,
+        family_spec=families.SDXL,
         repo_id="stabilityai/stable-diffusion-xl-base-1.0",
-        pipeline_class="StableDiffusionXLPipeline",
         native_size=1024,
         prediction_type="epsilon",
         default_sampler="Euler",
@@ -180,29 +179,26 @@ def spec_for_folder(path: Path) -> ModelSpec:
 
 
 def _base_for_index(info: dict, path: Path) -> ModelSpec:
-    """Pick the built-in spec whose architecture matches a model_index.json."""
+    """The built-in spec of the family a model_index.json (plus its scheduler and UNet configs) belongs to."""
     import json
 
-    if info.get("_class_name", "").startswith("StableDiffusionXL"):
-        return builtin("sdxl-base-1.0")  # type: ignore[return-value]
-    sched = path / "scheduler" / "scheduler_config.json"
-    prediction = json.loads(sched.read_text()).get("prediction_type", "epsilon") if sched.is_file() else "epsilon"
-    if prediction == "v_prediction":
-        return builtin("sd-v2-1")  # type: ignore[return-value]
-    emoji = builtin(DEFAULT_MODEL)
-    unet = path / "unet" / "config.json"
-    if unet.is_file() and json.loads(unet.read_text()).get("sample_size", 64) <= 32 and emoji:
-        return emoji
-    return builtin("sd-v1-4")  # type: ignore[return-value]
+    def config(sub: str) -> dict:
+        file = path / sub
+        return json.loads(file.read_text()) if file.is_file() else {}
+
+    family = families.from_index(
+        info.get("_class_name", ""),
+        config("scheduler/scheduler_config.json").get("prediction_type", "epsilon"),
+        config("unet/config.json").get("sample_size"),
+    )
+    return builtin(family.base_model)  # type: ignore[return-value]
 
 
 def spec_for_file(path: Path, *, allow_pickle: bool = False) -> ModelSpec:
     """A spec for a single-file checkpoint; the family comes from its tensor names."""
-    from sdplay.checkpoints import detect_family
+    from sdplay.checkpoints import detect_family_spec
 
-    family = detect_family(path, allow_pickle=allow_pickle)
-    base = {Family.SD1: "sd-v1-4", Family.SD2: "sd-v2-1", Family.SDXL: "sdxl-base-1.0"}[family]
-    spec = builtin(base)
+    spec = builtin(detect_family_spec(path, allow_pickle=allow_pickle).base_model)
     own = path.with_suffix("")  # x.safetensors + x/model_index.json: the configs of a non-standard architecture
     config_dir = own if (own / "model_index.json").is_file() else spec.config_dir  # type: ignore[union-attr]
     fields = {"name": str(path), "aliases": (), "repo_id": None, "config_dir": config_dir, "weights_dir": path}

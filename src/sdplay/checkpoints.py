@@ -5,15 +5,11 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from sdplay.catalog import Family
+from sdplay import families
 from sdplay.errors import ModelNotAvailable, UnsafeCheckpoint
+from sdplay.families import Family, FamilySpec
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
-
-# Key prefixes of the original (CompVis / Stability) single-file layouts.
-_SDXL_KEY = "conditioner.embedders.1.model."
-_SD2_KEY = "cond_stage_model.model."
-_SD1_KEY = "cond_stage_model.transformer."
 
 
 def tensor_names(path: Path) -> list[str]:
@@ -33,6 +29,11 @@ def tensor_names(path: Path) -> list[str]:
 
 def detect_family(path: Path, *, allow_pickle: bool = False) -> Family:
     """SD1, SD2 or SDXL, from the tensor names of an original-layout checkpoint (pickles only if allowed)."""
+    return detect_family_spec(path, allow_pickle=allow_pickle).family
+
+
+def detect_family_spec(path: Path, *, allow_pickle: bool = False) -> FamilySpec:
+    """The family spec whose single-file keys the checkpoint's tensor names match."""
     if path.suffix.lower() in PICKLE_SUFFIXES:
         keys = load_pickle_state_dict(path, allow_pickle=allow_pickle, only_keys=True)
         return _family_from_keys(list(keys), path)
@@ -43,13 +44,10 @@ def detect_family(path: Path, *, allow_pickle: bool = False) -> Family:
     return _family_from_keys(tensor_names(path), path)
 
 
-def _family_from_keys(keys: list[str], path: Path) -> Family:
-    if any(k.startswith(_SDXL_KEY) for k in keys):
-        return Family.SDXL
-    if any(k.startswith(_SD2_KEY) for k in keys):
-        return Family.SD2
-    if any(k.startswith(_SD1_KEY) for k in keys) or any(k.startswith("model.diffusion_model.") for k in keys):
-        return Family.SD1
+def _family_from_keys(keys: list[str], path: Path) -> FamilySpec:
+    spec = families.from_tensor_names(keys)
+    if spec is not None:
+        return spec
     raise ModelNotAvailable(
         f"{path} does not look like a Stable Diffusion v1, v2 or XL checkpoint.",
         field="model",

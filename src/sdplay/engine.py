@@ -1,9 +1,8 @@
-"""The engine: resolve a request, load (and cache) the pipeline, generate, and describe what was done."""
+"""The engine of one device: load (and cache) pipelines, run plans, and describe what was done."""
 
 from __future__ import annotations
 
 import logging
-import random
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, replace
@@ -11,25 +10,15 @@ from typing import Any
 
 from sdplay import catalog
 from sdplay.catalog import ModelSpec
-from sdplay.devices import DeviceInfo, discover_devices, resolve_device, resolve_dtype
-from sdplay.errors import InvalidRequest
+from sdplay.devices import DeviceInfo, discover_devices, resolve_device
+from sdplay.errors import InvalidRequest, ModelNotAvailable
 from sdplay.loading import LoadedModel, LoadOptions, load_pipeline
+from sdplay.plan import Limits, Plan, check_compatible, plan
 from sdplay.run import BatchOutput, run_batch
-from sdplay.samplers import get_sampler, sampler_names
-from sdplay.types import (
-    MAX_SEED,
-    EngineProtocol,
-    GenerationRequest,
-    GenerationResult,
-    ModelInfo,
-    PhaseTimings,
-    StepCallback,
-)
+from sdplay.samplers import sampler_names
+from sdplay.types import Catalog, GenerationRequest, GenerationResult, ModelInfo, PhaseTimings, StepCallback
 
 log = logging.getLogger(__name__)
-
-# Fields that must agree for requests to share one UNet batch.
-BATCH_KEYS = ("model", "steps", "guidance", "width", "height", "sampler", "device", "dtype")
 
 
 @dataclass(frozen=True)
@@ -42,19 +31,26 @@ class Item:
     seed: int
 
 
-class Engine(EngineProtocol):
-    """Owns loaded pipelines (LRU cache) and runs generations one at a time per engine."""
+class Engine:
+    """One device's engine: its loaded pipelines (LRU cache, memory budget), its lock, and the plans it runs.
+
+    `device` pins the engine to one device ("cuda:1"; "auto": the best one here); None (the library's default)
+    lets each request choose its own device. A server makes one engine per device, so devices run in parallel.
+    """
 
     def __init__(
         self,
         options: LoadOptions | None = None,
         *,
+        device: str | None = None,
         max_models: int = 2,
         memory_budget_bytes: int | None = None,
         monitor: bool = False,
         **overrides: Any,
     ):
         self.options = replace(options or LoadOptions(), **overrides)
+        self._wanted = device or "auto"
+        self._pinned = device is not None
         self.max_models = max_models
         self.memory_budget_bytes = memory_budget_bytes
         self.monitor = monitor  # record device telemetry during every generation
@@ -62,28 +58,57 @@ class Engine(EngineProtocol):
         self._lock = threading.RLock()
         self._devices: list[DeviceInfo] | None = None
 
-    # -- models and devices ---------------------------------------------------------------
+    # -- planning -------------------------------------------------------------------------
+    @property
+    def device(self) -> str:
+        """The id of this engine's device ("cuda:1"); "auto" for an engine that follows each request's device."""
+        return resolve_device(self._wanted, self.devices()).id if self._pinned else "auto"
+
     def devices(self) -> list[DeviceInfo]:
         if self._devices is None:
             self._devices = discover_devices()
         return self._devices
 
+    def plan(self, request: GenerationRequest, limits: Limits | None = None) -> Plan:
+        """The one resolution of `request` for this engine (see sdplay.plan)."""
+        limits = limits or Limits()
+        wanted = self._wanted if self._pinned else request.device
+        device = resolve_device(wanted, self.devices())
+
+        def models(name: str | None) -> ModelSpec:
+            return self.model_spec(name, limits.catalog_only)
+
+        return plan(request, models=models, device=device, limits=limits)
+
+    def model_spec(self, name: str | None, catalog_only: bool = False) -> ModelSpec:
+        """The spec of a model name (catalog_only: listed models only, no paths or hub ids)."""
+        if not catalog_only:
+            return catalog.resolve(name, allow_pickle=self.options.allow_pickle)
+        spec = catalog.builtin(name or catalog.DEFAULT_MODEL)
+        if spec is None:
+            raise ModelNotAvailable(
+                f"Unknown model {name!r}.", field="model", hint=f"Choose one of: {', '.join(catalog.catalog_names())}."
+            )
+        return spec
+
+    # -- models ---------------------------------------------------------------------------
     def load(self, model: str | None, device: str = "auto", dtype: str = "auto") -> tuple[LoadedModel, bool]:
-        """The cached pipeline for (model, device, dtype), loading it if needed; True if just loaded."""
-        spec = catalog.resolve(model, allow_pickle=self.options.allow_pickle)
-        dev = resolve_device(device, self.devices())
-        key = (spec.name, dev.id, resolve_dtype(dtype, dev))
+        """The cached pipeline for a model on this engine's device, loading it if needed; True if just loaded."""
+        return self._load(self.plan(GenerationRequest(prompt="", model=model, device=device, dtype=dtype)))
+
+    def _load(self, p: Plan) -> tuple[LoadedModel, bool]:
+        key = (p.model.name, p.device.id, p.dtype)
         with self._lock:
             if key in self._models:
                 self._models.move_to_end(key)
                 return self._models[key], False
             while len(self._models) >= self.max_models:
                 self._evict()
-            loaded = load_pipeline(spec, dev, key[2], self.options)
+            loaded = load_pipeline(p.model, p.device, p.dtype, self.options)
             self._models[key] = loaded
             while len(self._models) > 1 and self._over_budget():
                 self._evict()
-            log.info("loaded %s on %s (%s) in %.1f s", spec.name, dev.id, key[2], loaded.load_seconds)
+            log.info("loaded %s on %s (%s) in %.1f s", p.model.name, p.device.id, p.dtype, loaded.load_seconds)
             return loaded, True
 
     def _over_budget(self) -> bool:
@@ -95,8 +120,9 @@ class Engine(EngineProtocol):
 
         key, old = self._models.popitem(last=False)
         log.info("unloading %s from %s", key[0], key[1])
+        device = old.device
         del old
-        empty_cache(resolve_device(key[1], self.devices()))
+        empty_cache(device)
 
     def unload(self, model: str | None = None) -> None:
         with self._lock:
@@ -110,71 +136,54 @@ class Engine(EngineProtocol):
 
     def models(self) -> list[ModelInfo]:
         loaded = set(self.loaded_models())
-        return [_model_info(spec, spec.name in loaded) for spec in catalog.BUILTIN]
+        return [_model_info(spec, spec.name in loaded, self.options.random_weights) for spec in catalog.BUILTIN]
 
     def samplers(self) -> list[str]:
         return sampler_names()
 
+    def catalog(self) -> Catalog:
+        return Catalog(tuple(self.models()), tuple(self.samplers()))
+
     # -- generation -----------------------------------------------------------------------
     def generate(
-        self, request: GenerationRequest, on_step: StepCallback | None = None, monitor: bool | None = None
+        self, plan: Plan | GenerationRequest, on_step: StepCallback | None = None, monitor: bool | None = None
     ) -> GenerationResult:
-        return self.generate_batch([request], on_step, monitor)[0]
+        """Run one plan (a bare request is planned first: library convenience)."""
+        return self.generate_batch([plan], on_step, monitor)[0]
 
     def generate_batch(
-        self, requests: list[GenerationRequest], on_step: StepCallback | None = None, monitor: bool | None = None
+        self,
+        plans: list[Plan] | list[GenerationRequest],
+        on_step: StepCallback | None = None,
+        monitor: bool | None = None,
     ) -> list[GenerationResult]:
-        """Generate several compatible requests as shared UNet batches; each keeps its prompts and seeds."""
-        resolved = [self.resolve(r) for r in requests]
-        _check_compatible(resolved)
+        """Generate compatible plans as shared UNet batches; each keeps its prompts and seeds."""
+        ready = [p if isinstance(p, Plan) else self.plan(p) for p in plans]
+        check_compatible(ready)
+        if self._pinned and ready[0].device.id != self.device:
+            raise InvalidRequest(f"A plan for {ready[0].device.id} was given to the engine of {self.device}.")
         with self._lock:
             if not (self.monitor if monitor is None else monitor):
-                return self._generate(resolved, on_step)
+                return self._generate(ready, on_step)
             from sdplay.telemetry import record
 
-            with record(resolved[0].device, interval=0.1) as trace:
-                results = self._generate(resolved, on_step)
+            with record(ready[0].device.id, interval=0.1) as trace:
+                results = self._generate(ready, on_step)
             for result in results:
                 result.telemetry = trace.summary()
             return results
 
-    def _generate(self, resolved: list[GenerationRequest], on_step: StepCallback | None) -> list[GenerationResult]:
-        first = resolved[0]
-        loaded, fresh = self.load(first.model, first.device, first.dtype)
+    def _generate(self, plans: list[Plan], on_step: StepCallback | None) -> list[GenerationResult]:
+        first = plans[0]
+        loaded, fresh = self._load(first)
         items = [
-            Item(i, r.prompt, r.negative_prompt, (r.seed + k) % (MAX_SEED + 1))
-            for i, r in enumerate(resolved)
-            for k in range(r.n_images)
+            Item(i, p.request.prompt, p.request.negative_prompt, seed) for i, p in enumerate(plans) for seed in p.seeds
         ]
-        size = (first.batch_size or first.n_images) if len(resolved) == 1 else len(items)
+        req = first.request
+        size = (req.batch_size or req.n_images) if len(plans) == 1 else len(items)
         batches = [items[i : i + size] for i in range(0, len(items), size)]
         outputs = [run_batch(loaded, first, b, on_step, n, len(batches)) for n, b in enumerate(batches)]
-        return _split_results(resolved, items, outputs, loaded, fresh)
-
-    def resolve(self, request: GenerationRequest) -> GenerationRequest:
-        """Validate, then fill every default from the model's spec and draw a seed if asked."""
-        request.validate()
-        spec = catalog.resolve(request.model, allow_pickle=self.options.allow_pickle)
-        dev = resolve_device(request.device, self.devices())
-        sampler = get_sampler(request.sampler or spec.default_sampler).name
-        return request.with_(
-            model=spec.name,
-            steps=request.steps or spec.default_steps,
-            guidance=spec.default_guidance if request.guidance is None else request.guidance,
-            width=request.width or spec.native_size,
-            height=request.height or spec.native_size,
-            sampler=sampler,
-            seed=random.randint(0, MAX_SEED) if request.seed == -1 else request.seed,
-            device=dev.id,
-            dtype=resolve_dtype(request.dtype, dev),
-        )
-
-
-def _check_compatible(requests: list[GenerationRequest]) -> None:
-    for key in BATCH_KEYS:
-        values = {getattr(r, key) for r in requests}
-        if len(values) > 1:
-            raise InvalidRequest(f"Requests in one batch must share {key}; got {sorted(map(str, values))}.")
+        return _split_results([p.request for p in plans], items, outputs, loaded, fresh)
 
 
 def _split_results(
@@ -260,9 +269,10 @@ def versions() -> dict[str, str]:
     return dict(_VERSIONS)
 
 
-def _model_info(spec: ModelSpec, loaded: bool) -> ModelInfo:
+def _model_info(spec: ModelSpec, loaded: bool, random_weights: bool = False) -> ModelInfo:
     from sdplay.availability import how_to_get, is_available
 
+    available = is_available(spec)
     return ModelInfo(
         name=spec.name,
         family=spec.family.value,
@@ -270,10 +280,11 @@ def _model_info(spec: ModelSpec, loaded: bool) -> ModelInfo:
         default_sampler=spec.default_sampler,
         default_steps=spec.default_steps,
         default_guidance=spec.default_guidance,
-        available=is_available(spec),
+        available=available,
         loaded=loaded,
         aliases=spec.aliases,
         description=spec.description,
         sizes=spec.sizes,
         how_to_get=how_to_get(spec),
+        usable=available or random_weights,
     )

@@ -8,9 +8,9 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from sdplay.catalog import Family
 from sdplay.devices import DeviceInfo
 from sdplay.errors import InvalidRequest
+from sdplay.families import FAMILIES, Family
 from sdplay.fastgraphs import GraphedForward, SharedPool, cuda_recorder, install
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ class FastConfig:
 # What "auto" compiles, measured on an H100 (docs/benchmarks.md): the whole UNet is 27-31% faster for SD 1.x/2.x
 # (cold compile 41-49 s, restart 11-15 s); for SDXL 18% faster but 103 s cold and 23 s at every restart, so SDXL
 # compiles its transformer blocks only (20 s cold, 14 s restart).
-AUTO_COMPILE = {Family.SD1: ("full", None), Family.SD2: ("full", None), Family.SDXL: ("regional", True)}
+AUTO_COMPILE = {f.family: f.compile_default for f in FAMILIES}  # per family, in sdplay.families
 
 
 def resolve(config: FastConfig, family: Family | None) -> FastConfig:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from sdplay.errors import InvalidRequest, OutputNotWritable
+from sdplay.samplers import infotext_fields
 from sdplay.types import GenerationResult
 
 PARAMETERS_KEY = "parameters"
@@ -34,11 +35,9 @@ def _quote(value: Any) -> str:
 
 def parameters_for(result: GenerationResult, index: int) -> str:
     req, meta = result.request, result.metadata
-    sampler, schedule = _split_sampler(req.sampler or "")
     fields = {
         "Steps": req.steps,
-        "Sampler": sampler,
-        "Schedule type": schedule,
+        **infotext_fields(req.sampler or ""),
         "CFG scale": req.guidance,
         "Seed": result.seeds[index],
         "Size": f"{req.width}x{req.height}",
@@ -47,10 +46,6 @@ def parameters_for(result: GenerationResult, index: int) -> str:
         "Version": f"sdplay {meta.get('versions', {}).get('sdplay', '')}".strip(),
     }
     return a1111_parameters(req.prompt, req.negative_prompt, fields)
-
-
-def _split_sampler(name: str) -> tuple[str, str | None]:
-    return (name.removesuffix(" Karras"), "Karras") if name.endswith(" Karras") else (name, None)
 
 
 def metadata_for(result: GenerationResult, index: int) -> dict[str, Any]:

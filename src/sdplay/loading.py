@@ -6,11 +6,13 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sdplay import families
 from sdplay.catalog import ASSETS, Family, ModelSpec
 from sdplay.checkpoints import PICKLE_SUFFIXES, pickle_to_safetensors, refuse_pickle
 from sdplay.devices import DeviceInfo
@@ -43,13 +45,17 @@ class LoadedModel:
     """A pipeline on its device, with what was decided while loading it."""
 
     spec: ModelSpec
-    family: Family
+    family_spec: families.FamilySpec  # read from the loaded pipeline (a hub id's family is known only now)
     pipe: Any
     device: DeviceInfo
     dtype: str
     choices: dict[str, Any] = field(default_factory=dict)
     load_seconds: float = 0.0
     scheduler_config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def family(self) -> Family:
+        return self.family_spec.family
 
 
 def cache_dir() -> Path:
@@ -77,13 +83,32 @@ def config_folder(spec: ModelSpec) -> Path:
 
 def family_of(pipe: Any) -> Family:
     """The pipeline kind, read from the loaded pipeline itself."""
-    if type(pipe).__name__.startswith("StableDiffusionXL"):
-        return Family.SDXL
-    return Family.SD2 if pipe.scheduler.config.get("prediction_type") == "v_prediction" else Family.SD1
+    return families.from_pipeline(pipe).family
+
+
+# diffusers and transformers import their classes lazily, and those lazy imports are not thread-safe: two engines
+# (devices) loading at once could see half-imported modules. Loads are rare, so they take turns.
+_LOADING = threading.Lock()
 
 
 def load_pipeline(spec: ModelSpec, device: DeviceInfo, dtype: str, opts: LoadOptions) -> LoadedModel:
-    """Load a model by whichever route its spec names, then apply the optimisation step."""
+    """Load a model by whichever route its spec names, then apply the optimisation step (one load at a time)."""
+    with _LOADING:
+        _import_schedulers()
+        return _load_pipeline(spec, device, dtype, opts)
+
+
+def _import_schedulers() -> None:
+    """Resolve every scheduler class of the sampler table now, so generations never import one lazily."""
+    import diffusers
+
+    from sdplay.samplers import SAMPLERS
+
+    for sampler in SAMPLERS:
+        getattr(diffusers, sampler.scheduler)
+
+
+def _load_pipeline(spec: ModelSpec, device: DeviceInfo, dtype: str, opts: LoadOptions) -> LoadedModel:
     import torch
 
     from sdplay.optimize import optimize_pipeline
@@ -98,7 +123,7 @@ def load_pipeline(spec: ModelSpec, device: DeviceInfo, dtype: str, opts: LoadOpt
         pipe, source = _load_folder(spec, spec.weights_dir, torch_dtype), f"folder {spec.weights_dir}"
     else:
         pipe, source = _load_hub(spec, torch_dtype), f"hub {spec.repo_id}"
-    family = family_of(pipe)
+    family = families.from_pipeline(pipe)
     choices = {"source": source, "random_weights": opts.random_weights}
     choices |= optimize_pipeline(pipe, device, torch_dtype, opts, family)
     elapsed = time.perf_counter() - start
@@ -228,6 +253,4 @@ def _assemble(spec: ModelSpec, folder: Path, index: dict, parts: dict[str, Any])
     sched_cfg = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
     parts["scheduler"] = getattr(diffusers, sched_cfg["_class_name"]).from_config(sched_cfg)
     cls = getattr(diffusers, index["_class_name"])
-    if index["_class_name"].startswith("StableDiffusionXL"):
-        return cls(**parts, force_zeros_for_empty_prompt=index.get("force_zeros_for_empty_prompt", True))
-    return cls(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    return cls(**parts, **spec.family_spec.pipeline_kwargs(index))

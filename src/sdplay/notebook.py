@@ -69,9 +69,8 @@ class Playground:
 
     def _fill_models(self, wanted: str | None) -> None:
         """Catalog models (marked when their weights are missing), plus `wanted` if it is a path or other name."""
-        infos = list(self.engine.models())
-        anything = bool(getattr(getattr(self.engine, "options", None), "random_weights", False))
-        usable = {m.name: m.available or anything for m in infos}  # random weights make every model runnable
+        infos = list(self.engine.catalog().models)
+        usable = {m.name: m.usable for m in infos}  # weights here, or random weights make every model runnable
         options = [(m.name if usable[m.name] else f"{m.name} (weights not here)", m.name) for m in infos]
         names = [m.name for m in infos]
         aliases = {a: m.name for m in infos for a in m.aliases}
@@ -144,7 +143,7 @@ class Playground:
     def _run(self, request: GenerationRequest) -> None:
         started = time.perf_counter()
         try:
-            result = self.engine.generate(request, on_step=self._on_step)
+            result = self.engine.generate(self.engine.plan(request), on_step=self._on_step)
         except Cancelled:
             self.error = Cancelled("Cancelled.")
             self._show_status("Cancelled.")

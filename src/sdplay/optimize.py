@@ -6,24 +6,24 @@ import importlib.util
 import logging
 from typing import Any
 
-from sdplay.catalog import Family
 from sdplay.devices import DeviceInfo
+from sdplay.families import FamilySpec
 
 log = logging.getLogger(__name__)
 
 COMPUTE_MODULES = ("unet", "vae", "text_encoder", "text_encoder_2", "safety_checker")
 
 
-def optimize_pipeline(pipe: Any, device: DeviceInfo, dtype, opts, family: Family) -> dict[str, Any]:
+def optimize_pipeline(pipe: Any, device: DeviceInfo, dtype, opts, family: FamilySpec) -> dict[str, Any]:
     """Eval mode, dtype, device, channels-last, SDPA, IPEX and memory options on every nn.Module."""
     import torch
 
     choices: dict[str, Any] = {"device": device.id, "dtype": str(dtype).removeprefix("torch.")}
     # 1. Every nn.Module of the pipeline, as the seed's _optimize_pipeline visits them.
     modules = {n: m for n, m in pipe.components.items() if isinstance(m, torch.nn.Module)}
-    # SDXL's VAE overflows in fp16; SD 1.x/2.x VAEs decode in fp16 as in diffusers' own pipeline.
+    # The family's VAE dtype rule (SDXL's VAE overflows in fp16; SD 1.x/2.x VAEs decode in fp16 as diffusers does).
     force_upcast = bool(getattr(pipe.vae.config, "force_upcast", False))
-    vae_fp32 = dtype != torch.float32 and family is Family.SDXL and force_upcast
+    vae_fp32 = dtype != torch.float32 and family.vae_fp32_if_upcast and force_upcast
     for name, module in modules.items():
         module.eval().requires_grad_(False)
         target = torch.float32 if name == "vae" and vae_fp32 else dtype
@@ -52,11 +52,11 @@ def optimize_pipeline(pipe: Any, device: DeviceInfo, dtype, opts, family: Family
         choices["placement"] = device.id
     pipe.set_progress_bar_config(disable=True)
     # 7. The compiled fast path (CUDA graphs, torch.compile) where the device supports it.
-    choices["fast_path"] = _fast_path(pipe, device, opts, family)
+    choices["fast_path"] = _fast_path(pipe, device, opts, family.family)
     return choices
 
 
-def _fast_path(pipe: Any, device: DeviceInfo, opts, family: Family) -> Any:
+def _fast_path(pipe: Any, device: DeviceInfo, opts, family) -> Any:
     if opts.fast is False or opts.cpu_offload or importlib.util.find_spec("sdplay.fastpath") is None:
         return "off"
     from sdplay.fastpath import apply_fast_path

@@ -4,30 +4,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from sdplay.families import FAMILIES, SD1
+
 if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-# Rows are the 4 latent channels, columns R, G, B: the "latent2rgb" factors of ComfyUI's latent previews.
-# SD 1.x and 2.x share one VAE, so they share one matrix; SDXL's VAE has its own, plus a bias.
-_SD1 = (
-    (0.3512, 0.2297, 0.3227),
-    (0.3250, 0.4974, 0.2350),
-    (-0.2829, 0.1762, 0.2721),
-    (-0.2120, -0.2616, -0.7177),
-)
-_SDXL = (
-    (0.3651, 0.4232, 0.4341),
-    (-0.2533, -0.0042, 0.1068),
-    (0.1076, 0.1111, -0.0362),
-    (-0.3165, -0.2492, -0.2188),
-)
-LATENT_RGB_FACTORS: dict[str, tuple[tuple[float, float, float], ...]] = {"sd1": _SD1, "sd2": _SD1, "sdxl": _SDXL}
-LATENT_RGB_BIAS: dict[str, tuple[float, float, float]] = {
-    "sd1": (0.0, 0.0, 0.0),
-    "sd2": (0.0, 0.0, 0.0),
-    "sdxl": (0.1084, -0.0175, -0.0011),
-}
+# The latent -> RGB factors (and bias) of each family, keyed by the family a model reports.
+LATENT_RGB_FACTORS: dict[str, tuple[tuple[float, float, float], ...]] = {f.family.value: f.latent_rgb for f in FAMILIES}
+LATENT_RGB_BIAS: dict[str, tuple[float, float, float]] = {f.family.value: f.latent_rgb_bias for f in FAMILIES}
+_SD1 = SD1.latent_rgb
 
 
 def latents_to_rgb(latents: torch.Tensor, family: str, index: int = 0) -> torch.Tensor:

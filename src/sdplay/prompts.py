@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sdplay.catalog import Family
+from sdplay.families import FamilySpec
 from sdplay.prompt_syntax import BREAK, parse_attention, schedule
 
 
@@ -104,7 +104,7 @@ def count_chunks(tokenizer: Any, texts: list[str]) -> int:
 
 
 def encode(
-    pipe: Any, family: Family, prompts: list[str], negatives: list[str], steps: int = 1, clip_skip: int = 1
+    pipe: Any, family: FamilySpec, prompts: list[str], negatives: list[str], steps: int = 1, clip_skip: int = 1
 ) -> Embeddings:
     """Encode a batch of prompts and negative prompts to the same number of chunks.
 
@@ -135,8 +135,8 @@ def step_groups(schedules: list[list[tuple[int, str]]]) -> list[tuple[int, tuple
     return groups
 
 
-def _encode_texts(pipe: Any, family: Family, prompts: list[str], negatives: list[str], chunks: int, skip: int):
-    if family is Family.SDXL:
+def _encode_texts(pipe: Any, family: FamilySpec, prompts: list[str], negatives: list[str], chunks: int, skip: int):
+    if family.pooled:
         pos, pooled = _encode_sdxl(pipe, prompts, chunks, skip)
         if not any(negatives) and pipe.config.get("force_zeros_for_empty_prompt", True):
             import torch

@@ -14,6 +14,7 @@ from sdplay.types import GenerationRequest, StepCallback, StepInfo
 
 if TYPE_CHECKING:
     from sdplay.loading import LoadedModel
+    from sdplay.plan import Plan
 
 
 @dataclass
@@ -33,14 +34,15 @@ class BatchOutput:
 
 
 def run_batch(
-    loaded: LoadedModel, req: GenerationRequest, items: list, on_step: StepCallback | None, index: int, count: int
+    loaded: LoadedModel, plan: Plan, items: list, on_step: StepCallback | None, index: int, count: int
 ) -> BatchOutput:
-    """Generate the images of `items` (prompt, negative, seed each) with the settings of `req`."""
+    """Generate the images of `items` (prompt, negative, seed each) with the settings of `plan`."""
     import torch
 
+    req = plan.request
     try:
         with torch.inference_mode():
-            return _run(loaded, req, items, on_step, index, count)
+            return _run(loaded, plan, items, on_step, index, count)
     except torch.OutOfMemoryError as exc:
         empty_cache(loaded.device)
         raise DeviceOutOfMemory(
@@ -49,18 +51,19 @@ def run_batch(
         ) from exc
 
 
-def _run(loaded: LoadedModel, req: GenerationRequest, items: list, on_step, index: int, count: int) -> BatchOutput:
+def _run(loaded: LoadedModel, plan: Plan, items: list, on_step, index: int, count: int) -> BatchOutput:
     import torch
 
+    req = plan.request
     pipe, dev = loaded.pipe, loaded.device
     clock = _Clock(dev)
     reset_peak_memory(dev)
     # 1. A fresh scheduler for this batch: no step state is shared between requests.
-    pipe.scheduler = make_scheduler(req.sampler, loaded.scheduler_config, [i.seed for i in items])
+    pipe.scheduler = make_scheduler(plan.sampler.spec, loaded.scheduler_config, [i.seed for i in items])
     if getattr(pipe, "sdplay_fast", None) is not None:  # the fast path keeps step arithmetic off the device
         pipe.sdplay_fast.prepare_scheduler(pipe.scheduler)
     # 2. Encode the prompts (chunked beyond 75 tokens, A1111 emphasis, one conditioning per range of steps).
-    emb = encode(pipe, loaded.family, [i.prompt for i in items], [i.negative for i in items], req.steps,
+    emb = encode(pipe, loaded.family_spec, [i.prompt for i in items], [i.negative for i in items], req.steps,
                  getattr(req, "clip_skip", None) or 1)  # fmt: skip
     t_text = clock.lap()
     # 3. Initial noise from CPU generators, one per image: same seed, same image on any device.

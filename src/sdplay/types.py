@@ -5,13 +5,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from sdplay.errors import InvalidRequest
 
 if TYPE_CHECKING:
     import torch
     from PIL import Image
+
+    from sdplay.loading import LoadOptions
+    from sdplay.plan import Limits, Plan
 
 MAX_IMAGES = 16
 MAX_STEPS = 150
@@ -171,34 +174,48 @@ class ModelInfo:
     description: str = ""
     sizes: tuple[tuple[int, int], ...] = ()
     how_to_get: str = ""
+    usable: bool = False  # the engine can run it: weights here, or models built with random weights
 
 
-class EngineProtocol:
-    """What the server and UIs need from an engine; a fake implements the same methods in tests.
+@dataclass(frozen=True)
+class Catalog:
+    """What an engine offers: its models (each saying whether it can run here) and its sampler names."""
 
-    `generate` raises SdplayError subclasses (InvalidRequest, ModelNotAvailable, Cancelled, ...)
-    and calls `on_step` after every denoising step; raising `Cancelled` from `on_step` stops the run.
+    models: tuple[ModelInfo, ...] = ()
+    samplers: tuple[str, ...] = ()
+
+    def find_model(self, name: str) -> ModelInfo | None:
+        key = name.strip().lower()
+        for info in self.models:
+            if key == info.name.lower() or key in (a.lower() for a in info.aliases):
+                return info
+        return None
+
+
+@runtime_checkable
+class EngineProtocol(Protocol):
+    """What every entry point needs from an engine; the real engine, the test fake and the Ray client implement it.
+
+    One engine runs on one device (`device`: its id, or "auto" for a library engine that follows each request's
+    device). `plan` is the only resolver; `generate` and `generate_batch` run plans (compatible ones, equal
+    `batch_key`, as one UNet batch; each keeps its prompts and seeds) and raise SdplayError subclasses
+    (InvalidRequest, ModelNotAvailable, Cancelled, ...); `on_step` is called after every denoising step and raising
+    `Cancelled` from it stops the run.
     """
 
-    def generate(self, request: GenerationRequest, on_step: StepCallback | None = None) -> GenerationResult:
-        raise NotImplementedError
+    device: str
 
-    def models(self) -> list[ModelInfo]:
-        raise NotImplementedError
+    @property
+    def options(self) -> LoadOptions: ...
 
-    def samplers(self) -> list[str]:
-        raise NotImplementedError
+    def catalog(self) -> Catalog: ...
 
-    def generate_batch(
-        self, requests: list[GenerationRequest], on_step: StepCallback | None = None
-    ) -> list[GenerationResult]:
-        """Run requests that share model, size, steps, sampler and guidance; one result per request, in order.
+    def plan(self, request: GenerationRequest, limits: Limits | None = None) -> Plan: ...
 
-        Each request keeps its own prompt, negative prompt and seed, and its images must equal what
-        `generate` gives for it alone. This default runs them one after another; an engine should
-        override it to denoise them as one UNet batch.
-        """
-        return [self.generate(request, on_step) for request in requests]
+    def generate(self, plan: Plan, on_step: StepCallback | None = None) -> GenerationResult: ...
 
-    def unload(self, model: str | None = None) -> None:
-        raise NotImplementedError
+    def generate_batch(self, plans: list[Plan], on_step: StepCallback | None = None) -> list[GenerationResult]: ...
+
+    def load(self, model: str | None) -> object: ...
+
+    def unload(self, model: str | None = None) -> None: ...

@@ -4,31 +4,35 @@ real cancellation and real sdplay errors. It implements EngineProtocol exactly a
 from __future__ import annotations
 
 import hashlib
-import random
 import threading
 import time
+from dataclasses import replace
 
 import torch
 from PIL import Image
 
-from sdplay.errors import DeviceOutOfMemory, InvalidRequest, ModelNotAvailable
-from sdplay.types import (
-    MAX_SEED,
-    EngineProtocol,
-    GenerationRequest,
-    GenerationResult,
-    ModelInfo,
-    PhaseTimings,
-    StepInfo,
-)
+from sdplay import catalog
+from sdplay.catalog import ModelSpec
+from sdplay.devices import DeviceInfo
+from sdplay.errors import DeviceOutOfMemory, ModelNotAvailable
+from sdplay.loading import LoadOptions
+from sdplay.plan import Limits, Plan, check_compatible, plan
+from sdplay.samplers import sampler_names
+from sdplay.types import Catalog, GenerationRequest, GenerationResult, ModelInfo, PhaseTimings, StepInfo
 
 MODELS = (
     ModelInfo("sdplay-emoji", "sd1", 64, "DPM++ 2M", 4, 4.0, True, aliases=("emoji", "default"), sizes=((64, 64),)),
     ModelInfo("sd-v1-4", "sd1", 64, "PNDM", 6, 7.5, True, aliases=("sd14",), sizes=((512, 512),)),
     ModelInfo("sdxl-base-1.0", "sdxl", 128, "Euler", 5, 5.0, False, how_to_get="Run `sdplay models fetch sdxl`."),
 )
-SAMPLERS = ("DPM++ 2M", "DPM++ 2M Karras", "Euler", "Euler a", "PNDM", "DDIM", "DPM++ SDE", "DPM++ SDE Karras")
-BATCH_KEYS = ("model", "steps", "guidance", "width", "height", "sampler", "device", "dtype")
+
+
+def _spec(info: ModelInfo) -> ModelSpec:
+    """The catalog's spec of a fake model, with the fake's (smaller, faster) defaults."""
+    base = catalog.builtin(info.name)
+    assert base is not None
+    return replace(base, native_size=info.native_size, default_sampler=info.default_sampler,
+                   default_steps=info.default_steps, default_guidance=info.default_guidance)  # fmt: skip
 
 
 def colour(prompt: str, seed: int) -> tuple[int, int, int]:
@@ -37,43 +41,54 @@ def colour(prompt: str, seed: int) -> tuple[int, int, int]:
     return digest[0], digest[1], digest[2]
 
 
-class FakeEngine(EngineProtocol):
-    """Fast, deterministic, thread-checked stand-in for sdplay.engine.Engine."""
+class FakeEngine:
+    """Fast, deterministic, thread-checked stand-in for sdplay.engine.Engine, implementing EngineProtocol.
 
-    def __init__(self, step_delay: float = 0.002):
+    It plans with sdplay.plan like the real engine (over its own small catalog) and records the time span of
+    every engine call in `intervals`, so tests can see engines of two devices working at once.
+    """
+
+    def __init__(self, step_delay: float = 0.002, device: str = "cpu"):
         self.step_delay = step_delay
+        self.device = device
+        self.options = LoadOptions()
         self.calls: list[int] = []  # requests per engine call (1 = alone)
         self.threads: set[str] = set()  # names of the threads that called generate
+        self.intervals: list[tuple[float, float]] = []  # (start, end) perf_counter of every engine call
         self.loaded: set[str] = set()
         self._busy = threading.Lock()
+        kind, _, index = device.partition(":")
+        self._device = DeviceInfo(device, kind, int(index or 0), f"fake {device}")
 
-    def models(self) -> list[ModelInfo]:
-        return [m if m.name not in self.loaded else _loaded(m) for m in MODELS]
+    def catalog(self) -> Catalog:
+        models = tuple(replace(m, loaded=m.name in self.loaded, usable=m.available) for m in MODELS)
+        return Catalog(models, tuple(sampler_names()))
 
-    def samplers(self) -> list[str]:
-        return list(SAMPLERS)
+    def plan(self, request: GenerationRequest, limits: Limits | None = None) -> Plan:
+        return plan(request, models=self._spec, device=self._device, limits=limits)
 
-    def load(self, model: str, device: str = "auto") -> None:
-        self.loaded.add(self._model(model).name)
+    def load(self, model: str | None) -> None:
+        self.loaded.add(self._spec(model).name)
 
     def unload(self, model: str | None = None) -> None:
         self.loaded.clear() if model is None else self.loaded.discard(model)
 
-    def generate(self, request: GenerationRequest, on_step=None) -> GenerationResult:
-        return self.generate_batch([request], on_step)[0]
+    def generate(self, plan: Plan, on_step=None) -> GenerationResult:
+        return self.generate_batch([plan], on_step)[0]
 
-    def generate_batch(self, requests: list[GenerationRequest], on_step=None) -> list[GenerationResult]:
+    def generate_batch(self, plans: list[Plan], on_step=None) -> list[GenerationResult]:
         if not self._busy.acquire(blocking=False):
             raise AssertionError("the engine was called from two threads at once")
+        start = time.perf_counter()
         try:
-            return self._run([self.resolve(r) for r in requests], on_step)
+            check_compatible(plans)
+            return self._run(plans, on_step)
         finally:
+            self.intervals.append((start, time.perf_counter()))
             self._busy.release()
 
-    def _run(self, reqs: list[GenerationRequest], on_step) -> list[GenerationResult]:
-        for key in BATCH_KEYS:
-            if len({getattr(r, key) for r in reqs}) > 1:
-                raise InvalidRequest(f"Requests in one batch must share {key}.")
+    def _run(self, plans: list[Plan], on_step) -> list[GenerationResult]:
+        reqs = [p.request for p in plans]
         self.calls.append(len(reqs))
         self.threads.add(threading.current_thread().name)
         self.loaded.add(reqs[0].model)
@@ -83,9 +98,9 @@ class FakeEngine(EngineProtocol):
             if "[crash]" in r.prompt:
                 raise RuntimeError("simulated engine bug")
         first, start = reqs[0], time.perf_counter()
-        seeds = [[(r.seed + k) % (MAX_SEED + 1) for k in range(r.n_images)] for r in reqs]
+        seeds = [p.seeds for p in plans]
         flat = [s for group in seeds for s in group]
-        family = next(m.family for m in MODELS if m.name == first.model)
+        family = plans[0].family.family.value
         for step in range(1, first.steps + 1):
             time.sleep(self.step_delay)
             if on_step is not None:
@@ -99,40 +114,21 @@ class FakeEngine(EngineProtocol):
                 request=r,
                 timings=PhaseTimings(denoising=total, total=total),
                 peak_memory_bytes=None,
-                metadata={"model": r.model, "versions": {"sdplay": "test"}, "fake": True},
+                metadata={"model": r.model, "versions": {"sdplay": "test"}, "fake": True, "device": self.device},
             )
             for r, group in zip(reqs, seeds, strict=True)
         ]
 
-    def resolve(self, request: GenerationRequest) -> GenerationRequest:
-        request.validate()
-        info = self._model(request.model or "sdplay-emoji")
-        sampler = request.sampler or info.default_sampler
-        if sampler not in SAMPLERS:
-            raise InvalidRequest(f"Unknown sampler {sampler!r}.", field="sampler")
-        return request.with_(
-            model=info.name, sampler=sampler, steps=request.steps or info.default_steps,
-            guidance=info.default_guidance if request.guidance is None else request.guidance,
-            width=request.width or info.native_size, height=request.height or info.native_size,
-            seed=random.randint(0, MAX_SEED) if request.seed == -1 else request.seed,
-        )  # fmt: skip
-
-    def _model(self, name: str) -> ModelInfo:
+    def _spec(self, name: str | None) -> ModelSpec:
+        key = (name or "sdplay-emoji").strip().lower()
         for m in MODELS:
-            if name in (m.name, *m.aliases):
-                if not m.available:
-                    raise ModelNotAvailable(f"{m.name} is not on this machine.", hint=m.how_to_get)
-                return m
-        raise ModelNotAvailable(f"Unknown model {name!r}.", field="model")
+            if key in (m.name, *m.aliases):
+                return _spec(m)
+        names = ", ".join(m.name for m in MODELS)
+        raise ModelNotAvailable(f"Unknown model {name!r}.", field="model", hint=f"Choose one of: {names}.")
 
 
 def _latent(seed: int, req: GenerationRequest, step: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn(4, req.height // 8, req.width // 8, generator=g)
     return noise * (1 - step / req.steps)
-
-
-def _loaded(m: ModelInfo) -> ModelInfo:
-    from dataclasses import replace
-
-    return replace(m, loaded=True)

@@ -12,7 +12,7 @@ import webuiapi
 from fake_engine import FakeEngine, colour
 from live import live_server
 
-from sdplay.server.compat import combine_sampler
+from sdplay.samplers import combine_sampler
 
 
 @pytest.fixture

@@ -11,8 +11,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tiny import make_tiny_folder
 
+from sdplay import catalog
+from sdplay.catalog import ModelSpec
 from sdplay.engine import Engine
-from sdplay.types import GenerationRequest, ModelInfo
+from sdplay.types import ModelInfo
 
 EMBEDDED = "sdplay-emoji"
 TINY = "tiny-sd1"
@@ -25,21 +27,17 @@ class FolderEngine(Engine):
         super().__init__(**kwargs)
         self.name, self.folder = name, folder
 
-    def _path(self, model: str | None) -> str | None:
-        return str(self.folder) if model == self.name else model
-
     def models(self) -> list[ModelInfo]:
         base = next(m for m in super().models() if m.name == EMBEDDED)
-        own = replace(base, name=self.name, aliases=(), available=True, loaded=str(self.folder) in self.loaded_models(),
+        own = replace(base, name=self.name, aliases=(), available=True, usable=True,
+                      loaded=self.name in self.loaded_models(),
                       description="Tiny random-weight SD1 model for tests.")  # fmt: skip
         return [own, *super().models()]
 
-    def load(self, model, device="auto", dtype="auto"):
-        return super().load(self._path(model), device, dtype)
-
-    def resolve(self, request: GenerationRequest) -> GenerationRequest:
-        resolved = super().resolve(request.with_(model=self._path(request.model)))
-        return resolved.with_(model=request.model) if request.model == self.name else resolved
+    def model_spec(self, name: str | None, catalog_only: bool = False) -> ModelSpec:
+        if name == self.name:
+            return replace(catalog.resolve(str(self.folder)), name=self.name)
+        return super().model_spec(name, catalog_only)
 
 
 def embedded_available() -> bool:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-# One UNet forward at batch 1 (torch FlopCounterMode, diffusers 0.42), keyed by family: (latent side, TFLOP).
-UNET_TFLOP = {"sd1": (64, 0.803), "sd2": (96, 2.149), "sdxl": (128, 6.761)}
-# One VAE decode at batch 1: (image side, TFLOP).
-VAE_TFLOP = {"sd1": (512, 2.515), "sd2": (768, 5.754), "sdxl": (1024, 10.470)}
+from sdplay.families import FAMILIES, for_architecture
+
+# One UNet forward at batch 1 (torch FlopCounterMode, diffusers 0.42), keyed by family: (latent side, TFLOP);
+# one VAE decode at batch 1: (image side, TFLOP). The figures live in each family's spec.
+UNET_TFLOP = {f.family.value: for_architecture(f.family).unet_tflop for f in FAMILIES if f.unet_tflop}
+VAE_TFLOP = {f.family.value: for_architecture(f.family).vae_tflop for f in FAMILIES if f.vae_tflop}
 # Dense tensor-core peaks from the datasheets, TFLOP/s: (name fragment, fp16/bf16, tf32).
 PEAKS = (
     ("H200", 989.4, 494.7),

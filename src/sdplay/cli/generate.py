@@ -44,10 +44,10 @@ def run(args: argparse.Namespace) -> int:
     )  # fmt: skip
     _hide_library_progress()
     engine = Engine(load_options(args), max_models=1)
-    request = engine.resolve(request)
+    plan = engine.plan(request)
     out_dir = ensure_writable(Path(args.out))
-    with _Progress(request, quiet=args.json) as progress:
-        result = engine.generate(request, on_step=progress.update, monitor=args.monitor)
+    with _Progress(plan.request, quiet=args.json) as progress:
+        result = engine.generate(plan, on_step=progress.update, monitor=args.monitor)
     paths = [save_png(result, i, out_dir) for i in range(len(result.images))]
     _report(result, paths, args.json)
     return 0

@@ -1,8 +1,10 @@
-"""The app factory: settings + engine -> a FastAPI app with the native, OpenAI, A1111 and gallery APIs."""
+"""The app factory: settings + engines (one per device) -> a FastAPI app with the native, OpenAI, A1111 and gallery
+APIs."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -24,10 +26,16 @@ log = logging.getLogger(__name__)
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
 
-def create_app(settings: Settings | None = None, engine: EngineProtocol | None = None) -> FastAPI:
-    """Build the app; the service (queue, workers, gallery) starts and stops with the app's lifespan."""
+def create_app(
+    settings: Settings | None = None, engine: EngineProtocol | Sequence[EngineProtocol] | None = None
+) -> FastAPI:
+    """Build the app; the service (queue, workers, gallery) starts and stops with the app's lifespan.
+
+    `engine`: one engine, or one per device (each gets its own worker); default: a real engine per
+    `settings.devices` entry.
+    """
     settings = (settings or Settings.from_env()).check()
-    service = Service(settings, engine if engine is not None else default_engine(settings))
+    service = Service(settings, engine if engine is not None else default_engines(settings))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -81,11 +89,11 @@ class WebMount(Mount):
         return super().matches(scope)
 
 
-def default_engine(settings: Settings) -> EngineProtocol:
-    """The real engine (imported only when no engine is given)."""
+def default_engines(settings: Settings) -> list[EngineProtocol]:
+    """One real engine per device (imported only when no engine is given): its own cache, lock and worker."""
     from sdplay.engine import Engine
 
-    return Engine(random_weights=settings.random_weights, monitor=True)
+    return [Engine(device=device, random_weights=settings.random_weights, monitor=True) for device in settings.devices]
 
 
 class BodyLimit:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sdplay.errors import SdplayError
+from sdplay.plan import Plan
 from sdplay.types import GenerationRequest
 
 
@@ -39,7 +40,7 @@ class JobOutput:
     image_ids: list[int]
     width: int
     height: int
-    request: GenerationRequest  # as resolved by the engine (defaults filled in)
+    request: GenerationRequest  # as planned (defaults filled in)
     timings: dict[str, float]
     metadata: dict[str, Any]
     infotexts: list[str]
@@ -49,7 +50,7 @@ class JobOutput:
 class Job:
     """One submitted request and everything the APIs report about it."""
 
-    request: GenerationRequest
+    request: GenerationRequest  # the plan's request: every default filled in
     api: str = "native"
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     status: JobStatus = JobStatus.QUEUED
@@ -67,6 +68,8 @@ class Job:
     preview_steps: frozenset[int] = frozenset()  # steps that must publish a preview (OpenAI partial_images)
     cancel_requested: bool = False
     idempotency_key: str | None = None
+    plan: Plan | None = None  # what the engine runs
+    engine: int = 0  # index of the engine (device) that runs it
     _watchers: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = field(default_factory=list, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -132,12 +135,20 @@ class JobQueue:
             self._cond.notify_all()
             return True
 
-    def get(self, timeout: float) -> Job | None:
-        """The oldest job, waiting up to `timeout` seconds; None on timeout or once closed."""
+    def get(self, timeout: float, match: Callable[[Job], bool] | None = None) -> Job | None:
+        """The oldest job (that `match`es), waiting up to `timeout` seconds; None on timeout or once closed."""
         with self._cond:
-            if not self._items and not self._closed:
+            found = self._first(match)
+            if found is None and not self._closed:
                 self._cond.wait(timeout)
-            return self._items.popleft() if self._items and not self._closed else None
+                found = self._first(match)
+            if found is None or self._closed:
+                return None
+            self._items.remove(found)
+            return found
+
+    def _first(self, match: Callable[[Job], bool] | None) -> Job | None:
+        return next((job for job in self._items if match is None or match(job)), None)
 
     def take(self, match: Callable[[Job], bool], budget: Callable[[Job], bool]) -> list[Job]:
         """Remove and return queued jobs (oldest first) that `match` and still fit the `budget`."""
@@ -158,10 +169,10 @@ class JobQueue:
             self._cond.wait(left)
             return time.monotonic() < deadline
 
-    def has_other(self, match: Callable[[Job], bool]) -> bool:
-        """True if a queued job does not `match` (so waiting for a batch would delay it)."""
+    def has_other(self, match: Callable[[Job], bool], among: Callable[[Job], bool] | None = None) -> bool:
+        """True if a queued job (of those `among`) does not `match` (so waiting for a batch would delay it)."""
         with self._cond:
-            return any(not match(job) for job in self._items)
+            return any(not match(job) for job in self._items if among is None or among(job))
 
     def remove(self, job: Job) -> bool:
         with self._cond:

@@ -13,8 +13,8 @@ from fastapi import APIRouter, Body, Depends, Request
 
 from sdplay import __version__
 from sdplay.errors import InvalidRequest, ModelNotAvailable
+from sdplay.samplers import SCHEDULE_TYPES, a1111_samplers, a1111_split
 from sdplay.server.auth import require_a1111_auth
-from sdplay.server.compat import SCHEDULERS, split_sampler
 from sdplay.server.jobs import Job, JobStatus
 from sdplay.server.schemas_a1111 import (
     MemoryResponse,
@@ -92,7 +92,7 @@ def _info(job: Job, body: Txt2ImgRequest) -> dict[str, Any]:
     out = job.output
     req = out.request if out else job.request
     seeds = out.seeds if out else []
-    sampler, schedule = split_sampler(req.sampler or "")
+    sampler, schedule = a1111_split(req.sampler or "")
     n = len(seeds)
     return {
         "prompt": req.prompt, "all_prompts": [req.prompt] * n,
@@ -184,15 +184,12 @@ def sd_models(service: Service = Depends(get_service)) -> list[SDModelItem]:
 
 @router.get("/samplers", response_model=list[SamplerItem])
 def samplers(service: Service = Depends(get_service)) -> list[SamplerItem]:
-    return [
-        SamplerItem(name=s, aliases=[], options={"scheduler": "karras"} if s.endswith(" Karras") else {})
-        for s in service.catalog.samplers
-    ]
+    return [SamplerItem(**item) for item in a1111_samplers(service.catalog.samplers)]
 
 
 @router.get("/schedulers", response_model=list[SchedulerItem])
 def schedulers() -> list[SchedulerItem]:
-    return [SchedulerItem(name=name, label=label) for name, label in SCHEDULERS]
+    return [SchedulerItem(name=name, label=label) for name, label in SCHEDULE_TYPES]
 
 
 @router.get("/scripts", response_model=ScriptsList)

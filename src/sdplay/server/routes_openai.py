@@ -47,9 +47,9 @@ def get_service(request: Request) -> Service:
 )
 async def generate_images(body: ImageGenerateRequest, request: Request, service: Service = Depends(get_service)):
     """Generate images; with `stream: true` the answer is SSE `image_generation.partial_image` / `.completed` events."""
-    prepared = service.prepare(body.to_request())
+    prepared = service.plan(body.to_request())
     partials = (body.partial_images or 0) if body.stream else 0
-    preview_steps = _spread(partials, prepared.steps or 1)
+    preview_steps = _spread(partials, prepared.request.steps or 1)
     job_id, _ = service.submit(prepared, "openai", preview_steps=preview_steps)
     job = service.get(job_id)
     assert job is not None

@@ -9,8 +9,8 @@ from fastapi.responses import JSONResponse
 
 from sdplay import __version__
 from sdplay.errors import ModelNotAvailable
+from sdplay.samplers import SCHEDULE_TYPES as SCHEDULERS
 from sdplay.server.auth import require_api_key
-from sdplay.server.compat import SCHEDULERS
 from sdplay.server.schemas_errors import NativeError, error_responses
 from sdplay.server.schemas_system import Batching, Health, Limits, ModelList, ModelView, SamplerList, SystemView
 from sdplay.server.service import Service

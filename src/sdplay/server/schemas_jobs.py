@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sdplay.server.compat import combine_sampler
+from sdplay.samplers import combine_sampler
 from sdplay.server.jobs import Job, JobStatus
 from sdplay.types import MAX_GUIDANCE, MAX_IMAGES, MAX_PROMPT_CHARS, MAX_SEED, MAX_SIDE, MAX_STEPS, GenerationRequest
 

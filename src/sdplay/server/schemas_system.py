@@ -26,7 +26,7 @@ class ModelView(BaseModel):
 
     @classmethod
     def of(cls, info: ModelInfo, usable: bool) -> ModelView:
-        return cls(**asdict(info), usable=usable)
+        return cls(**(asdict(info) | {"usable": usable}))
 
 
 class ModelList(BaseModel):

@@ -1,4 +1,4 @@
-"""The service between the routes and the engine: validates, queues, tracks and records jobs."""
+"""The service between the routes and the engines: plans, queues, tracks and records jobs (one engine per device)."""
 
 from __future__ import annotations
 
@@ -8,18 +8,21 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from sdplay import catalog
-from sdplay.errors import InvalidRequest, ModelNotAvailable, SdplayError
+from sdplay.errors import ModelNotAvailable, SdplayError
+from sdplay.plan import Limits, Plan
 from sdplay.server.errors import Conflict, NotFound, QueueFull
 from sdplay.server.gallery import Gallery
 from sdplay.server.jobs import Job, JobOutput, JobQueue, JobStatus
 from sdplay.server.metrics import Metrics
 from sdplay.server.settings import Settings
 from sdplay.server.storage import UrlSigner, check_job_id
-from sdplay.types import EngineProtocol, GenerationRequest, ModelInfo
+from sdplay.server.worker import Worker
+from sdplay.types import Catalog, EngineProtocol, GenerationRequest, ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -27,33 +30,17 @@ log = logging.getLogger(__name__)
 OPENAI_MODEL_NAMES = ("dall-e-2", "dall-e-3", "gpt-image-1", "gpt-image-1-mini", "gpt-image-1.5")
 
 
-@dataclass
-class Catalog:
-    """What the engine offers, refreshed by the worker so HTTP handlers never call the engine."""
-
-    models: list[ModelInfo] = field(default_factory=list)
-    samplers: list[str] = field(default_factory=list)
-
-    def find_model(self, name: str) -> ModelInfo | None:
-        key = name.strip().lower()
-        for info in self.models:
-            if key == info.name.lower() or key in (a.lower() for a in info.aliases):
-                return info
-        return None
-
-    def find_sampler(self, name: str) -> str | None:
-        key = name.strip().lower()
-        return next((s for s in self.samplers if s.lower() == key), None)
-
-
 class Service:
-    """Owns the queue, the job table, the gallery and the worker threads (one per device)."""
+    """Owns the queue, the job table, the gallery, the engines (one per device) and their worker threads."""
 
-    def __init__(self, settings: Settings, engine: EngineProtocol, gallery: Gallery | None = None):
-        from sdplay.server.worker import Worker
-
+    def __init__(
+        self, settings: Settings, engines: EngineProtocol | Sequence[EngineProtocol], gallery: Gallery | None = None
+    ):
         self.settings = settings
-        self.engine = engine
+        self.engines: list[EngineProtocol] = [engines] if isinstance(engines, EngineProtocol) else list(engines)
+        if not self.engines:
+            raise ValueError("a service needs at least one engine")
+        self.limits = Limits(settings.max_images, settings.max_steps, settings.max_side, catalog_only=True)
         self.gallery = gallery or Gallery(settings.gallery_db, settings.output_dir)
         self.queue = JobQueue(settings.max_queue)
         self.metrics = Metrics(lambda: len(self.queue))
@@ -64,7 +51,7 @@ class Service:
         self._lock = threading.Lock()
         self.stopping = False
         self.started_at = time.time()
-        self.workers = [Worker(self, device) for device in settings.devices]
+        self.workers = [Worker(self, engine, index) for index, engine in enumerate(self.engines)]
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -77,7 +64,8 @@ class Service:
         for worker in self.workers:
             worker.start()
         for name in self.settings.models_preload:
-            self.workers[0].preload(name)
+            for worker in self.workers:  # every device holds the preloaded models
+                worker.preload(name)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop taking jobs, cancel the running ones between steps, and close the gallery."""
@@ -99,17 +87,25 @@ class Service:
         err = SdplayError("The server shut down before the job finished.", hint="Submit it again.")
         self.finish(job, JobStatus.FAILED, error=err)
 
+    @property
+    def engine(self) -> EngineProtocol:
+        """The first device's engine (the one a single-device server has)."""
+        return self.engines[0]
+
     def refresh_catalog(self) -> None:
-        """Read models and samplers from the engine (worker thread or start-up only)."""
+        """Read models and samplers from the engines (worker threads or start-up only); loaded on any device."""
         try:
-            self.catalog = Catalog(list(self.engine.models()), list(self.engine.samplers()))
+            catalogs = [engine.catalog() for engine in self.engines]
         except Exception:
             log.exception("could not read the engine's models and samplers")
+            return
+        loaded = {m.name for c in catalogs for m in c.models if m.loaded}
+        models = tuple(replace(m, loaded=m.name in loaded) for m in catalogs[0].models)
+        self.catalog = Catalog(models, catalogs[0].samplers)
 
     def usable(self, info: ModelInfo) -> bool:
         """True if the model can run here: its weights are present, or models are built with random weights."""
-        options = getattr(self.engine, "options", None)
-        return info.available or self.settings.random_weights or bool(getattr(options, "random_weights", False))
+        return info.usable or info.available or self.settings.random_weights
 
     def usable_models(self) -> list[ModelInfo]:
         return [m for m in self.catalog.models if self.usable(m)]
@@ -128,15 +124,10 @@ class Service:
             raise ModelNotAvailable("No model is available on this server.", hint="Start it with --random-weights.")
         return info.name
 
-    def prepare(self, request: GenerationRequest) -> GenerationRequest:
-        """Check the server's limits and the catalog, and fill the model's defaults (so batches match)."""
-        s = self.settings
-        _limit(request.n_images, s.max_images, "n_images", "Ask for fewer images per request.")
-        _limit(request.steps, s.max_steps, "steps", "Use fewer steps.")
-        _limit(request.width, s.max_side, "width", "Choose a smaller size.")
-        _limit(request.height, s.max_side, "height", "Choose a smaller size.")
+    def plan(self, request: GenerationRequest) -> Plan:
+        """The plan of `request` on the least busy device's engine: the server's only resolution of it."""
         name = request.model
-        if not name or name.strip().lower() in OPENAI_MODEL_NAMES:
+        if not name or name.strip().lower() in OPENAI_MODEL_NAMES:  # the server's default model
             name = self.default_model()
         info = self.catalog.find_model(name)
         if info is None:
@@ -144,37 +135,49 @@ class Service:
             raise ModelNotAvailable(f"Unknown model {name!r}.", field="model", hint=f"Choose one of: {names}.")
         if not self.usable(info):
             raise ModelNotAvailable(f"Model {info.name} is not on this server.", field="model", hint=info.how_to_get)
-        sampler = info.default_sampler if request.sampler is None else self.catalog.find_sampler(request.sampler)
-        if sampler is None:
-            hint = f"Choose one of: {', '.join(self.catalog.samplers)}."
-            raise InvalidRequest(f"Unknown sampler {request.sampler!r}.", field="sampler", hint=hint)
-        prepared = request.with_(
-            model=info.name,
-            sampler=sampler,
-            steps=request.steps or info.default_steps,
-            guidance=info.default_guidance if request.guidance is None else request.guidance,
-            width=request.width or info.native_size,
-            height=request.height or info.native_size,
-        )
-        return prepared.validate()
+        engine = self.engines[self._least_busy(range(len(self.engines)))]
+        return engine.plan(request.with_(model=info.name), self.limits)
+
+    def _least_busy(self, candidates) -> int:
+        """Of the `candidates` (engine indices), the one with the fewest unfinished jobs (the first on a tie)."""
+        candidates = list(candidates)
+        if len(candidates) == 1:
+            return candidates[0]
+        with self._lock:
+            pending = dict.fromkeys(candidates, 0)
+            for job in self.jobs.values():
+                if not job.status.terminal and job.engine in pending:
+                    pending[job.engine] += 1
+        return min(candidates, key=pending.__getitem__)
+
+    def _engine_for(self, plan: Plan) -> int:
+        """The least busy engine of the plan's device (engines of one device id are interchangeable)."""
+        same = [i for i, engine in enumerate(self.engines) if engine.device == plan.device.id]
+        if not same:
+            raise SdplayError(f"No engine runs on {plan.device.id} here.", hint="Plan the request on this server.")
+        return self._least_busy(same)
 
     def submit(
         self,
-        request: GenerationRequest,
+        request: GenerationRequest | Plan,
         api: str,
         *,
         idempotency_key: str | None = None,
         body_hash: str | None = None,
         preview_steps: frozenset[int] = frozenset(),
     ) -> tuple[str, bool]:
-        """Queue a job; returns (job id, replayed) where replayed means the Idempotency-Key was seen before."""
-        prepared = self.prepare(request)
+        """Queue a job (a request, or a plan this service made); returns (job id, replayed) where replayed means the
+        Idempotency-Key was seen before."""
+        plan = request if isinstance(request, Plan) else self.plan(request)
+        prepared = plan.request
+        engine = self._engine_for(plan)
         with self._lock:
             if idempotency_key:
                 prior = self._prior(idempotency_key, body_hash)
                 if prior:
                     return prior, True
-            job = Job(prepared, api=api, preview_steps=preview_steps, idempotency_key=idempotency_key)
+            job = Job(prepared, api=api, preview_steps=preview_steps, idempotency_key=idempotency_key, plan=plan,
+                      engine=engine)  # fmt: skip
             if not self.queue.put(job):
                 self.metrics.rejected.inc()
                 raise QueueFull(
@@ -292,11 +295,6 @@ class Service:
                 job = self.jobs.pop(job_id)
                 if job.idempotency_key:
                     self._by_key.pop(job.idempotency_key, None)
-
-
-def _limit(value: int | None, limit: int, name: str, hint: str) -> None:
-    if value is not None and isinstance(value, int) and value > limit:
-        raise InvalidRequest(f"{name} is {value}; this server allows at most {limit}.", field=name, hint=hint)
 
 
 def _error_dict(error: SdplayError) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""One worker thread per device: the only code that calls the engine. Batches compatible queued jobs."""
+"""One worker thread per engine (device): the only code that calls its engine. Batches compatible queued jobs."""
 
 from __future__ import annotations
 
@@ -14,27 +14,28 @@ from sdplay.errors import Cancelled, SdplayError
 from sdplay.server.errors import InternalError
 from sdplay.server.jobs import Job, JobOutput, JobStatus
 from sdplay.server.storage import png_bytes, save_result
-from sdplay.types import GenerationRequest, GenerationResult, StepInfo
+from sdplay.types import EngineProtocol, GenerationResult, StepInfo
 
 if TYPE_CHECKING:
     from sdplay.server.service import Service
 
 log = logging.getLogger(__name__)
 
-# Fields that must agree for requests to share one engine batch (prompts and seeds may differ).
-BATCH_FIELDS = ("model", "width", "height", "steps", "sampler", "guidance", "device", "dtype")
 
-
-def batch_key(request: GenerationRequest) -> tuple:
-    return tuple(getattr(request, name) for name in BATCH_FIELDS)
+def batch_key(job: Job) -> tuple:
+    assert job.plan is not None
+    return job.plan.batch_key
 
 
 class Worker(threading.Thread):
-    """Takes jobs from the shared queue and runs them on one device, gathering compatible ones into batches."""
+    """Takes its engine's jobs from the shared queue and runs them, gathering compatible ones into batches."""
 
-    def __init__(self, service: Service, device: str):
-        super().__init__(name=f"sdplay-worker-{device}", daemon=True)
+    def __init__(self, service: Service, engine: EngineProtocol, index: int = 0):
+        device = engine.device
+        super().__init__(name=f"sdplay-worker-{index}-{device}", daemon=True)
         self.service = service
+        self.engine = engine
+        self.index = index
         self.device = device
         self._preload: list[str] = []
         self._last_preview: dict[str, float] = {}
@@ -50,7 +51,7 @@ class Worker(threading.Thread):
             self._load(model)
         queue = self.service.queue
         while not self.service.stopping:
-            job = queue.get(timeout=0.5)
+            job = queue.get(timeout=0.5, match=self._mine)
             if job is None:
                 continue
             batch = self._collect(job)
@@ -63,13 +64,12 @@ class Worker(threading.Thread):
             self.service.refresh_catalog()
         self._saver.shutdown(wait=True)  # finish writing what was generated
 
+    def _mine(self, job: Job) -> bool:
+        return job.engine == self.index
+
     def _load(self, model: str) -> None:
-        load = getattr(self.service.engine, "load", None)
         try:
-            if load is not None:
-                load(model, self.device)
-            else:  # an engine without load(): one tiny generation warms it up
-                self.service.engine.generate(GenerationRequest(prompt="", model=model, steps=1, device=self.device))
+            self.engine.load(model)
             log.info("preloaded %s on %s", model, self.device)
         except SdplayError as exc:
             log.error("could not preload %s: %s", model, exc)
@@ -82,7 +82,7 @@ class Worker(threading.Thread):
         limit = settings.max_batch
         if limit <= 1 or first.request.n_images >= limit:
             return [first]
-        key = batch_key(first.request)
+        key = batch_key(first)
         batch, images = [first], first.request.n_images
 
         def fits(job: Job) -> bool:
@@ -93,13 +93,13 @@ class Worker(threading.Thread):
             return True
 
         def match(job: Job) -> bool:
-            return batch_key(job.request) == key
+            return self._mine(job) and batch_key(job) == key
 
         queue = self.service.queue
         deadline = time.monotonic() + settings.batch_window_ms / 1000.0
         while True:
             batch += queue.take(match, fits)
-            if images >= limit or queue.has_other(match) or not queue.wait_for_change(deadline):
+            if images >= limit or queue.has_other(match, self._mine) or not queue.wait_for_change(deadline):
                 break
         batch += queue.take(match, fits)
         return batch
@@ -142,22 +142,17 @@ class Worker(threading.Thread):
         return None
 
     def _generate(self, jobs: list[Job]) -> None:
-        requests = [self._for_device(j.request) for j in jobs]
-        offsets = [sum(r.n_images for r in requests[:i]) for i in range(len(requests))]
+        plans = [j.plan for j in jobs]
+        offsets = [sum(j.request.n_images for j in jobs[:i]) for i in range(len(jobs))]
 
         def on_step(info: StepInfo) -> None:
             self._on_step(jobs, offsets, info)
 
-        engine = self.service.engine
-        results = (
-            [engine.generate(requests[0], on_step)] if len(jobs) == 1 else engine.generate_batch(requests, on_step)
-        )
+        engine = self.engine
+        results = [engine.generate(plans[0], on_step)] if len(jobs) == 1 else engine.generate_batch(plans, on_step)
         for job, result in zip(jobs, results, strict=True):
             if not job.status.terminal:  # cancelled while the rest of its batch ran on
                 self._saver.submit(self._complete_logged, job, result)
-
-    def _for_device(self, request: GenerationRequest) -> GenerationRequest:
-        return request if self.device == "auto" else request.with_(device=self.device)
 
     def _fail_all(self, jobs: list[Job], exc: SdplayError | None) -> None:
         if exc is None:

@@ -19,17 +19,22 @@ import concurrent.futures
 import contextlib
 import itertools
 import logging
-import random
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 import ray.exceptions
 
-from sdplay.errors import Cancelled, SdplayError
+from sdplay import catalog
+from sdplay.catalog import ModelSpec
+from sdplay.devices import DeviceInfo
+from sdplay.errors import Cancelled, ModelNotAvailable, SdplayError
+from sdplay.loading import LoadOptions
+from sdplay.plan import Limits, Plan, check_compatible, plan
 from sdplay.server.scaleout import wire
 from sdplay.server.scaleout.options import RayOptions
-from sdplay.types import MAX_SEED, EngineProtocol, GenerationRequest, GenerationResult, ModelInfo, StepCallback
+from sdplay.types import Catalog, GenerationRequest, GenerationResult, ModelInfo, StepCallback
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +55,21 @@ class ReplicaFailed(SdplayError):
     status = 503
 
 
-class RayEngineClient(EngineProtocol):
-    """An EngineProtocol whose generations run on the replicas of the engine deployment."""
+class RayEngineClient:
+    """An EngineProtocol whose generations run on the replicas of the engine deployment.
+
+    The ingress plans each request (validation, defaults, seed, batching) for "the replicas' device"; a replica's
+    engine binds the plan's request to its own device when it runs it (nothing is left to fill in by then).
+    """
 
     def __init__(self, handle, options: RayOptions):
         self.handle = handle
-        self.options = options
+        self.ray = options
+        self.device = "auto"  # the replicas' devices: Ray places them
+        self.options = LoadOptions(random_weights=options.random_weights)
+        gpu = (options.num_gpus or 0) > 0 or options.device.startswith(("cuda", "xpu", "mps"))
+        kind = options.device.split(":")[0] if options.device not in ("auto", "") else ("cuda" if gpu else "cpu")
+        self._device = DeviceInfo("auto", kind, 0, f"a Ray Serve replica ({kind})")
         self._catalog: dict[str, Any] = {"models": [], "samplers": []}
         self._catalog_at = 0.0
         self._lock = threading.Lock()
@@ -85,27 +99,38 @@ class RayEngineClient(EngineProtocol):
     def models(self) -> list[ModelInfo]:
         return list(self._fresh_catalog()["models"])
 
-    def samplers(self) -> list[str]:
-        return list(self._fresh_catalog()["samplers"])
+    def catalog(self) -> Catalog:
+        fresh = self._fresh_catalog()
+        models = tuple(replace(m, usable=m.usable or m.available or self.ray.random_weights) for m in fresh["models"])
+        return Catalog(models, tuple(fresh["samplers"]))
 
-    def load(self, model: str, device: str = "auto") -> None:
+    def plan(self, request: GenerationRequest, limits: Limits | None = None) -> Plan:
+        return plan(request, models=self._spec, device=self._device, limits=limits)
+
+    def _spec(self, name: str | None) -> ModelSpec:
+        """A model the replicas offer: a built-in one, or a local folder or file they preloaded."""
+        models = self._fresh_catalog()["models"]
+        info = Catalog(tuple(models)).find_model(name or catalog.DEFAULT_MODEL)
+        if info is None:
+            names = ", ".join(m.name for m in models)
+            raise ModelNotAvailable(f"Unknown model {name!r}.", field="model", hint=f"Choose one of: {names}.")
+        return catalog.builtin(info.name) or catalog.resolve(info.name)
+
+    def load(self, model: str | None) -> None:
         """Have one replica load `model` (each replica also loads `preload` at start)."""
-        self.handle.options(multiplexed_model_id=model).load.remote(model).result(
-            timeout_s=self.options.start_timeout_s
-        )
+        self.handle.options(multiplexed_model_id=model).load.remote(model).result(timeout_s=self.ray.start_timeout_s)
 
     def unload(self, model: str | None = None) -> None:
         """Replicas unload models themselves, least recently used first, to keep `models_per_replica`."""
 
     # -- generation ------------------------------------------------------------------------
-    def generate(self, request: GenerationRequest, on_step: StepCallback | None = None) -> GenerationResult:
-        return self.generate_batch([request], on_step)[0]
+    def generate(self, plan: Plan, on_step: StepCallback | None = None) -> GenerationResult:
+        return self.generate_batch([plan], on_step)[0]
 
-    def generate_batch(
-        self, requests: list[GenerationRequest], on_step: StepCallback | None = None
-    ) -> list[GenerationResult]:
+    def generate_batch(self, plans: list[Plan], on_step: StepCallback | None = None) -> list[GenerationResult]:
         """Run on one replica; retried once elsewhere if that replica dies, else ReplicaFailed."""
-        requests = [self._pin(r) for r in requests]  # a retry must make the same images
+        check_compatible(plans)
+        requests = [p.request for p in plans]  # seeds drawn by the plan: a retry makes the same images
         call = next(self._ids)
         self.running[call] = {"prompts": [r.prompt for r in requests], "model": requests[0].model,
                               "attempt": 0, "replica": None, "since": time.time()}  # fmt: skip
@@ -128,18 +153,13 @@ class RayEngineClient(EngineProtocol):
         finally:
             del self.running[call]
 
-    def _pin(self, request: GenerationRequest) -> GenerationRequest:
-        """The replica's device, and a drawn seed where the request left it to chance."""
-        seed = random.randint(0, MAX_SEED) if request.seed == -1 else request.seed
-        return request.with_(device=self.options.device, seed=seed)
-
     def _attempt(
         self, call: int, requests: list[GenerationRequest], on_step: StepCallback | None, attempt: int
     ) -> list[GenerationResult]:
         """One run on one replica: follow its events until the result (or an error) arrives."""
         model = requests[0].model or ""
         stream = self.handle.options(stream=True, multiplexed_model_id=model).run.remote(requests)
-        watchdog = threading.Timer(self.options.start_timeout_s, stream.cancel)  # nobody took it: give up
+        watchdog = threading.Timer(self.ray.start_timeout_s, stream.cancel)  # nobody took it: give up
         watchdog.daemon = True
         watchdog.start()
         try:
@@ -181,7 +201,7 @@ class RayEngineClient(EngineProtocol):
     def _not_taken(self) -> SdplayError:
         self._count("failures")
         return ReplicaFailed(
-            f"No engine replica took the job within {self.options.start_timeout_s:.0f} s.",
+            f"No engine replica took the job within {self.ray.start_timeout_s:.0f} s.",
             hint="Check that the cluster has the resources one replica needs (`ray status`) and the replicas' logs.",
         )
 

@@ -28,14 +28,17 @@ class EngineReplica:
         self.options = options
         # The multiplexer decides which models stay (and tells the router); the engine never evicts on its own.
         self.engine = Engine(
-            random_weights=options.random_weights, max_models=options.models_per_replica + 1, monitor=True
+            device=options.device,
+            random_weights=options.random_weights,
+            max_models=options.models_per_replica + 1,
+            monitor=True,
         )
         context = serve.get_replica_context()
         self.replica = context.replica_id.unique_id
         self.actor_name = context.replica_id.to_full_id_str()
 
         async def sdplay_load_model(model_id: str) -> Resident:
-            await asyncio.to_thread(self.engine.load, model_id, options.device)
+            await asyncio.to_thread(self.engine.load, model_id)
             return Resident(self.engine, model_id)
 
         self.model = serve.multiplexed(max_num_models_per_replica=options.models_per_replica)(sdplay_load_model)
@@ -66,7 +69,8 @@ class EngineReplica:
         def work():
             if stop.is_set():
                 raise Cancelled("The caller went away before the job started.")
-            return self.engine.generate_batch(requests, on_step)
+            # the ingress planned these requests; planning them here binds them to this replica's device
+            return self.engine.generate_batch([self.engine.plan(r) for r in requests], on_step)
 
         try:
             await self.model(requests[0].model or catalog.DEFAULT_MODEL)

@@ -1,0 +1,150 @@
+"""Resolve once: `plan()` turns a GenerationRequest into a frozen Plan that engines run as is.
+
+A Plan holds everything a generation needs decided: the model's spec and family, the sampler (with the model's
+prediction type and schedule), every default filled in, the drawn seed, the device and dtype, the limits it was
+checked against, the task, and the key that says which plans may share one UNet batch. Every entry point (CLI,
+notebook, the HTTP dialects, Ray, the benchmark) calls `plan` once, through its engine's `plan` method; nothing
+downstream validates or resolves again.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from sdplay.errors import InvalidRequest
+from sdplay.samplers import SamplerSpec, get_sampler
+from sdplay.types import MAX_SEED, GenerationRequest
+
+if TYPE_CHECKING:
+    from sdplay.catalog import ModelSpec
+    from sdplay.devices import DeviceInfo
+    from sdplay.families import FamilySpec
+
+TASKS = ("txt2img",)  # image-to-image and inpainting join with their image inputs
+
+# Request fields that must agree for plans to share one UNet batch (prompts and seeds may differ); with `task`.
+BATCH_FIELDS = ("model", "steps", "guidance", "width", "height", "sampler", "device", "dtype")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one caller allows: a server's limits are tighter than the library's."""
+
+    max_images: int | None = None  # None: only the library's own bounds (GenerationRequest.validate)
+    max_steps: int | None = None
+    max_side: int | None = None
+    catalog_only: bool = False  # only the engine's listed models (a server: no paths or hub ids from requests)
+
+    def check(self, request: GenerationRequest) -> None:
+        _limit(request.n_images, self.max_images, "n_images", "Ask for fewer images per request.")
+        _limit(request.steps, self.max_steps, "steps", "Use fewer steps.")
+        _limit(request.width, self.max_side, "width", "Choose a smaller size.")
+        _limit(request.height, self.max_side, "height", "Choose a smaller size.")
+
+
+@dataclass(frozen=True)
+class SamplerPlan:
+    """The sampler a plan runs: the table entry plus what the model adds (prediction type) and its schedule."""
+
+    spec: SamplerSpec
+    prediction_type: str
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def schedule(self) -> str:
+        return self.spec.schedule
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A fully resolved generation. `request` has every default filled in (model name, steps, guidance, size,
+    canonical sampler name, seed, device id, dtype), so it is also the record of what was run."""
+
+    request: GenerationRequest
+    model: ModelSpec
+    family: FamilySpec
+    sampler: SamplerPlan
+    device: DeviceInfo
+    dtype: str
+    limits: Limits = field(default_factory=Limits)
+    task: str = "txt2img"
+
+    @property
+    def batch_key(self) -> tuple:
+        """Plans with equal keys may run as one UNet batch."""
+        return (self.task, *(getattr(self.request, name) for name in BATCH_FIELDS))
+
+    @property
+    def seeds(self) -> list[int]:
+        """One seed per image: the request's seed, then the next ones."""
+        return [(self.request.seed + k) % (MAX_SEED + 1) for k in range(self.request.n_images)]
+
+
+ModelResolver = Callable[[str | None], "ModelSpec"]
+
+
+def plan(
+    request: GenerationRequest,
+    *,
+    models: ModelResolver,
+    device: DeviceInfo,
+    limits: Limits | None = None,
+    task: str = "txt2img",
+) -> Plan:
+    """Validate `request` against the limits, resolve its model with `models`, pin it to `device`, fill defaults."""
+    from sdplay.devices import resolve_device, resolve_dtype
+
+    limits = limits or Limits()
+    limits.check(request)
+    request.validate()
+    if task not in TASKS:
+        raise InvalidRequest(f"Unknown task {task!r}.", field="task", hint=f"Use one of: {', '.join(TASKS)}.")
+    spec = models(request.model)
+    dev = resolve_device(request.device, [device])
+    sampler = get_sampler(request.sampler or spec.default_sampler)
+    resolved = request.with_(
+        model=spec.name,
+        steps=request.steps or spec.default_steps,
+        guidance=spec.default_guidance if request.guidance is None else request.guidance,
+        width=request.width or spec.native_size,
+        height=request.height or spec.native_size,
+        sampler=sampler.name,
+        seed=random.randint(0, MAX_SEED) if request.seed == -1 else request.seed,
+        device=dev.id,
+        dtype=resolve_dtype(request.dtype, dev),
+    )
+    limits.check(resolved)  # the model's defaults count too
+    return Plan(
+        request=resolved,
+        model=spec,
+        family=spec.family_spec,
+        sampler=SamplerPlan(sampler, spec.prediction_type),
+        device=dev,
+        dtype=resolved.dtype,
+        limits=limits,
+        task=task,
+    )
+
+
+def check_compatible(plans: list[Plan]) -> None:
+    """Refuse to batch plans whose batch keys differ, naming the first field that differs."""
+    keys = {p.batch_key for p in plans}
+    if len(keys) <= 1:
+        return
+    for i, name in enumerate(("task", *BATCH_FIELDS)):
+        values = {k[i] for k in keys}
+        if len(values) > 1:
+            raise InvalidRequest(f"Requests in one batch must share {name}; got {sorted(map(str, values))}.")
+
+
+def _limit(value: int | None, limit: int | None, name: str, hint: str) -> None:
+    if limit is None or value is None or isinstance(value, bool):
+        return
+    if isinstance(value, int) and value > limit:
+        raise InvalidRequest(f"{name} is {value}; this server allows at most {limit}.", field=name, hint=hint)
