@@ -22,11 +22,12 @@ if TYPE_CHECKING:
     from sdplay.catalog import ModelSpec
     from sdplay.devices import DeviceInfo
     from sdplay.families import FamilySpec
+    from sdplay.loras import AddonFile, ResolvedLora
 
 TASKS = ("txt2img",)  # image-to-image and inpainting join with their image inputs
 
 # Request fields that must agree for plans to share one UNet batch (prompts and seeds may differ); with `task`.
-BATCH_FIELDS = ("model", "steps", "guidance", "width", "height", "sampler", "device", "dtype")
+BATCH_FIELDS = ("model", "steps", "guidance", "width", "height", "sampler", "device", "dtype", "clip_skip")
 
 
 @dataclass(frozen=True)
@@ -74,11 +75,12 @@ class Plan:
     dtype: str
     limits: Limits = field(default_factory=Limits)
     task: str = "txt2img"
+    loras: tuple[ResolvedLora, ...] = ()  # the prompt's <lora:…> tags and request.loras, found in the LoRA folder
 
     @property
     def batch_key(self) -> tuple:
         """Plans with equal keys may run as one UNet batch."""
-        return (self.task, *(getattr(self.request, name) for name in BATCH_FIELDS))
+        return (self.task, *(getattr(self.request, name) for name in BATCH_FIELDS), tuple(lo.key for lo in self.loras))
 
     @property
     def seeds(self) -> list[int]:
@@ -87,6 +89,7 @@ class Plan:
 
 
 ModelResolver = Callable[[str | None], "ModelSpec"]
+LoraResolver = Callable[[str], "AddonFile"]
 
 
 def plan(
@@ -96,6 +99,7 @@ def plan(
     device: DeviceInfo,
     limits: Limits | None = None,
     task: str = "txt2img",
+    loras: LoraResolver | None = None,
 ) -> Plan:
     """Validate `request` against the limits, resolve its model with `models`, pin it to `device`, fill defaults."""
     from sdplay.devices import resolve_device, resolve_dtype
@@ -129,7 +133,21 @@ def plan(
         dtype=resolved.dtype,
         limits=limits,
         task=task,
+        loras=_resolve_loras(resolved, loras),
     )
+
+
+def _resolve_loras(request: GenerationRequest, find: LoraResolver | None) -> tuple[ResolvedLora, ...]:
+    """Each LoRA asked for, found by name; the same LoRA twice counts once (the last strengths win)."""
+    from sdplay.loras import ResolvedLora
+
+    _, refs = request.prompt_loras()
+    if not refs:
+        return ()
+    if find is None:
+        raise InvalidRequest("This engine has no LoRA folder.", field="loras", hint="Start it with --lora-dir.")
+    by_name = {ref.name: ref for ref in refs}
+    return tuple(ResolvedLora(find(name), ref) for name, ref in by_name.items())
 
 
 def check_compatible(plans: list[Plan]) -> None:
@@ -137,7 +155,7 @@ def check_compatible(plans: list[Plan]) -> None:
     keys = {p.batch_key for p in plans}
     if len(keys) <= 1:
         return
-    for i, name in enumerate(("task", *BATCH_FIELDS)):
+    for i, name in enumerate(("task", *BATCH_FIELDS, "loras")):
         values = {k[i] for k in keys}
         if len(values) > 1:
             raise InvalidRequest(f"Requests in one batch must share {name}; got {sorted(map(str, values))}.")

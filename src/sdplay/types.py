@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from sdplay.errors import InvalidRequest
+from sdplay.prompt_syntax import LoraRef, extract_loras
 
 if TYPE_CHECKING:
     import torch
@@ -23,6 +24,9 @@ MAX_PIXELS = 2048 * 2048
 MAX_SIDE = 4096
 MAX_SEED = 2**32 - 1
 MAX_PROMPT_CHARS = 10_000
+MAX_CLIP_SKIP = 12
+MAX_LORAS = 16
+MAX_LORA_WEIGHT = 10.0
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,8 @@ class GenerationRequest:
     sampler: str | None = None
     device: str = "auto"
     dtype: str = "auto"
+    loras: tuple[LoraRef, ...] = ()  # besides the prompt's <lora:name:weight> tags
+    clip_skip: int | None = None  # A1111's: 1 = the text encoder's last layer, 2 = the one before, ...
 
     def validate(self) -> GenerationRequest:
         """Check every field; raise InvalidRequest naming the field and the fix."""
@@ -65,7 +71,15 @@ class GenerationRequest:
                 hint="Choose a smaller size, e.g. 1024x1024, and upscale afterwards.",
             )
         _check_int(self.seed, "seed", -1, MAX_SEED)
+        if self.clip_skip is not None:
+            _check_int(self.clip_skip, "clip_skip", 1, MAX_CLIP_SKIP)
+        _check_loras(self.loras)
         return self
+
+    def prompt_loras(self) -> tuple[str, tuple[LoraRef, ...]]:
+        """The prompt without its `<lora:…>` tags, and every LoRA asked for (the tags, then `loras`)."""
+        text, refs = extract_loras(self.prompt)
+        return text, (*refs, *self.loras)
 
     def with_(self, **changes: Any) -> GenerationRequest:
         """A copy with some fields changed."""
@@ -120,6 +134,17 @@ class GenerationResult:
     nsfw: list[bool] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     telemetry: dict[str, Any] | None = None
+
+
+def _check_loras(loras: Any) -> None:
+    if not isinstance(loras, tuple | list) or not all(isinstance(x, LoraRef) for x in loras):
+        raise InvalidRequest("loras must be a list of {name, weight} entries.", field="loras")
+    if len(loras) > MAX_LORAS:
+        raise InvalidRequest(f"At most {MAX_LORAS} LoRAs at once, got {len(loras)}.", field="loras")
+    for ref in loras:
+        _check_text(ref.name, "loras")
+        for w in (ref.weight, ref.text_weight):
+            _check_float(w, "loras", -MAX_LORA_WEIGHT, MAX_LORA_WEIGHT)
 
 
 def _check_text(value: Any, name: str) -> None:
