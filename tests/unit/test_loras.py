@@ -103,7 +103,7 @@ def test_bad_lora_names_and_files_get_clear_errors(lengine, tiny_models, lora_di
             lengine.plan(req(model, loras=(LoraRef(bad),)))
     with pytest.raises(InvalidRequest, match="for SDXL models"):
         lengine.generate(req(model, prompt="x <lora:ink-sdxl:1>"))
-    with pytest.raises(InvalidRequest, match="for SD 1.x/2.x models"):
+    with pytest.raises(InvalidRequest, match=r"for SD 1\.x/2\.x models"):
         lengine.generate(req(tiny_models["sdxl"], prompt="x <lora:ink-sd1:1>"))
     data = (lora_dir / "ink-sd1.safetensors").read_bytes()
     (lora_dir / "cut.safetensors").write_bytes(data[: len(data) // 2])

@@ -118,3 +118,15 @@ def test_more_weight_on_red_is_redder_with_the_embedded_model(engine):
               for w in (0.6, 1.0, 1.4, 1.8)]  # fmt: skip
     assert scores == sorted(scores), scores
     assert scores[-1] - scores[0] > 3, scores
+
+
+@pytest.mark.parametrize("family", ("sd1", "sdxl"))
+def test_clip_skip_2_uses_an_earlier_layer(engine, tiny_models, family):
+    pipe, fam = loaded(engine, tiny_models, family)
+    with torch.inference_mode():
+        one = encode(pipe, fam, ["a red heart"], ["ugly"], clip_skip=1)
+        two = encode(pipe, fam, ["a red heart"], ["ugly"], clip_skip=2)
+    assert one.prompt.shape == two.prompt.shape
+    assert not torch.equal(one.prompt, two.prompt)
+    if family == "sdxl":
+        assert torch.equal(one.pooled, two.pooled), "the pooled embedding is the final one either way"

@@ -46,6 +46,9 @@ def register(sub) -> None:
         default=None,
         help="build models with random weights (no downloads)",
     )
+    p.add_argument(
+        "--lora-dir", default=None, help="LoRA .safetensors folder (default: Lora/ under sdplay's model folder)"
+    )
     from sdplay.server.scaleout.cli import add_arguments
 
     add_arguments(p)  # --ray and its options
@@ -81,4 +84,5 @@ def run(args: argparse.Namespace) -> int:
 
 
 _FLAGS = ("host", "port", "api_key", "api_auth", "models_preload", "devices", "output_dir", "gallery_db",
-          "default_model", "max_queue", "max_batch", "batch_window_ms", "cors_origins", "random_weights")  # fmt: skip
+          "default_model", "max_queue", "max_batch", "batch_window_ms", "cors_origins", "random_weights",
+          "lora_dir")  # fmt: skip

@@ -93,7 +93,11 @@ def default_engines(settings: Settings) -> list[EngineProtocol]:
     """One real engine per device (imported only when no engine is given): its own cache, lock and worker."""
     from sdplay.engine import Engine
 
-    return [Engine(device=device, random_weights=settings.random_weights, monitor=True) for device in settings.devices]
+    lora_dir = str(settings.lora_dir) if settings.lora_dir else None
+    return [
+        Engine(device=device, random_weights=settings.random_weights, lora_dir=lora_dir, monitor=True)
+        for device in settings.devices
+    ]
 
 
 class BodyLimit:

@@ -46,6 +46,9 @@ class Txt2ImgRequest(BaseModel):
     s_tmin: float | None = None
     s_noise: float | None = None
     override_settings: dict[str, Any] | None = None
+    clip_skip: int | None = Field(
+        None, ge=1, le=12, description="A1111 clip skip (also override_settings.CLIP_stop_at_last_layers)."
+    )
     override_settings_restore_afterwards: bool = True
     refiner_checkpoint: str | None = None
     refiner_switch_at: float | None = None
@@ -72,7 +75,7 @@ class Txt2ImgRequest(BaseModel):
     alwayson_scripts: dict[str, Any] = {}
     infotext: str | None = None
 
-    def to_request(self, model: str | None) -> GenerationRequest:
+    def to_request(self, model: str | None, options: dict[str, Any] | None = None) -> GenerationRequest:
         """The core request; `model` is the checkpoint chosen by options or override_settings."""
         self._refuse_unsupported()
         if self.batch_size * self.n_iter > MAX_IMAGES:
@@ -93,7 +96,19 @@ class Txt2ImgRequest(BaseModel):
             height=self.height // 8 * 8 if self.height else None,
             seed=self.seed,
             sampler=combine_sampler(self.sampler_name or self.sampler_index, self.scheduler),
+            clip_skip=self._clip_skip(options or {}),
         )
+
+    def _clip_skip(self, options: dict[str, Any]) -> int | None:
+        """clip_skip, else override_settings' then the saved options' CLIP_stop_at_last_layers (1: the default)."""
+        for value in (self.clip_skip, (self.override_settings or {}).get("CLIP_stop_at_last_layers"),
+                      options.get("CLIP_stop_at_last_layers")):  # fmt: skip
+            if value is not None:
+                if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+                    raise InvalidRequest(f"CLIP_stop_at_last_layers must be a whole number, got {value!r}.",
+                                         field="clip_skip")  # fmt: skip
+                return None if int(value) == 1 else int(value)
+        return None
 
     def _refuse_unsupported(self) -> None:
         if self.enable_hr:

@@ -29,6 +29,7 @@ class Settings:
     gallery_db: Path = field(default_factory=lambda: _home() / "server" / "gallery.sqlite3")
     default_model: str | None = None
     random_weights: bool = False
+    lora_dir: Path | None = None  # None: Lora/ under sdplay's model folder
     max_queue: int = 64
     max_batch: int = 4  # images per cross-request batch
     batch_window_ms: float = 50.0
