@@ -60,7 +60,8 @@ def live_server(tmp_path: Path, engine=None, **overrides) -> Iterator[LiveServer
         from fake_engine import FakeEngine  # tests/server's engine double
 
         engine = FakeEngine()
-    options = {"output_dir": tmp_path / "out", "gallery_db": tmp_path / "gallery.sqlite3", "batch_window_ms": 0.0}
+    options = {"output_dir": tmp_path / "out", "gallery_db": tmp_path / "gallery.sqlite3", "batch_window_ms": 0.0,
+               "input_dir": tmp_path / "in"}  # fmt: skip
     settings = Settings(**{**options, **overrides})
     app = create_app(settings, engine)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

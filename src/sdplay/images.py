@@ -63,13 +63,16 @@ def metadata_for(result: GenerationResult, index: int) -> dict[str, Any]:
     }
 
 
-def png_bytes(result: GenerationResult, index: int) -> bytes:
-    """One image of a result as PNG bytes with both metadata chunks."""
+def png_bytes(result: GenerationResult, index: int, extra_text: dict[str, str] | None = None) -> bytes:
+    """One image of a result as PNG bytes with both metadata chunks (and `extra_text` chunks, e.g. a workflow)."""
     from PIL.PngImagePlugin import PngInfo
 
     info = PngInfo()
     info.add_text(PARAMETERS_KEY, parameters_for(result, index))
     info.add_itxt(JSON_KEY, json.dumps(metadata_for(result, index), default=str))
+    for key, text in (extra_text or {}).items():
+        if key not in (PARAMETERS_KEY, JSON_KEY):
+            info.add_text(key, text)
     buf = io.BytesIO()
     result.images[index].save(buf, format="PNG", pnginfo=info)
     return buf.getvalue()
@@ -89,10 +92,12 @@ def ensure_writable(out_dir: Path) -> Path:
     return out_dir
 
 
-def save_png(result: GenerationResult, index: int, out_dir: Path | str) -> Path:
+def save_png(
+    result: GenerationResult, index: int, out_dir: Path | str, extra_text: dict[str, str] | None = None
+) -> Path:
     """Write one image atomically under a name that never collides; return its path."""
     out_dir = Path(out_dir)
-    data = png_bytes(result, index)
+    data = png_bytes(result, index, extra_text)
     stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{result.seeds[index]}-{_slug(result.request.prompt)}"
     tmp = out_dir / f".{uuid.uuid4().hex}.tmp"
     try:

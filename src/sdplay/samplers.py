@@ -8,6 +8,7 @@ scheduler) are data in the table too (`SamplerSpec.comfy`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -160,3 +161,40 @@ def make_scheduler(name: str | SamplerSpec, base_config: dict[str, Any], seeds: 
     if spec.scheduler == "DPMSolverSDEScheduler" and seeds:
         scheduler.noise_sampler_seed = list(seeds)
     return scheduler
+
+
+# ComfyUI's KSampler names, in ComfyUI's order, of the samplers this table has (SamplerSpec.comfy holds each
+# entry's own pair). The GPU variants run the same algorithm; UniPC's bh2 solver is diffusers' default one.
+COMFY_SAMPLERS = ("euler", "euler_ancestral", "heun", "dpm_2", "dpm_2_ancestral", "lms", "dpmpp_sde", "dpmpp_sde_gpu",
+                  "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu", "ddim", "uni_pc", "uni_pc_bh2", "deis")  # fmt: skip
+COMFY_SAMPLER_ALIASES = {"dpmpp_sde_gpu": "dpmpp_sde", "dpmpp_2m_sde_gpu": "dpmpp_2m_sde", "uni_pc_bh2": "uni_pc"}
+# ComfyUI schedulers: these run the model's own timestep spacing, "karras" Karras sigmas; ComfyUI's others
+# (exponential, beta, linear_quadratic, kl_optimal) have no equivalent here.
+COMFY_UNIFORM = ("normal", "simple", "sgm_uniform", "ddim_uniform")
+COMFY_SCHEDULERS = (*COMFY_UNIFORM, "karras")
+
+
+def from_comfy(sampler_name: str, scheduler: str, available: Sequence[str] | None = None) -> str | None:
+    """sdplay's name for ComfyUI's (sampler_name, scheduler), or None if there is none (among `available`)."""
+    base = COMFY_SAMPLER_ALIASES.get(sampler_name, sampler_name)
+    if scheduler not in COMFY_SCHEDULERS:
+        return None
+    karras = scheduler == "karras"
+    names = set(sampler_names() if available is None else available)
+    return next((s.name for s in SAMPLERS if s.comfy and s.comfy[0] == base and s.karras == karras
+                 and s.name in names), None)  # fmt: skip
+
+
+def comfy_sampler_names(available: Sequence[str] | None = None) -> list[str]:
+    """ComfyUI's sampler names that run here with at least one scheduler."""
+    return [n for n in COMFY_SAMPLERS if any(from_comfy(n, s, available) for s in COMFY_SCHEDULERS)]
+
+
+def comfy_scheduler_names(available: Sequence[str] | None = None) -> list[str]:
+    """ComfyUI's scheduler names that run here with at least one sampler."""
+    return [s for s in COMFY_SCHEDULERS if any(from_comfy(n, s, available) for n in COMFY_SAMPLERS)]
+
+
+def comfy_schedulers_for(sampler_name: str, available: Sequence[str] | None = None) -> list[str]:
+    """The scheduler names `sampler_name` runs with here."""
+    return [s for s in COMFY_SCHEDULERS if from_comfy(sampler_name, s, available)]

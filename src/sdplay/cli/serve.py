@@ -32,6 +32,9 @@ def register(sub) -> None:
     p.add_argument(
         "--gallery-db", type=Path, default=None, help="SQLite gallery (default ~/.sdplay/server/gallery.sqlite3)"
     )
+    p.add_argument(
+        "--input-dir", type=Path, default=None, help="uploaded images, ComfyUI API (default ~/.sdplay/server/inputs)"
+    )
     p.add_argument("--default-model", default=None, help="model used when a request names none")
     p.add_argument("--max-queue", type=int, default=None, help="queued jobs before 429 (default 64)")
     p.add_argument("--max-batch", type=int, default=None, help="images per cross-request batch (default 4; 1 = off)")
@@ -83,6 +86,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-_FLAGS = ("host", "port", "api_key", "api_auth", "models_preload", "devices", "output_dir", "gallery_db",
+_FLAGS = ("host", "port", "api_key", "api_auth", "models_preload", "devices", "output_dir", "gallery_db", "input_dir",
           "default_model", "max_queue", "max_batch", "batch_window_ms", "cors_origins", "random_weights",
           "lora_dir")  # fmt: skip

@@ -14,7 +14,16 @@ from starlette.routing import Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sdplay import __version__
-from sdplay.server import routes_a1111, routes_gallery, routes_jobs, routes_openai, routes_system, routes_telemetry
+from sdplay.server import (
+    routes_a1111,
+    routes_comfy,
+    routes_gallery,
+    routes_jobs,
+    routes_openai,
+    routes_system,
+    routes_telemetry,
+)
+from sdplay.server.comfy.runtime import ComfyState
 from sdplay.server.errors import PayloadTooLarge, api_of, error_response, install_error_handlers
 from sdplay.server.routes_a1111 import A1111State
 from sdplay.server.service import Service
@@ -43,23 +52,29 @@ def create_app(
         try:
             yield
         finally:
+            app.state.comfy.close()
             routes_telemetry.stop(app)
             await run_in_threadpool(service.stop)
 
     app = FastAPI(
         title="sdplay",
         version=__version__,
-        description="Text-to-image server: native job API, OpenAI images API, AUTOMATIC1111 API. See docs/api.md.",
+        description="Text-to-image server: native job API, OpenAI images API, AUTOMATIC1111 API, ComfyUI API. "
+        "See docs/api.md.",
         lifespan=lifespan,
     )
     app.state.settings = settings
     app.state.service = service
     app.state.a1111 = A1111State()
+    app.state.comfy = ComfyState()
     install_error_handlers(app)
     for module in (routes_system, routes_jobs, routes_gallery, routes_openai, routes_a1111, routes_telemetry):
         app.include_router(module.router)
     app.include_router(routes_system.protected)
     app.include_router(routes_openai.files)
+    for prefix in ("", "/api"):  # ComfyUI serves every route at both
+        app.include_router(routes_comfy.router, prefix=prefix)
+        app.include_router(routes_comfy.sockets, prefix=prefix)
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -78,13 +93,15 @@ def create_app(
 
 
 API_PREFIXES = ("/api/", "/v1/", "/sdapi/", "/health", "/metrics", "/docs", "/redoc", "/openapi.json")
+COMFY_PATHS = ("/prompt", "/queue", "/history", "/view", "/upload/", "/object_info", "/system_stats", "/interrupt",
+               "/free", "/embeddings", "/models", "/ws")  # fmt: skip
 
 
 class WebMount(Mount):
     """The browser UI's static files at /, never shadowing an API path (so a wrong method there gets 405)."""
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
-        if scope["type"] == "http" and scope["path"].startswith(API_PREFIXES):
+        if scope["type"] == "http" and scope["path"].startswith(API_PREFIXES + COMFY_PATHS):
             return Match.NONE, {}
         return super().matches(scope)
 

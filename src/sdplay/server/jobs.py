@@ -70,6 +70,7 @@ class Job:
     idempotency_key: str | None = None
     plan: Plan | None = None  # what the engine runs
     engine: int = 0  # index of the engine (device) that runs it
+    png_text: dict[str, str] = field(default_factory=dict)  # extra PNG text chunks (ComfyUI: prompt, workflow)
     _watchers: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = field(default_factory=list, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 

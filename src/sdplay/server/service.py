@@ -176,6 +176,7 @@ class Service:
         idempotency_key: str | None = None,
         body_hash: str | None = None,
         preview_steps: frozenset[int] = frozenset(),
+        png_text: dict[str, str] | None = None,
     ) -> tuple[str, bool]:
         """Queue a job (a request, or a plan this service made); returns (job id, replayed) where replayed means the
         Idempotency-Key was seen before."""
@@ -188,7 +189,7 @@ class Service:
                 if prior:
                     return prior, True
             job = Job(prepared, api=api, preview_steps=preview_steps, idempotency_key=idempotency_key, plan=plan,
-                      engine=engine)  # fmt: skip
+                      engine=engine, png_text=dict(png_text or {}))  # fmt: skip
             if not self.queue.put(job):
                 self.metrics.rejected.inc()
                 raise QueueFull(

@@ -27,6 +27,7 @@ class Settings:
     devices: tuple[str, ...] = ("auto",)  # one worker thread per device
     output_dir: Path = field(default_factory=lambda: _home() / "server" / "outputs")
     gallery_db: Path = field(default_factory=lambda: _home() / "server" / "gallery.sqlite3")
+    input_dir: Path = field(default_factory=lambda: _home() / "server" / "inputs")  # uploaded images (ComfyUI API)
     default_model: str | None = None
     random_weights: bool = False
     lora_dir: Path | None = None  # None: Lora/ under sdplay's model folder

@@ -25,12 +25,14 @@ def check_job_id(job_id: str) -> str:
     return job_id
 
 
-def save_result(result: GenerationResult, output_dir: Path, job_id: str) -> list[Path]:
-    """Write every image of `result` as PNG (A1111 `parameters` + sdplay JSON) under output_dir/job_id/."""
+def save_result(
+    result: GenerationResult, output_dir: Path, job_id: str, extra_text: dict[str, str] | None = None
+) -> list[Path]:
+    """Write every image of `result` as PNG (A1111 `parameters`, sdplay JSON, `extra_text`) under output_dir/job_id/."""
     from sdplay.images import ensure_writable, save_png
 
     folder = ensure_writable(Path(output_dir) / check_job_id(job_id))
-    return [save_png(result, i, folder) for i in range(len(result.images))]
+    return [save_png(result, i, folder, extra_text) for i in range(len(result.images))]
 
 
 def encode_file(path: Path, fmt: str = "png", quality: int = 90) -> bytes:

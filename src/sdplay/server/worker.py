@@ -218,7 +218,7 @@ class Worker(threading.Thread):
 
         service = self.service
         try:
-            files = save_result(result, service.settings.output_dir, job.id)
+            files = save_result(result, service.settings.output_dir, job.id, job.png_text)
             req = result.request
             ids = []
             for i, (path, seed) in enumerate(zip(files, result.seeds, strict=True)):
