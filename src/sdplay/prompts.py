@@ -185,7 +185,8 @@ def _hidden(encoder: Any, ids: Any, skip: int, sdxl: bool) -> Any:
     if skip <= 1:
         return encoder(ids)[0], None
     out = encoder(ids, output_hidden_states=True)
-    return encoder.text_model.final_layer_norm(out.hidden_states[-skip]), None
+    norm = getattr(encoder, "text_model", encoder).final_layer_norm  # transformers 4 nests it, 5 does not
+    return norm(out.hidden_states[-skip]), None
 
 
 def _encode_single(pipe: Any, texts: list[str], chunks: int, skip: int = 1) -> Any:

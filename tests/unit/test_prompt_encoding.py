@@ -21,7 +21,7 @@ def pixels(result, i=0):
 
 def loaded(engine, tiny_models, family):
     model = engine.load(str(tiny_models[family]))[0]
-    return model.pipe, model.family
+    return model.pipe, model.family_spec
 
 
 @pytest.mark.parametrize("family", FAMILIES)
