@@ -60,14 +60,14 @@ def live_server(tmp_path: Path, engine=None, **overrides) -> Iterator[LiveServer
         from fake_engine import FakeEngine  # tests/server's engine double
 
         engine = FakeEngine()
-    options = {"output_dir": tmp_path / "out", "gallery_db": tmp_path / "gallery.sqlite3", "batch_window_ms": 0.0,
-               "input_dir": tmp_path / "in"}  # fmt: skip
-    settings = Settings(**{**options, **overrides})
-    app = create_app(settings, engine)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
+    options = {"output_dir": tmp_path / "out", "gallery_db": tmp_path / "gallery.sqlite3", "batch_window_ms": 0.0,
+               "input_dir": tmp_path / "in"}  # fmt: skip
+    settings = Settings(**{**options, "port": port, **overrides})  # the bound port: absolute URLs name it
+    app = create_app(settings, engine)
     config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2, lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

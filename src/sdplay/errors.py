@@ -68,3 +68,15 @@ class DataError(SdplayError):
     """Training or evaluation data is missing, corrupt or malformed."""
 
     status = 400
+
+
+class MissingExtra(SdplayError):
+    """An optional part of sdplay (an extra such as 'server') is not installed; the hint gives the command."""
+
+    status = 501
+
+
+class TimeLimitExceeded(SdplayError):
+    """A generation ran past its time limit and was stopped (inside a step)."""
+
+    status = 408

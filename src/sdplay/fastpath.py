@@ -23,12 +23,15 @@ TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
 class FastConfig:
     """Which accelerations to apply; the defaults are the ones measured to help on an H100 (docs/benchmarks.md)."""
 
-    compile: str = "auto"  # "full": the whole UNet; "regional": repeated blocks only; "none"; "auto": per family
+    # "aot": the whole UNet as ahead-of-time compiled packages (one per input shape, loaded in seconds at a restart);
+    # "full": the whole UNet through torch.compile; "regional": repeated blocks only; "none"; "auto": per family
+    compile: str = "auto"
     regions: tuple[str, ...] = ("BasicTransformerBlock",)  # classes compiled by "regional"
     # True: symbolic shapes (a new size or batch reuses the compiled code); None: static first, one dynamic
     # recompile when a shape changes (PyTorch's default); False: static, one compile per shape; "auto": see resolve
     dynamic: bool | str | None = "auto"
     backend: str = "inductor"
+    autotune: bool = False  # Inductor's max-autotune (GEMM/conv templates benchmarked; results kept in the cache)
     graphs: bool = True  # one CUDA graph per input signature of each graphed module
     fuse_qkv: bool = True  # one projection for query, key and value (shared storage, no extra memory)
     vae: str = "off"  # "compile" (whole decoder), "graph", "compile+graph", "off": graphs gave no speed, much memory
@@ -42,6 +45,7 @@ class FastConfig:
     # Opt-in, each trading some exactness for speed (docs/benchmarks.md measures both):
     fp8: bool = False  # float8 (e4m3) linear layers in the UNet's transformer blocks (torchao); SM >= 8.9
     deepcache: int = 0  # reuse the deeper UNet blocks' features: a full step every N steps (0: off)
+    experimental: bool = False  # allows compile=aot on a GPU (its first GPU run crashed the process)
 
     @classmethod
     def parse(cls, text: str | None, base: FastConfig | None = None) -> FastConfig:
@@ -65,7 +69,8 @@ class FastConfig:
 
 # What "auto" compiles, measured on an H100 (docs/benchmarks.md): the whole UNet is 27-31% faster for SD 1.x/2.x
 # (cold compile 41-49 s, restart 11-15 s); for SDXL 18% faster but 103 s cold and 23 s at every restart, so SDXL
-# compiles its transformer blocks only (20 s cold, 14 s restart).
+# compiles its transformer blocks only (20 s cold, 14 s restart). "aot" (packages a restart loads in seconds) is
+# opt-in until it has run on a GPU: its first H200 run crashed (docs/benchmarks.md, H200).
 AUTO_COMPILE = {f.family: f.compile_default for f in FAMILIES}  # per family, in sdplay.families
 
 
@@ -75,7 +80,7 @@ def resolve(config: FastConfig, family: Family | None) -> FastConfig:
     if config.deepcache and config.compile == "auto":  # feature reuse switches blocks: compile them one by one
         compile_mode, dynamic = "regional", True
     elif config.compile != "auto":
-        compile_mode, dynamic = config.compile, (None if config.compile == "full" else True)
+        compile_mode, dynamic = config.compile, {"full": None, "aot": False}.get(config.compile, True)
     return replace(config, compile=compile_mode, dynamic=dynamic if config.dynamic == "auto" else config.dynamic)
 
 
@@ -100,6 +105,7 @@ class FastPath:
     graphed: dict[str, GraphedForward]
     pool: SharedPool
     deepcache: Any = None  # sdplay.deepcache.DeepCache when feature reuse is on
+    packages: Any = None  # sdplay.aotpackages.PackagedForward when the UNet is compiled ahead of time
 
     def prepare_scheduler(self, scheduler: Any) -> Any:
         """Keep a fresh scheduler's timesteps on the host, so its step needs no device sync; restart feature reuse."""
@@ -111,12 +117,16 @@ class FastPath:
 
     def stats(self) -> dict[str, Any]:
         out = {name: g.stats.to_dict() for name, g in self.graphed.items()}
+        if self.packages is not None:
+            out["aot_packages"] = self.packages.stats.to_dict()
         return out | ({"deepcache": self.deepcache.stats()} if self.deepcache is not None else {})
 
     def reset(self) -> None:
         """Forget every captured graph (call after replacing weights with new tensors)."""
         for g in self.graphed.values():
             g.reset()
+        if self.packages is not None:
+            self.packages.reload_weights()
 
 
 def apply_fast_path(pipe: Any, device: DeviceInfo, opts: Any, family: Family) -> str | dict[str, Any]:
@@ -172,12 +182,14 @@ def accelerate(
 
         reuse = deepcache.install(pipe.unet, config.deepcache)
         choices["deepcache_interval"] = config.deepcache
-    pipe.sdplay_fast = FastPath(config, graphed, pool, reuse)
+    packages = pipe.unet.__dict__.get("forward") if config.compile == "aot" else None
+    pipe.sdplay_fast = FastPath(config, graphed, pool, reuse, getattr(packages, "fn", packages))
     choices["config"] = config.to_dict()
     return choices
 
 
 VAE_MODES = ("off", "graph", "compile", "compile+graph")
+COMPILE_MODES = ("auto", "aot", "full", "regional", "none")
 DTYPES = ("auto", "float16", "bfloat16", "float32")
 
 
@@ -189,8 +201,15 @@ def _check(config: FastConfig, device: DeviceInfo) -> None:
         raise InvalidRequest(f"Unknown VAE dtype {config.vae_dtype!r} in {ENV}.", hint=f"Use: {', '.join(DTYPES)}.")
     if config.deepcache < 0:
         raise InvalidRequest(f"deepcache={config.deepcache} is negative.", hint="Use 0 (off) or a step interval 2-5.")
-    if config.deepcache and config.compile == "full":
-        raise InvalidRequest("deepcache cannot be combined with compile=full.", hint="Use compile=regional or none.")
+    if config.deepcache and config.compile in ("full", "aot"):
+        raise InvalidRequest(f"deepcache cannot be combined with compile={config.compile}.",
+                             hint="Use compile=regional or none.")  # fmt: skip
+    if config.compile not in COMPILE_MODES:
+        raise InvalidRequest(f"Unknown compile mode {config.compile!r}.", hint=f"Use {', '.join(COMPILE_MODES)}.")
+    if config.compile == "aot" and device.kind == "cuda" and not config.experimental:
+        raise InvalidRequest("compile=aot is experimental: its first GPU run crashed the process "
+                             "(docs/benchmarks.md, H200).", hint="Use compile=full, or add experimental=true to "
+                             "try it anyway.")  # fmt: skip
     if config.fp8:
         _check_fp8(device)
 
@@ -298,9 +317,13 @@ def compile_modules(pipe: Any, config: FastConfig) -> list[str]:
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, 1024)
     torch._dynamo.config.suppress_errors = True  # a block that fails to compile runs eagerly (logged), never fails
-    kw = {"backend": config.backend, "dynamic": config.dynamic, "fullgraph": True}
+    kw: dict[str, Any] = {"backend": config.backend, "dynamic": config.dynamic, "fullgraph": True}
+    if config.autotune and config.backend == "inductor":  # sdplay captures its own CUDA graphs
+        kw["mode"] = "max-autotune-no-cudagraphs"
     done = []
-    if config.compile == "full":  # the forward only: module hooks stay outside the compiled code
+    if config.compile == "aot":
+        done.append(_compile_ahead(pipe.unet, config, kw))
+    elif config.compile == "full":  # the forward only: module hooks stay outside the compiled code
         pipe.unet.forward = torch.compile(pipe.unet.forward, **(kw | {"fullgraph": False}))
         done.append("unet")
     elif config.compile == "regional":
@@ -312,6 +335,18 @@ def compile_modules(pipe: Any, config: FastConfig) -> list[str]:
         pipe.vae.decoder.forward = torch.compile(pipe.vae.decoder.forward, **(kw | {"fullgraph": False}))
         done.append("vae.decoder")
     return done
+
+
+def _compile_ahead(unet: Any, config: FastConfig, kw: dict[str, Any]) -> str:
+    """The whole UNet as AOTInductor packages; a shape whose package cannot be made runs through torch.compile."""
+    import torch
+
+    from sdplay import aotpackages
+
+    fallback = torch.compile(unet.forward, **(kw | {"fullgraph": False, "dynamic": None}))  # compiles only if used
+    options = {"max_autotune": True} if config.autotune else {}
+    aotpackages.install(unet, compile_cache_dir() / "aot", unet.device, fallback, options)
+    return "unet: ahead-of-time packages"
 
 
 def _compile_regions(model: Any, regions: tuple[str, ...], kw: dict[str, Any]) -> int:

@@ -121,18 +121,39 @@ def _slug(text: str, limit: int = 40) -> str:
 
 
 def read_png_info(source: Path | str | bytes) -> dict[str, Any]:
-    """Both metadata chunks of a PNG: the A1111 text, its parsed fields, and sdplay's JSON."""
-    from PIL import Image, UnidentifiedImageError
+    """Both metadata chunks of a PNG: the A1111 text, its parsed fields, and sdplay's JSON.
 
+    Only the PNG's chunks are read (no pixel is decoded), with bounded decompression; see sdplay.pngtext."""
+    from sdplay.pngtext import read_png_text
+
+    if not isinstance(source, bytes):
+        try:
+            source = Path(source).read_bytes()
+        except OSError as exc:
+            raise InvalidRequest(f"Cannot read {source}: {exc.strerror or exc}.", field="image") from exc
+    png = read_png_text(source)
+    params = png.text.get(PARAMETERS_KEY)
+    record = _json_chunk(png.text[JSON_KEY]) if JSON_KEY in png.text else None
+    fields = parse_parameters(params) if params else {}
+    return {"size": (png.width, png.height), "parameters": params, "fields": fields, "sdplay": record}
+
+
+def _json_chunk(text: str) -> Any:
+    """sdplay's JSON chunk, refusing what is not strict JSON (NaN, lone surrogates, absurd nesting)."""
     try:
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
-            text = dict(getattr(img, "text", {}) or {})
-            size = img.size
-    except (OSError, UnidentifiedImageError) as exc:
-        raise InvalidRequest(f"Not a readable image: {exc}", field="image") from exc
-    params = text.get(PARAMETERS_KEY)
-    record = json.loads(text[JSON_KEY]) if JSON_KEY in text else None
-    return {"size": size, "parameters": params, "fields": parse_parameters(params) if params else {}, "sdplay": record}
+        record = json.loads(text, parse_constant=_no_constant)
+        json.dumps(record, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except (ValueError, RecursionError, UnicodeEncodeError) as exc:
+        raise InvalidRequest(
+            f"The image's {JSON_KEY!r} text chunk is not valid JSON.",
+            field="image",
+            hint="It was not written by sdplay, or it was edited; the 'parameters' chunk may still be read.",
+        ) from exc
+    return record
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def parse_parameters(text: str) -> dict[str, Any]:
@@ -145,8 +166,22 @@ def parse_parameters(text: str) -> dict[str, Any]:
         if line.startswith("Negative prompt:"):
             in_negative, line = True, line.removeprefix("Negative prompt:").strip()
         (negative if in_negative else prompt).append(line)
-    fields = {
-        k: (json.loads(v) if v.startswith('"') else v)
-        for k, v in re.findall(r'\s*([\w ]+):\s*("(?:\\.|[^"])*"|[^,]*)(?:,|$)', last)
-    }
+    fields = {k: _unquote(k, v) for k, v in re.findall(r'\s*([\w ]+):\s*("(?:\\.|[^"])*"|[^,]*)(?:,|$)', last)}
     return {"prompt": "\n".join(prompt), "negative_prompt": "\n".join(negative), **fields}
+
+
+def _unquote(key: str, value: str) -> str:
+    """A field value as written by a1111_parameters: plain, or a JSON string when it holds , : " or a newline."""
+    if not value.startswith('"'):
+        return value
+    try:
+        text = json.loads(value)
+    except ValueError as exc:
+        raise InvalidRequest(
+            f"The value of {key!r} in the parameters text is a malformed quoted string: {value[:40]!r}.",
+            field="image",
+            hint="Quoted values must be JSON strings, as A1111 writes them (close the quote, escape backslashes).",
+        ) from exc
+    if not isinstance(text, str):
+        raise InvalidRequest(f"The value of {key!r} in the parameters text is not a string.", field="image")
+    return text

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sdplay import families
+from sdplay.availability import download_command
 from sdplay.catalog import ASSETS, Family, ModelSpec
 from sdplay.checkpoints import PICKLE_SUFFIXES, pickle_to_safetensors, refuse_pickle
 from sdplay.devices import DeviceInfo
@@ -215,7 +216,7 @@ def _load_hub(spec: ModelSpec, torch_dtype) -> Any:
             f"The weights of {spec.name} ({spec.repo_id}) are not on this machine"
             + (" and HF_HUB_OFFLINE is set." if offline else " and could not be downloaded."),
             field="model",
-            hint=f"On a machine with internet run `huggingface-cli download {spec.repo_id}` (it fills "
+            hint=f"On a machine with internet run `{download_command(spec.repo_id)}` (it fills "
             "~/.cache/huggingface, which you can copy here), or pass a local diffusers folder or .safetensors file "
             "as the model; `--random-weights` runs the architecture without real weights.",
         ) from exc

@@ -18,7 +18,7 @@ DEFAULT_MODEL = "sdplay-emoji"
 
 
 class Playground:
-    """Model dropdown, prompt, number of images, Generate; progress bar and image grid (`pip install sdplay[ui]`).
+    """Model dropdown, prompt, number of images, Generate; progress bar and image grid (`scripts/setup.sh ui`).
 
     `engine` defaults to a new `sdplay.engine.Engine()`; `model` preselects a catalog name, alias, local
     diffusers folder or .safetensors file (one not in the catalog is added to the dropdown).

@@ -119,7 +119,7 @@ def plan(
         width=request.width or spec.native_size,
         height=request.height or spec.native_size,
         sampler=sampler.name,
-        seed=random.randint(0, MAX_SEED) if request.seed == -1 else request.seed,
+        seed=random.randint(0, MAX_SEED + 1 - request.n_images) if request.seed == -1 else request.seed,  # no wrap
         device=dev.id,
         dtype=resolve_dtype(request.dtype, dev),
     )

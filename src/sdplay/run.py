@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from sdplay import cancel
 from sdplay.devices import empty_cache, peak_memory, reset_peak_memory, synchronize
 from sdplay.errors import DeviceOutOfMemory
 from sdplay.prompts import encode, execution_device
@@ -56,6 +57,7 @@ def _run(loaded: LoadedModel, plan: Plan, items: list, on_step, index: int, coun
 
     req = plan.request
     pipe, dev = loaded.pipe, loaded.device
+    cancel.guard(pipe)  # a stop takes effect between two UNet blocks, not only between steps
     clock = _Clock(dev)
     reset_peak_memory(dev)
     # 1. A fresh scheduler for this batch: no step state is shared between requests.

@@ -71,6 +71,12 @@ class GenerationRequest:
                 hint="Choose a smaller size, e.g. 1024x1024, and upscale afterwards.",
             )
         _check_int(self.seed, "seed", -1, MAX_SEED)
+        if self.seed + self.n_images - 1 > MAX_SEED:  # image i has seed + i: refuse rather than wrap to 0
+            raise InvalidRequest(
+                f"seed {self.seed} + {self.n_images} images runs past the largest seed, {MAX_SEED}.",
+                field="seed",
+                hint=f"Use a seed of at most {MAX_SEED - self.n_images + 1}, or -1 for a random one.",
+            )
         if self.clip_skip is not None:
             _check_int(self.clip_skip, "clip_skip", 1, MAX_CLIP_SKIP)
         _check_loras(self.loras)

@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
 # GPU benchmark runs behind docs/benchmarks.md. Usage: bash tests/gpu/bench_gpu.sh STAGE [STAGE...]
 # Stages: sd1 sd1-probes sd1-compile sd2 sdxl check telemetry, and sd1-opt sd2-opt sdxl-opt options profile sdxl-load
-# (the runs behind docs/benchmarks.md). Needs diffusers (and torchsde; fastapi/uvicorn for sdxl-load) importable;
+# (the H100 runs behind docs/benchmarks.md); H200: sd1-h200 sd2-h200 sdxl-h200 (diffusers, the diffusers +
+# torch.compile peer and sdplay in one run, cold compiles and restarts of each) and weights (load times). Needs diffusers (and torchsde; fastapi/uvicorn for sdxl-load) importable;
 # writes JSON, markdown and logs under $OUT (default ./outputs/gpu). Each model runs in its own process with its
 # own empty compile cache, so its first fast image is a cold compile and its restart check a warm one.
 set -u
 OUT=${OUT:-outputs/gpu}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD/src"
+export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1 HF_HUB_OFFLINE=1 PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD/src"
 bench() {  # NAME LIMIT_S ARGS...
   local name=$1 limit=$2; shift 2
   export SDPLAY_CACHE=/tmp/sdplay-cache-$name
   rm -rf "$SDPLAY_CACHE"
   echo "== $name: sdplay bench $*" | tee -a "$OUT/log.txt"
-  timeout "$limit" python3 -m sdplay.cli.main bench --random-weights --json "$OUT/$name.json" "$@" \
+  timeout "$limit" python3 -m sdplay.cli.main bench ${RW---random-weights} --json "$OUT/$name.json" "$@" \
     >"$OUT/$name.md" 2>>"$OUT/log.txt"
   echo "== $name: exit $?" | tee -a "$OUT/log.txt"
   tail -n 12 "$OUT/$name.md"
@@ -22,6 +23,7 @@ R2="sdplay-fast[regions=BasicTransformerBlock+ResnetBlock2D]" FULL="sdplay-fast[
 FAST_PROBES="sdplay-fast[compile=none],sdplay-fast[compile=none,fuse_qkv=false],sdplay-fast[host_timesteps=false]"
 AUTO="sdplay-fast[compile=full,dynamic=none]"  # whole UNet, static first, one dynamic recompile at a new shape
 OPTS="sdplay-fast[fp8=true],sdplay-fast[deepcache=3],$FULL,sdplay-fast[compile=full,dynamic=false,fp8=true]"
+PEERS="diffusers,diffusers-compile"
 for stage in "$@"; do
   case $stage in
     sd1) bench sd1 420 -m sd-v1-4 --runs 7 --max-batch 8 --large-runs 1 --check \
@@ -30,6 +32,21 @@ for stage in "$@"; do
       --variants "diffusers,sdplay-eager,sdplay-fast,$FAST_PROBES" ;;
     sd1-compile) bench sd1-compile 500 -m sd-v1-4 --runs 7 --max-batch 8 --check \
       --variants "diffusers,sdplay-eager,sdplay-fast,$R2,$FULL" --restart-variants "sdplay-fast,$R2,$FULL" ;;
+    sd1-h200) bench sd1-h200 ${LIMIT:-330} -m sd-v1-4 --runs 5 --max-batch 1 --unet-iters 20 --check \
+      --variants "$PEERS,sdplay-eager,sdplay-fast" --restart-variants "diffusers-compile,sdplay-fast" ;;
+    sd1-peer) bench sd1-peer ${LIMIT:-200} -m sd-v1-4 --runs 5 --max-batch 1 --unet-iters 20 \
+      --variants "$PEERS,sdplay-fast" --restart-variants "diffusers-compile,sdplay-fast" ;;
+    probe-aot) timeout ${LIMIT:-500} python3 tests/gpu/probe_aot.py >"$OUT/probe-aot.log" 2>&1
+      echo "== probe-aot: exit $?"; cut -c1-400 "$OUT/probe-aot.log" | grep -E '^(\{|== step|compile|single|multi)' ;;
+    sd2-h200) bench sd2-h200 ${LIMIT:-330} -m sd-v2-1 --runs 5 --max-batch 1 --unet-iters 20 \
+      --variants "$PEERS,sdplay-fast" --restart-variants "diffusers-compile,sdplay-fast" ;;
+    sdxl-h200) bench sdxl-h200 ${LIMIT:-480} -m ${SDXL_MODEL:-sdxl-base-1.0} --runs 3 --max-batch 1 --unet-iters 10 \
+      --variants "$PEERS,sdplay-fast" --restart-variants "diffusers-compile,sdplay-fast" ;;
+    # after `weights`: the same bench on the saved folder (RW= drops --random-weights)
+    sdxl-h200-folder) RW= SDXL_MODEL=/tmp/sdplay-weights/sdxl-base-1.0 bash "$0" sdxl-h200 ;;
+    weights) timeout ${LIMIT:-200} python3 benchmarks/weights_loading.py --model ${WEIGHTS_MODEL:-sdxl-base-1.0} \
+      --out /tmp/sdplay-weights --runs 2 --json "$OUT/weights.json" >"$OUT/weights.log" 2>&1
+      echo "== weights: exit $?"; grep -E "median|Error" "$OUT/weights.log" | tail -n 4 ;;
     sd2) bench sd2 235 -m sd-v2-1 --runs 5 --max-batch 4 --large-runs 1 --check --restart-variants sdplay-fast ;;
     sdxl) bench sdxl 300 -m sdxl-base-1.0 --runs 3 --max-batch 2 --large-runs 1 --unet-iters 20 --check \
       --restart-variants sdplay-fast ;;

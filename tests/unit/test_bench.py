@@ -8,7 +8,7 @@ import pytest
 from sdplay.bench import BenchConfig, flops, run_bench
 from sdplay.bench.exactness import psnr, rel_error
 from sdplay.bench.report import to_markdown
-from sdplay.bench.variants import parse_variant
+from sdplay.bench.variants import parse_variant, peer_options
 from sdplay.cli.bench import variant_list
 from sdplay.cli.main import main
 from sdplay.errors import InvalidRequest
@@ -22,6 +22,14 @@ def test_variant_list_keeps_commas_inside_brackets():
     assert parse_variant("diffusers") == ("diffusers", None)
     with pytest.raises(InvalidRequest):
         parse_variant("comfy")
+    assert parse_variant("diffusers-compile[mode=max-autotune]") == ("diffusers-compile", "mode=max-autotune")
+
+
+def test_peer_options_default_to_the_speed_guide_recipe_and_reject_unknown_ones():
+    assert peer_options(None) == {"mode": "reduce-overhead", "dynamic": "none", "backend": "inductor"}
+    assert peer_options("mode=max-autotune")["mode"] == "max-autotune"
+    with pytest.raises(InvalidRequest, match="Unknown diffusers-compile option"):
+        peer_options("fullgraph=false")
 
 
 def test_flop_table_only_at_native_size_and_mfu_arithmetic():
@@ -50,17 +58,29 @@ def test_error_measures():
     assert psnr(img, img + 1) == pytest.approx(10 * math.log10(255**2))
 
 
+PEER_CPU = "diffusers-compile[backend=eager]"  # the peer's recipe, traced by Dynamo, without Inductor on a CPU
+
+
 @pytest.fixture(scope="module")
 def report(tiny_models):
     fast = "sdplay-fast[backend=eager,compile=regional]"  # on a CPU nothing is compiled unless asked for
+    variants = ("diffusers", PEER_CPU, "sdplay-eager", fast)
     cfg = BenchConfig(models=(str(tiny_models["sd1"]),), device="cpu", steps=2, runs=2, warmup=0, max_batch=2,
-                      large_runs=1, unet_iters=2, check=True, variants=("diffusers", "sdplay-eager", fast))  # fmt: skip
+                      large_runs=1, unet_iters=2, check=True, variants=variants)  # fmt: skip
     return run_bench(cfg, log=lambda _msg: None)
 
 
 def test_report_has_every_variant_with_phases_and_throughput(report):
     model = report["models"][0]
-    assert set(model["variants"]) == {"diffusers", "sdplay-eager", "sdplay-fast[backend=eager,compile=regional]"}
+    assert set(model["variants"]) == {
+        "diffusers",
+        PEER_CPU,
+        "sdplay-eager",
+        "sdplay-fast[backend=eager,compile=regional]",
+    }
+    peer = model["variants"][PEER_CPU]["setup"]
+    assert peer["fused_qkv"] and peer["torch_compile"] == {"fullgraph": True, "mode": "reduce-overhead",
+                                                           "dynamic": "none", "backend": "eager"}  # fmt: skip
     for name, res in model["variants"].items():
         assert len(res["e2e_s"]["runs"]) == 2 and res["e2e_s"]["median"] > 0
         assert res["images_per_s"] == pytest.approx(1 / res["e2e_s"]["median"])
@@ -80,12 +100,13 @@ def test_fast_path_exactness_is_measured(report):
     assert max(u["rel_error"] for u in check["unet"]) < 1e-4
     assert check["vae"]["rel_error"] < 1e-4 and check["image_max_abs_diff"] <= 1
     assert report["models"][0]["exactness"]["eager_vs_diffusers"]["image_psnr_db"] > 40
+    assert report["models"][0]["exactness"]["peer_vs_diffusers"]["image_max_abs_diff"] <= 2
 
 
 def test_markdown_table_has_a_row_per_variant(report):
     text = to_markdown(report)
     rows = [ln for ln in text.splitlines() if ln.startswith("| ") and "variant" not in ln]
-    assert len(rows) == 3
+    assert len(rows) == 4
     assert all(len(r.split("|")) == len(rows[0].split("|")) for r in rows)
     assert "fast_vs_eager: image PSNR" in text
 

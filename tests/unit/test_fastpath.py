@@ -174,6 +174,10 @@ def test_auto_compile_is_chosen_per_family_and_explicit_choices_win():
     assert (resolve(auto, Family.SD1).compile, resolve(auto, Family.SD1).dynamic) == ("full", None)
     assert (resolve(auto, Family.SD2).compile, resolve(auto, Family.SD2).dynamic) == ("full", None)
     assert (resolve(auto, Family.SDXL).compile, resolve(auto, Family.SDXL).dynamic) == ("regional", True)
+    assert resolve(auto, None).compile == "regional"
+    assert resolve(FastConfig.parse("compile=aot"), Family.SDXL).dynamic is False
+    assert resolve(FastConfig.parse("compile=full"), Family.SDXL).dynamic is None
+    assert FastConfig.parse("compile=aot,autotune=true").autotune is True
     assert resolve(FastConfig.parse("compile=regional"), Family.SD1).compile == "regional"
     assert resolve(FastConfig.parse("compile=full,dynamic=false"), Family.SDXL).dynamic is False
     assert resolve(FastConfig.parse("deepcache=3"), Family.SD1).compile == "regional"  # reuse needs per-block code
@@ -187,6 +191,8 @@ def test_auto_compile_is_chosen_per_family_and_explicit_choices_win():
         ("vae_dtype=float8", "Unknown VAE dtype"),
         ("deepcache=-1", "negative"),
         ("compile=full,deepcache=3", "cannot be combined"),
+        ("compile=aot,deepcache=3", "cannot be combined"),
+        ("compile=everything", "Unknown compile mode"),
         ("fp8=true", "float8 matrix units"),
     ],
 )
@@ -234,3 +240,15 @@ def test_to_pil_matches_diffusers_postprocess_bit_for_bit():
     expected = VaeImageProcessor().postprocess(x, output_type="pil", do_denormalize=flags)
     for a, b in zip(expected, to_pil(x, flags), strict=True):
         assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_ahead_of_time_compile_needs_the_experimental_flag_on_a_gpu():
+    from sdplay.devices import DeviceInfo
+    from sdplay.fastpath import _check
+
+    gpu = DeviceInfo("cuda:0", "cuda", 0, "NVIDIA H200")
+    with pytest.raises(InvalidRequest, match="experimental") as err:
+        _check(FastConfig.parse("compile=aot"), gpu)
+    assert "experimental=true" in err.value.hint
+    _check(FastConfig.parse("compile=aot,experimental=true"), gpu)  # allowed when asked for
+    _check(FastConfig.parse("compile=aot"), DeviceInfo("cpu", "cpu", 0, "CPU"))  # the CPU path was tested

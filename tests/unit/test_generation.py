@@ -116,7 +116,7 @@ def test_missing_weights_teach(engine, tmp_path, monkeypatch):
     with pytest.raises(ModelNotAvailable) as err:
         engine.generate(GenerationRequest(prompt="x", model="sd-v1-4", steps=1))
     text = str(err.value)
-    assert "huggingface-cli download CompVis/stable-diffusion-v1-4" in text and "HF_HUB_OFFLINE" in text
+    assert "hf download CompVis/stable-diffusion-v1-4 --include" in text and "HF_HUB_OFFLINE" in text
     index = '{"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"]}'
     (tmp_path / "model_index.json").write_text(index)
     with pytest.raises(ModelNotAvailable, match="unet/ is missing"):

@@ -19,7 +19,9 @@ from sdplay.errors import InvalidRequest
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = os.environ | {"PYTHONPATH": str(REPO / "src")}
-SEED_HEADER = "Timestamp, DeviceId, GPU Utilization (%), GPU Memory Utilization (%), GPU Memory Used (MiB)"
+# The seed's xpu-smi columns, in words that fit the CPU and host memory.
+SEED_HEADER = "Timestamp, DeviceId, CPU Utilization (%), Memory Utilization (%), Memory Used (MiB)"
+GPU_HEADER = "Timestamp, DeviceId, GPU Utilization (%), GPU Memory Utilization (%), GPU Memory Used (MiB)"
 CSV_ROW = re.compile(r"\d{2}:\d{2}:\d{2}\.\d{3},   cpu, \d+\.\d{2}, \d+\.\d{2}, \d+\.\d{2}")
 
 
@@ -77,9 +79,11 @@ def test_table():
 
 
 def test_xpu_smi_numeric_ids_and_default_device():
+    from sdplay.telemetry import default_device
+
     done = monitor("-m", "0,5,18", "-n", "1", "-i", "0.1")
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines()[0] == SEED_HEADER
+    assert done.stdout.splitlines()[0] == (SEED_HEADER if default_device() == "cpu" else GPU_HEADER)
 
 
 @pytest.mark.parametrize(

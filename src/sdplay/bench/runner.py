@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sdplay.bench import flops, probes
-from sdplay.bench.variants import EAGER, FAST, PLAIN, Variant, Workload, build
+from sdplay.bench.variants import EAGER, FAST, PEER, PLAIN, Variant, Workload, build
 from sdplay.devices import DeviceInfo
 
 Log = Callable[[str], None]
@@ -213,6 +213,8 @@ def _exactness(variants: list[Variant], work: Workload, cfg: BenchConfig) -> dic
         out["fast_vs_eager"] = compare(by_kind[EAGER], fast, work, cfg.seed, modules="deepcache" not in fast.name)
     if EAGER in by_kind and PLAIN in by_kind:
         out["eager_vs_diffusers"] = compare(by_kind[PLAIN], by_kind[EAGER], work, cfg.seed, modules=False)
+    if PEER in by_kind and PLAIN in by_kind:  # the peer's own cost in exactness, images only
+        out["peer_vs_diffusers"] = compare(by_kind[PLAIN], by_kind[PEER], work, cfg.seed, modules=False)
     for v in variants:  # every fast variant with options: what its options cost in exactness
         if EAGER in by_kind and v.name.startswith(FAST + "[") and v is not by_kind[FAST]:
             # feature reuse makes a lone UNet call depend on earlier calls: compare its images only

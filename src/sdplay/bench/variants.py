@@ -10,7 +10,11 @@ from typing import Any
 from sdplay.catalog import ModelSpec
 from sdplay.devices import DeviceInfo
 
-PLAIN, EAGER, FAST = "diffusers", "sdplay-eager", "sdplay-fast"
+PLAIN, PEER, EAGER, FAST = "diffusers", "diffusers-compile", "sdplay-eager", "sdplay-fast"
+KINDS = (PLAIN, PEER, EAGER, FAST)
+# The peer a speed-minded diffusers user would pick: channels-last UNet, fused QKV projections, the whole UNet through
+# torch.compile (fullgraph). Options in brackets: mode (default reduce-overhead, e.g. max-autotune), dynamic.
+PEER_DEFAULTS = {"mode": "reduce-overhead", "dynamic": "none", "backend": "inductor"}
 
 
 @dataclass
@@ -49,11 +53,26 @@ class Workload:
 def parse_variant(text: str) -> tuple[str, str | None]:
     """'sdplay-fast[compile=none,vae=off]' -> ('sdplay-fast', 'compile=none,vae=off')."""
     name, _, rest = text.partition("[")
-    if name not in (PLAIN, EAGER, FAST):
+    if name not in KINDS:
         from sdplay.errors import InvalidRequest
 
-        raise InvalidRequest(f"Unknown variant {name!r}.", hint=f"Use {PLAIN}, {EAGER} or {FAST}[options].")
+        raise InvalidRequest(
+            f"Unknown variant {name!r}.", hint=f"Use {PLAIN}, {PEER}[mode=...], {EAGER} or {FAST}[options]."
+        )
     return name, rest.rstrip("]") or None
+
+
+def peer_options(text: str | None) -> dict[str, str]:
+    """'mode=max-autotune' -> the peer's torch.compile settings, defaults filled in."""
+    from sdplay.errors import InvalidRequest
+
+    out = dict(PEER_DEFAULTS)
+    for part in filter(None, (p.strip() for p in (text or "").split(","))):
+        key, _, value = part.partition("=")
+        if key.strip() not in out:
+            raise InvalidRequest(f"Unknown {PEER} option {key.strip()!r}.", hint=f"Use: {', '.join(out)}.")
+        out[key.strip()] = value.strip()
+    return out
 
 
 def build(text: str, work: Workload, device: DeviceInfo) -> Variant:
@@ -61,6 +80,8 @@ def build(text: str, work: Workload, device: DeviceInfo) -> Variant:
     name, options = parse_variant(text)
     if name == PLAIN:
         return _plain(text, work, device)
+    if name == PEER:
+        return _peer(text, work, device, peer_options(options))
     return _sdplay(text, work, device, fast=name == FAST, options=options)
 
 
@@ -96,6 +117,25 @@ def _plain(label: str, work: Workload, device: DeviceInfo) -> Variant:
                     generator=gens, output_type="pil").images  # fmt: skip
 
     return Variant(label, pipe, device, run, seconds, {"pipeline": type(pipe).__name__})
+
+
+def _peer(label: str, work: Workload, device: DeviceInfo, opts: dict[str, str]) -> Variant:
+    """Plain diffusers plus the recipe of diffusers' own speed guide, compiled lazily at the first image."""
+    import torch
+
+    from sdplay.fastpath import compile_cache_dir
+
+    variant = _plain(label, work, device)
+    pipe, start = variant.pipe, time.perf_counter()
+    compile_cache_dir()  # the same on-disk compile cache as sdplay's, so restarts of both find their kernels
+    pipe.unet.to(memory_format=torch.channels_last)
+    pipe.fuse_qkv_projections()
+    dynamic = {"none": None, "true": True, "false": False}[opts["dynamic"].lower()]
+    mode = opts["mode"] if opts["backend"] == "inductor" else None  # modes are Inductor's
+    pipe.unet = torch.compile(pipe.unet, mode=mode, fullgraph=True, dynamic=dynamic, backend=opts["backend"])
+    variant.load_seconds += time.perf_counter() - start
+    variant.setup |= {"channels_last": "unet", "fused_qkv": True, "torch_compile": {"fullgraph": True, **opts}}
+    return variant
 
 
 def _sdplay(label: str, work: Workload, device: DeviceInfo, fast: bool, options: str | None) -> Variant:

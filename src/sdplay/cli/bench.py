@@ -19,7 +19,8 @@ def register(sub) -> None:
     p.add_argument(
         "--variants",
         default="diffusers,sdplay-eager,sdplay-fast",
-        help="comma list; sdplay-fast[compile=none,vae=off] sets fast-path options",
+        help="comma list of diffusers, diffusers-compile[mode=max-autotune] (the diffusers + torch.compile peer), "
+        "sdplay-eager, sdplay-fast[compile=none,vae=off] (fast-path options)",
     )
     p.add_argument("--random-weights", action="store_true", help="full-size architectures with random weights")
     p.add_argument("--device", default="auto")

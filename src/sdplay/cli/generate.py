@@ -37,8 +37,9 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     quiet_libraries()
-    from sdplay.engine import Engine
+    from sdplay import catalog
     from sdplay.images import ensure_writable, save_png
+    from sdplay.samplers import get_sampler
     from sdplay.types import GenerationRequest
 
     width, height = parse_size(args.size)
@@ -47,11 +48,17 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, steps=args.steps, guidance=args.guidance, width=width, height=height,
         seed=args.seed, sampler=args.sampler, device=args.device, dtype=args.dtype, clip_skip=args.clip_skip,
         loras=tuple(_lora_arg(a) for a in args.lora),
-    )  # fmt: skip
+    ).validate()  # fmt: skip
+    # Mistakes in the arguments are told before torch and diffusers are imported (seconds on a small CPU).
+    catalog.resolve(args.model, allow_pickle=args.allow_pickle)
+    if args.sampler:
+        get_sampler(args.sampler)
+    out_dir = ensure_writable(Path(args.out))
+    from sdplay.engine import Engine
+
     _hide_library_progress()
     engine = Engine(load_options(args), max_models=1)
     plan = engine.plan(request)
-    out_dir = ensure_writable(Path(args.out))
     with _Progress(plan.request, quiet=args.json) as progress:
         result = engine.generate(plan, on_step=progress.update, monitor=args.monitor)
     paths = [save_png(result, i, out_dir) for i in range(len(result.images))]
@@ -77,20 +84,25 @@ def _hide_library_progress() -> None:
 
 
 class _Progress:
-    """A tqdm bar over all denoising steps of all batches."""
+    """A tqdm bar over all denoising steps of all batches, drawn from the first step on (so a load error
+    is never preceded by an empty bar)."""
 
     def __init__(self, request, quiet: bool):
         self.request, self.quiet, self.bar = request, quiet, None
 
     def __enter__(self):
+        return self
+
+    def _start(self) -> None:
         from tqdm import tqdm
 
         req = self.request
         batches = -(-req.n_images // (req.batch_size or req.n_images))
         self.bar = tqdm(total=batches * req.steps, unit="step", desc="generating", disable=self.quiet, leave=False)
-        return self
 
     def update(self, info) -> None:
+        if self.bar is None:
+            self._start()
         total = info.batch_count * info.total_steps
         if self.bar.total != total:
             self.bar.total = total
@@ -98,7 +110,8 @@ class _Progress:
         self.bar.refresh()
 
     def __exit__(self, *exc) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _report(result, paths: list[Path], as_json: bool) -> None:

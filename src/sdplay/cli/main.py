@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from sdplay.errors import SdplayError
@@ -28,6 +29,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if "-v" not in (argv or sys.argv) and "--verbose" not in (argv or sys.argv):
         quiet_libraries()
+    # Idle OpenMP threads sleep instead of spinning (read when torch loads; yours wins if set). On a busy CPU
+    # spinning threads starve each other: 20 steps of the embedded model took 90-190 s instead of 14 s on 2 cores
+    # at a load average of about 20.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -44,6 +49,14 @@ def run_command(func, args: argparse.Namespace, *, verbose: bool = False) -> int
     except SdplayError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2 if exc.status < 500 else 1
+    except ModuleNotFoundError as exc:  # an optional part not installed: say which, and the command that adds it
+        from sdplay.extras import missing_extra
+
+        if verbose:
+            raise
+        error = missing_extra(exc, getattr(args, "command", None))
+        print(f"error: {error or f'{type(exc).__name__}: {exc} (run with -v for the traceback)'}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -9,10 +9,13 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from sdplay.errors import InvalidRequest
-from sdplay.telemetry import METRICS, Metric, Sampler, TelemetrySample, resolve_device, sampler_for
+from sdplay.telemetry.sample import METRICS, Metric, TelemetrySample
+
+if TYPE_CHECKING:
+    from sdplay.telemetry.sample import Sampler
 
 DEFAULT_METRICS = "util,mem_util,mem_used"
 Writer = Callable[[TelemetrySample], None]
@@ -55,9 +58,12 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidRequest(f"--interval must be positive, got {args.interval}.", field="interval")
     if args.count is not None and args.count < 1:
         raise InvalidRequest(f"--count must be at least 1, got {args.count}.", field="count")
-    sampler = sampler_for(resolve_device(args.device), interval=args.interval)
+    from sdplay.telemetry.factory import resolve_device, sampler_for
+
+    device = resolve_device(args.device)
+    sampler = sampler_for(device, interval=args.interval)
     try:
-        write = WRITERS[args.format](metrics, sys.stdout)
+        write = WRITERS[args.format](metrics, sys.stdout, device)
         _loop(sampler, write, args.interval, args.count)
     except KeyboardInterrupt:
         pass
@@ -88,9 +94,16 @@ def _number(value: float | None) -> str:
     return "N/A" if value is None else f"{value:.2f}"
 
 
-def csv_writer(metrics: list[Metric], out: TextIO) -> Writer:
+def column_label(metric: Metric, device: str = "") -> str:
+    """xpu-smi's column name; on the CPU the same words for the CPU and host memory ("CPU Utilization (%)")."""
+    if device != "cpu":
+        return metric.label
+    return metric.label.replace("GPU Memory", "Memory").replace("GPU", "CPU")
+
+
+def csv_writer(metrics: list[Metric], out: TextIO, device: str = "") -> Writer:
     """xpu-smi's CSV: `Timestamp, DeviceId, GPU Utilization (%), ...`, one flushed line per reading."""
-    print(", ".join(["Timestamp", "DeviceId", *(m.label for m in metrics)]), file=out, flush=True)
+    print(", ".join(["Timestamp", "DeviceId", *(column_label(m, device) for m in metrics)]), file=out, flush=True)
 
     def write(s: TelemetrySample) -> None:
         cells = [clock(s.timestamp), f"{s.device:>5}", *(_number(getattr(s, m.field)) for m in metrics)]
@@ -99,7 +112,7 @@ def csv_writer(metrics: list[Metric], out: TextIO) -> Writer:
     return write
 
 
-def json_writer(metrics: list[Metric], out: TextIO) -> Writer:
+def json_writer(metrics: list[Metric], out: TextIO, device: str = "") -> Writer:
     """One JSON object per line: timestamp (ISO 8601), device, source and the chosen fields."""
 
     def write(s: TelemetrySample) -> None:
@@ -110,7 +123,7 @@ def json_writer(metrics: list[Metric], out: TextIO) -> Writer:
     return write
 
 
-def table_writer(metrics: list[Metric], out: TextIO) -> Writer:
+def table_writer(metrics: list[Metric], out: TextIO, device: str = "") -> Writer:
     """Aligned columns under a header line."""
     widths = [max(10, len(m.heading)) for m in metrics]
     headings = (m.heading.rjust(w) for m, w in zip(metrics, widths, strict=True))
@@ -123,7 +136,7 @@ def table_writer(metrics: list[Metric], out: TextIO) -> Writer:
     return write
 
 
-WRITERS: dict[str, Callable[[list[Metric], TextIO], Writer]] = {
+WRITERS: dict[str, Callable[[list[Metric], TextIO, str], Writer]] = {
     "csv": csv_writer,
     "json": json_writer,
     "table": table_writer,

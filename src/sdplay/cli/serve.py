@@ -43,6 +43,19 @@ def register(sub) -> None:
         "--cors-origin", action="append", default=None, dest="cors_origins", help="allowed CORS origin (repeatable)"
     )
     p.add_argument(
+        "--allowed-host",
+        action="append",
+        default=None,
+        dest="allowed_hosts",
+        help="another Host name this server answers without an API key (repeatable; '*' = any)",
+    )
+    p.add_argument("--public-url", default=None, help="base of absolute URLs in answers (default: the bound address)")
+    p.add_argument("--max-request-s", type=float, default=None, help="time limit of one request (0 = device default)")
+    p.add_argument(
+        "--max-work", type=int, default=None, help="width*height*steps*images per request (0 = from device speed)"
+    )
+    p.add_argument("--max-pixels", type=int, default=None, help="width*height per image (0 = device default)")
+    p.add_argument(
         "--random-weights",
         action="store_const",
         const=True,
@@ -62,8 +75,9 @@ def run(args: argparse.Namespace) -> int:
     from sdplay.server.settings import Settings
 
     overrides = {name: getattr(args, name) for name in _FLAGS}
-    if overrides["cors_origins"] is not None:
-        overrides["cors_origins"] = tuple(overrides["cors_origins"])
+    for name in ("cors_origins", "allowed_hosts"):
+        if overrides[name] is not None:
+            overrides[name] = tuple(overrides[name])
     settings = Settings.from_env(**overrides).check()  # InvalidRequest -> exit status 2
 
     from sdplay.server.scaleout.cli import run_ray, wants_ray
@@ -88,4 +102,4 @@ def run(args: argparse.Namespace) -> int:
 
 _FLAGS = ("host", "port", "api_key", "api_auth", "models_preload", "devices", "output_dir", "gallery_db", "input_dir",
           "default_model", "max_queue", "max_batch", "batch_window_ms", "cors_origins", "random_weights",
-          "lora_dir")  # fmt: skip
+          "allowed_hosts", "public_url", "max_request_s", "max_work", "max_pixels", "lora_dir")  # fmt: skip

@@ -25,7 +25,9 @@ from sdplay.server import (
 )
 from sdplay.server.comfy.runtime import ComfyState
 from sdplay.server.errors import PayloadTooLarge, api_of, error_response, install_error_handlers
+from sdplay.server.openapi_limits import state_limits
 from sdplay.server.routes_a1111 import A1111State
+from sdplay.server.security import HostGuard, SameSiteGuard, StrictJson
 from sdplay.server.service import Service
 from sdplay.server.settings import Settings
 from sdplay.types import EngineProtocol
@@ -68,10 +70,12 @@ def create_app(
     app.state.a1111 = A1111State()
     app.state.comfy = ComfyState()
     install_error_handlers(app)
+    state_limits(app, settings)
     for module in (routes_system, routes_jobs, routes_gallery, routes_openai, routes_a1111, routes_telemetry):
         app.include_router(module.router)
     app.include_router(routes_system.protected)
     app.include_router(routes_openai.files)
+    app.include_router(routes_a1111.internal)  # /internal/ping: a liveness probe, open as in A1111
     for prefix in ("", "/api"):  # ComfyUI serves every route at both
         app.include_router(routes_comfy.router, prefix=prefix)
         app.include_router(routes_comfy.sockets, prefix=prefix)
@@ -84,7 +88,10 @@ def create_app(
             allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
         )
+    app.add_middleware(StrictJson)  # middleware added later wraps what was added before
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(SameSiteGuard, settings=settings)
+    app.add_middleware(HostGuard, settings=settings)
     if WEB_DIR.is_dir():
         from fastapi.staticfiles import StaticFiles
 
@@ -92,7 +99,7 @@ def create_app(
     return app
 
 
-API_PREFIXES = ("/api/", "/v1/", "/sdapi/", "/health", "/metrics", "/docs", "/redoc", "/openapi.json")
+API_PREFIXES = ("/api/", "/v1/", "/sdapi/", "/internal/", "/health", "/metrics", "/docs", "/redoc", "/openapi.json")
 COMFY_PATHS = ("/prompt", "/queue", "/history", "/view", "/upload/", "/object_info", "/system_stats", "/interrupt",
                "/free", "/embeddings", "/models", "/ws")  # fmt: skip
 

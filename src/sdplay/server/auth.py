@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import secrets
 
 from fastapi import Request
@@ -12,24 +11,39 @@ from sdplay.server.errors import Unauthorized
 from sdplay.server.settings import Settings, parse_basic_credentials
 
 
-def _bearer(request: Request) -> str | None:
+def _credentials(request: Request) -> tuple[str, bytes]:
+    """(scheme, token) of the Authorization header; the token as the bytes the client sent (Starlette decodes
+    header values as latin-1, which gives them back unchanged)."""
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    return scheme.lower(), token.strip().encode("latin-1", "replace")
 
 
-def _basic(request: Request) -> tuple[str, str] | None:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "basic":
+def _bearer(request: Request) -> bytes | None:
+    scheme, token = _credentials(request)
+    return token if scheme == "bearer" and token else None
+
+
+def _basic(request: Request) -> tuple[str, bytes] | None:
+    """(user, password bytes) of HTTP Basic credentials, or None if they are not well formed."""
+    scheme, token = _credentials(request)
+    if scheme != "basic":
         return None
     try:
-        user, sep, password = base64.b64decode(token.strip(), validate=True).decode("utf-8").partition(":")
-    except (binascii.Error, UnicodeDecodeError):
+        user, sep, password = base64.b64decode(token, validate=True).partition(b":")
+    except ValueError:  # binascii.Error: not base64
         return None
-    return (user, password) if sep else None
+    return (user.decode("utf-8", "replace"), password) if sep else None
 
 
-def _key_ok(settings: Settings, token: str | None) -> bool:
-    return bool(settings.api_key and token and secrets.compare_digest(token, settings.api_key))
+def same_secret(given: bytes | None, expected: str | None) -> bool:
+    """Constant-time comparison of the bytes a client sent with a secret (as UTF-8): any byte is simply wrong."""
+    if not given or not expected:
+        return False
+    return secrets.compare_digest(given, expected.encode("utf-8"))
+
+
+def _key_ok(settings: Settings, token: bytes | None) -> bool:
+    return same_secret(token, settings.api_key)
 
 
 async def require_api_key(request: Request) -> None:
@@ -49,7 +63,7 @@ async def require_a1111_auth(request: Request) -> None:
     if settings.api_auth:
         creds = parse_basic_credentials(settings.api_auth)
         given = _basic(request)
-        if given and given[0] in creds and secrets.compare_digest(given[1], creds[given[0]]):
+        if given and given[0] in creds and same_secret(given[1], creds[given[0]]):
             return
         raise Unauthorized(
             "Incorrect username or password.", scheme="Basic", hint="Use the user:password given to --api-auth."

@@ -60,6 +60,10 @@ class Conflict(SdplayError):
     status = 422
 
 
+# Statuses whose request must not be sent again as it is (a cancelled or timed-out job would only repeat).
+NOT_TO_RETRY = (408, 409)
+
+
 class InternalError(SdplayError):
     """A bug or an unexpected failure; the server log has the details."""
 
@@ -75,20 +79,22 @@ def api_of(path: str) -> str:
     return "native"
 
 
-def error_body(api: str, exc: SdplayError) -> dict[str, Any]:
-    """The JSON body of an error in the shape clients of `api` expect."""
+def error_body(api: str, exc: SdplayError, status: int | None = None) -> dict[str, Any]:
+    """The JSON body of an error in the shape clients of `api` expect (`status`: the answer's, if not exc's)."""
     message = str(exc)
     if api == "openai":
-        return {"error": {"message": message, "type": _openai_type(exc), "param": exc.field, "code": _openai_code(exc)}}
+        kind = _openai_type(status or exc.status)
+        return {"error": {"message": message, "type": kind, "param": exc.field, "code": _openai_code(exc)}}
     if api == "a1111":
         return {"error": type(exc).__name__, "detail": message, "body": "", "errors": message}
     return {"error": {"type": type(exc).__name__, "message": message, "field": exc.field, "hint": exc.hint}}
 
 
-def _openai_type(exc: SdplayError) -> str:
-    if exc.status == 429:
+def _openai_type(status: int) -> str:
+    """OpenAI's error type for an answer's status (as OpenAI: 4xx are invalid_request_error, 429 requests)."""
+    if status == 429:
         return "requests"
-    return "server_error" if exc.status >= 500 else "invalid_request_error"
+    return "server_error" if status >= 500 else "invalid_request_error"
 
 
 def _openai_code(exc: SdplayError) -> str | None:
@@ -103,12 +109,15 @@ def _openai_code(exc: SdplayError) -> str | None:
 
 def error_response(api: str, exc: SdplayError, status: int | None = None) -> JSONResponse:
     """A JSON response for `exc`, with Retry-After / WWW-Authenticate where they apply."""
+    status = status or exc.status
     headers = {}
+    if status in NOT_TO_RETRY:  # the `openai` client retries 408/409 unless told not to
+        headers["x-should-retry"] = "false"
     if isinstance(exc, QueueFull):
         headers["Retry-After"] = str(exc.retry_after)
     if isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = 'Basic realm="sdplay"' if exc.scheme == "Basic" else "Bearer"
-    return JSONResponse(error_body(api, exc), status_code=status or exc.status, headers=headers)
+    return JSONResponse(error_body(api, exc, status), status_code=status, headers=headers)
 
 
 def _validation_error(exc: RequestValidationError) -> InvalidRequest:
@@ -141,8 +150,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        api = api_of(request.url.path)
-        return error_response(api, _validation_error(exc), 400 if api == "openai" else 422)
+        return error_response(api_of(request.url.path), _validation_error(exc))  # 400, as every invalid field
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

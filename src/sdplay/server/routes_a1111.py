@@ -15,6 +15,7 @@ from sdplay import __version__
 from sdplay.errors import InvalidRequest, ModelNotAvailable
 from sdplay.samplers import SCHEDULE_TYPES, a1111_samplers, a1111_split
 from sdplay.server.auth import require_a1111_auth
+from sdplay.server.blocking import wait_or_cancel
 from sdplay.server.jobs import Job, JobStatus
 from sdplay.server.schemas_a1111 import (
     MemoryResponse,
@@ -71,20 +72,35 @@ def checkpoint_name(title: str | None) -> str | None:
 
 @router.post("/txt2img", response_model=Txt2ImgResponse)
 async def txt2img(
-    body: Txt2ImgRequest, service: Service = Depends(get_service), state: A1111State = Depends(get_state)
+    body: Txt2ImgRequest,
+    request: Request,
+    service: Service = Depends(get_service),
+    state: A1111State = Depends(get_state),
 ) -> Txt2ImgResponse:
     """Generate and wait; `info` is a JSON string with seed, all_seeds, infotexts, sampler_name, ..."""
-    model = checkpoint_name((body.override_settings or {}).get("sd_model_checkpoint"))
+    model = checkpoint_name(_checkpoint_override(body.override_settings))
     model = model or checkpoint_name(state.options.get("sd_model_checkpoint"))
     job_id, _ = service.submit(body.to_request(model, state.options), "a1111")
     job = service.get(job_id)
     assert job is not None
-    await service.wait(job)
+    await wait_or_cancel(service, job, request)
     if job.status is JobStatus.FAILED and job.error is not None:
         raise job.error
     out = job.output
     images = [b64(encode_file(p)) for p in out.files] if out and body.send_images else []
     return Txt2ImgResponse(images=images, parameters=body.model_dump(), info=json.dumps(_info(job, body)))
+
+
+def _checkpoint_override(overrides: dict[str, Any] | None) -> str | None:
+    """override_settings.sd_model_checkpoint: a title string, or nothing."""
+    value = (overrides or {}).get("sd_model_checkpoint")
+    if value is not None and not isinstance(value, str):
+        raise InvalidRequest(
+            f"override_settings.sd_model_checkpoint must be a checkpoint title (text), got {type(value).__name__}.",
+            field="override_settings.sd_model_checkpoint",
+            hint='Use a title from GET /sdapi/v1/sd-models, e.g. "sdplay-emoji".',
+        )
+    return value
 
 
 def _info(job: Job, body: Txt2ImgRequest) -> dict[str, Any]:
@@ -213,12 +229,7 @@ def png_info(body: PNGInfoRequest) -> PNGInfoResponse:
         ) from exc
     if not raw:
         raise InvalidRequest("image is empty.", field="image", hint="Send a PNG file, base64-encoded.")
-    try:
-        info = read_png_info(raw)
-    except InvalidRequest as exc:
-        raise InvalidRequest(
-            "image is not a readable image.", field="image", hint="Send a PNG file, base64-encoded."
-        ) from exc
+    info = read_png_info(raw)  # chunks only, bounded: InvalidRequest (400) or ImageTooLarge (413)
     text = info.get("parameters") or ""
     fields = dict(info.get("fields") or {})
     params = {"Prompt": fields.pop("prompt", ""), "Negative prompt": fields.pop("negative_prompt", ""), **fields}
@@ -274,3 +285,65 @@ def refresh_loras(service: Service = Depends(get_service)) -> None:
 @router.get("/embeddings")
 def embeddings() -> dict:
     return {"loaded": {}, "skipped": {}}
+
+
+# -- endpoints A1111 clients call when they connect ------------------------------------------------------------
+
+
+@router.get("/cmd-flags")
+def cmd_flags(request: Request) -> dict[str, Any]:
+    """A1111's command-line flags as this server has them (clients check `api`, `listen`, `port`, `nowebui`);
+    no secret is ever included."""
+    from sdplay.server.settings import is_loopback
+
+    s = request.app.state.settings
+    return {
+        "api": True, "nowebui": False, "listen": not is_loopback(s.host), "port": s.port, "server_name": s.host,
+        "api_auth": None, "api_log": False, "cors_allow_origins": ",".join(s.cors_origins) or None,
+        "device_id": None, "ckpt": s.default_model, "ckpt_dir": None, "lora_dir": None, "embeddings_dir": None,
+        "hypernetwork_dir": None, "medvram": False, "lowvram": False, "xformers": False, "no_half": False,
+        "skip_torch_cuda_test": True, "disable_safe_unpickle": False, "hide_ui_dir_config": True,
+        "freeze_settings": False, "enable_insecure_extension_access": False, "gradio_auth": None,
+    }  # fmt: skip
+
+
+@router.get("/face-restorers")
+def face_restorers() -> list:
+    return []
+
+
+@router.get("/hypernetworks")
+def hypernetworks() -> list:
+    return []
+
+
+@router.get("/realesrgan-models")
+def realesrgan_models() -> list:
+    return []
+
+
+@router.post("/refresh-checkpoints")
+def refresh_checkpoints(service: Service = Depends(get_service)) -> None:
+    """Re-read the model list (it is refreshed after every job as well)."""
+    service.refresh_catalog()
+
+
+@router.post("/unload-checkpoint")
+def unload_checkpoint() -> dict:
+    """Accepted: the worker owns the loaded models and frees the least recently used as needed."""
+    return {}
+
+
+@router.post("/reload-checkpoint")
+def reload_checkpoint() -> dict:
+    """Accepted: models load on first use by the worker."""
+    return {}
+
+
+internal = APIRouter(prefix="/internal", tags=["a1111"], responses=error_responses(A1111Error))
+
+
+@internal.get("/ping")
+def ping() -> dict:
+    """A1111's liveness probe."""
+    return {}

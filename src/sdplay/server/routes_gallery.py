@@ -47,7 +47,7 @@ def _when(value: str | None, name: str) -> float | None:
 
 @router.get("", response_model=GalleryPage)
 def search(
-    q: str | None = Query(None, max_length=1000, description="Text the prompt contains."),
+    q: str | None = Query(None, max_length=1000, pattern=r"^[^\x00]*$", description="Text the prompt contains."),
     model: str | None = Query(None, max_length=200),
     since: str | None = Query(None, pattern=WHEN, description="Unix time or ISO date (inclusive)."),
     until: str | None = Query(None, pattern=WHEN, description="Unix time or ISO date (exclusive)."),

@@ -8,8 +8,9 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.responses import StreamingResponse
 
-from sdplay.errors import Cancelled, SdplayError
+from sdplay.errors import Cancelled, ModelNotAvailable, SdplayError
 from sdplay.server.auth import require_api_key
+from sdplay.server.blocking import wait_or_cancel
 from sdplay.server.errors import NotFound, error_body
 from sdplay.server.jobs import Job, JobStatus
 from sdplay.server.schemas_errors import OpenAIError, error_responses
@@ -20,7 +21,8 @@ from sdplay.server.schemas_openai import (
     OpenAIModel,
     OpenAIModelList,
 )
-from sdplay.server.service import Service
+from sdplay.server.security import public_base_url
+from sdplay.server.service import OPENAI_MODEL_NAMES, Service
 from sdplay.server.sse import HEADERS, frame, job_events
 from sdplay.server.storage import MEDIA_TYPES, b64, encode_file
 
@@ -56,11 +58,12 @@ async def generate_images(body: ImageGenerateRequest, request: Request, service:
     if body.stream:
         stream = _stream(service, job, body, preview_steps)
         return StreamingResponse(stream, media_type="text/event-stream", headers=HEADERS)
-    await service.wait(job)
+    await wait_or_cancel(service, job, request)
     _raise_unless_done(job)
     out = job.output
     assert out is not None
-    data = [_image(service, job, i, body, str(request.base_url)) for i in range(len(out.files))]
+    base = public_base_url(request.app.state.settings)  # never the request's Host header
+    data = [_image(service, job, i, body, base) for i in range(len(out.files))]
     return ImagesResponse(
         created=int(job.created_at), data=data, output_format=body.format, size=f"{out.width}x{out.height}",
         quality="auto", background="opaque",
@@ -85,7 +88,7 @@ def _raise_unless_done(job: Job) -> None:
 def _image(service: Service, job: Job, index: int, body: ImageGenerateRequest, base_url: str) -> ImageData:
     out = job.output
     assert out is not None
-    if body.response_format == "url":
+    if body.answer_format == "url":
         token = service.signer.sign(job.id, index, body.format)
         return ImageData(url=f"{base_url}v1/images/files/{token}")
     quality = body.output_compression if body.output_compression is not None else 90
@@ -105,7 +108,7 @@ async def _stream(
         if name == "ping":
             yield b": ping\n\n"
         elif name == "preview" and event["step"] in steps and sent < len(steps):
-            data = _convert(event["png"], fmt)
+            data = _convert(event["png"], fmt, (job.request.width or 0, job.request.height or 0))
             yield frame("image_generation.partial_image", {"type": "image_generation.partial_image", "b64_json": data,
                         "size": size, "partial_image_index": sent, **common})  # fmt: skip
             sent += 1
@@ -119,16 +122,18 @@ async def _stream(
             yield frame("error", error_body("openai", err if isinstance(err, SdplayError) else SdplayError(str(err))))
 
 
-def _convert(png: bytes, fmt: str) -> str:
-    if fmt == "png":
-        return b64(png)
+def _convert(png: bytes, fmt: str, size: tuple[int, int]) -> str:
+    """A preview as a partial image of the size the request asked for, in its format."""
     import io
 
     from PIL import Image
 
     with Image.open(io.BytesIO(png)) as img:
+        if img.size == size and fmt == "png":
+            return b64(png)
+        img = img.convert("RGB").resize(size, Image.Resampling.BILINEAR) if all(size) else img.convert("RGB")
         buf = io.BytesIO()
-        img.convert("RGB").save(buf, format=fmt.upper(), quality=80)
+        img.save(buf, format=fmt.upper(), **({"quality": 80} if fmt != "png" else {}))
     return b64(buf.getvalue())
 
 
@@ -136,6 +141,18 @@ def _convert(png: bytes, fmt: str) -> str:
 def list_models(service: Service = Depends(get_service)) -> OpenAIModelList:
     created = int(service.started_at)
     return OpenAIModelList(data=[OpenAIModel(id=m.name, created=created) for m in service.usable_models()])
+
+
+@router.get("/models/{model_id}", response_model=OpenAIModel)
+def get_model(model_id: str = Path(max_length=200), service: Service = Depends(get_service)) -> OpenAIModel:
+    """One model, as OpenAI answers it; OpenAI's image model names stand for the server's default model."""
+    info = service.catalog.find_model(model_id)
+    if model_id.strip().lower() in OPENAI_MODEL_NAMES:
+        return OpenAIModel(id=model_id, created=int(service.started_at))
+    if info is None or not service.usable(info):
+        names = ", ".join(m.name for m in service.usable_models())
+        raise ModelNotAvailable(f"The model {model_id!r} does not exist.", field="model", hint=f"Use one of: {names}.")
+    return OpenAIModel(id=info.name, created=int(service.started_at))
 
 
 @files.get(

@@ -57,6 +57,10 @@ def samplers(service: Service = Depends(get_service)) -> SamplerList:
 @protected.get("/api/v1/system", response_model=SystemView)
 def system(service: Service = Depends(get_service)) -> SystemView:
     s = service.settings
+    try:
+        work = service.work_limits(service.default_model())
+    except ModelNotAvailable:
+        work = None
     return SystemView(
         version=__version__,
         uptime_s=time.time() - service.started_at,
@@ -69,6 +73,9 @@ def system(service: Service = Depends(get_service)) -> SystemView:
             max_side=s.max_side,
             max_queue=s.max_queue,
             max_body_bytes=s.max_body_bytes,
+            max_pixels=work.max_pixels if work else None,
+            max_work=work.max_work if work else None,
+            max_request_s=work.max_seconds if work else None,
         ),
         batching=Batching(max_batch=s.max_batch, window_ms=s.batch_window_ms),
         auth={"api_key": bool(s.api_key), "api_auth": bool(s.api_auth)},

@@ -8,20 +8,20 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sdplay.errors import InvalidRequest
 from sdplay.samplers import combine_sampler
-from sdplay.types import MAX_GUIDANCE, MAX_IMAGES, MAX_PROMPT_CHARS, MAX_SIDE, MAX_STEPS, GenerationRequest
+from sdplay.types import MAX_GUIDANCE, MAX_IMAGES, MAX_PROMPT_CHARS, MAX_SEED, MAX_SIDE, MAX_STEPS, GenerationRequest
 
 
 class Txt2ImgRequest(BaseModel):
     """A1111's StableDiffusionTxt2ImgProcessingAPI. Fields sdplay cannot honour are accepted at their
     defaults and refused otherwise; unknown fields are ignored, as A1111 does."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
     negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
     styles: list[str] | None = None
-    seed: int = Field(-1, ge=-1, le=2**32 - 1)
-    subseed: int = -1
+    seed: int = Field(-1, ge=-1, le=MAX_SEED)
+    subseed: int = Field(-1, ge=-1, le=MAX_SEED)
     subseed_strength: float = 0.0
     seed_resize_from_h: int = -1
     seed_resize_from_w: int = -1

@@ -36,7 +36,7 @@ class A1111Error(BaseModel):
     errors: str
 
 
-ERROR_CODES = (400, 401, 404, 409, 410, 413, 422, 429, 500, 507)
+ERROR_CODES = (400, 401, 403, 404, 408, 409, 410, 413, 421, 422, 429, 500, 507)
 
 
 def error_responses(model: type[BaseModel], codes: tuple[int, ...] = ERROR_CODES) -> dict[int | str, dict[str, Any]]:

@@ -9,10 +9,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sdplay.samplers import combine_sampler
 from sdplay.server.jobs import Job, JobStatus
+from sdplay.server.jsontypes import IntegralFloats
 from sdplay.types import MAX_GUIDANCE, MAX_IMAGES, MAX_PROMPT_CHARS, MAX_SEED, MAX_SIDE, MAX_STEPS, GenerationRequest
 
 
-class JobCreate(BaseModel):
+class JobCreate(IntegralFloats):
     """A text-to-image job. Omitted fields take the model's defaults."""
 
     model_config = ConfigDict(extra="forbid", strict=True)

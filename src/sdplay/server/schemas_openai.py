@@ -9,12 +9,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sdplay.errors import InvalidRequest
 from sdplay.samplers import combine_sampler
+from sdplay.server.jsontypes import IntegralFloats
 from sdplay.types import MAX_GUIDANCE, MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS, GenerationRequest
 
 _SIZE = re.compile(r"^\s*(\d{1,5})\s*[xX×]\s*(\d{1,5})\s*$")
 
 
-class ImageGenerateRequest(BaseModel):
+class ImageGenerateRequest(IntegralFloats):
     """POST /v1/images/generations. sdplay's own fields (seed, negative_prompt, steps, guidance, sampler)
     sit at the top level, as the `openai` client's `extra_body` sends them."""
 
@@ -64,6 +65,22 @@ class ImageGenerateRequest(BaseModel):
     def format(self) -> str:
         return self.output_format or "png"
 
+    @property
+    def answer_format(self) -> str:
+        """`response_format`, or its default as OpenAI documents it for the model asked: `url` for the DALL-E
+        models (and for no model, which means dall-e-2 unless a GPT-image-only field is sent), `b64_json` for the
+        GPT-image models and for sdplay's own models (the image comes with the answer; links expire)."""
+        if self.response_format:
+            return self.response_format
+        name = (self.model or "").strip().lower()
+        if name.startswith("dall-e"):
+            return "url"
+        if not name:
+            gpt_image_only = (self.output_format, self.output_compression, self.background, self.moderation,
+                              self.partial_images, self.stream or None)  # fmt: skip
+            return "b64_json" if any(v is not None for v in gpt_image_only) else "url"
+        return "b64_json"
+
 
 def parse_size(size: str | None) -> tuple[int | None, int | None]:
     """'auto' or None -> the model's native size; 'WxH' -> (W, H)."""
@@ -74,7 +91,10 @@ def parse_size(size: str | None) -> tuple[int | None, int | None]:
         raise InvalidRequest(
             f"size must be 'auto' or 'WIDTHxHEIGHT', got {size!r}.", field="size", hint="For example '512x512'."
         )
-    return int(match.group(1)), int(match.group(2))
+    width, height = int(match.group(1)), int(match.group(2))
+    if not width or not height:
+        raise InvalidRequest(f"size {size!r} has a side of 0.", field="size", hint="Use 'auto' or e.g. '512x512'.")
+    return width, height
 
 
 class ImageData(BaseModel):

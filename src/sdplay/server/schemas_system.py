@@ -45,6 +45,9 @@ class Limits(BaseModel):
     max_side: int
     max_queue: int
     max_body_bytes: int
+    max_pixels: int | None = None  # width x height per image, on every device
+    max_work: int | None = None  # width x height x steps x images per request (default model, measured speed)
+    max_request_s: float | None = None  # time limit of one request
 
 
 class Batching(BaseModel):

@@ -13,7 +13,9 @@ from dataclasses import replace
 from typing import Any
 
 from sdplay import catalog
+from sdplay.availability import how_to_get_on_server
 from sdplay.errors import ModelNotAvailable, SdplayError
+from sdplay.limits import SpeedMeter, WorkLimits, check_work, device_kind, limits_for
 from sdplay.plan import Limits, Plan
 from sdplay.server.errors import Conflict, NotFound, QueueFull
 from sdplay.server.gallery import Gallery
@@ -52,6 +54,8 @@ class Service:
         self.stopping = False
         self.started_at = time.time()
         self.workers = [Worker(self, engine, index) for index, engine in enumerate(self.engines)]
+        self.speed = SpeedMeter()  # measured by the workers, sizes the work limits
+        self._kinds: dict[str, str] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -145,9 +149,30 @@ class Service:
             names = ", ".join(m.name for m in self.catalog.models)
             raise ModelNotAvailable(f"Unknown model {name!r}.", field="model", hint=f"Choose one of: {names}.")
         if not self.usable(info):
-            raise ModelNotAvailable(f"Model {info.name} is not on this server.", field="model", hint=info.how_to_get)
+            loadable = [m.name for m in self.usable_models()]
+            hint = how_to_get_on_server(info.name, _repo_id(info.name), loadable)
+            raise ModelNotAvailable(f"Model {info.name} is not on this server.", field="model", hint=hint)
         engine = self.engines[self._least_busy(range(len(self.engines)))]
-        return engine.plan(request.with_(model=info.name), self.limits)
+        plan = engine.plan(request.with_(model=info.name), self.limits)
+        check_work(plan.request, self.limits_of(plan))  # the device's pixels x steps and time limits
+        return plan
+
+    def limits_of(self, plan: Plan) -> WorkLimits:
+        """The work limits of the device a plan runs on, for its model (sdplay.limits)."""
+        return self.work_limits(plan.request.model or "", plan.device.id, plan.device.kind)
+
+    def work_limits(self, model: str, device: str | None = None, kind: str | None = None) -> WorkLimits:
+        """The work limits of `device` for `model`; without a device, those that hold on every device here."""
+        s, limits = self.settings, None
+        targets = [(device, kind)] if device else [(e.device, None) for e in self.engines]
+        for name, known in dict.fromkeys(targets):
+            name = str(name)
+            kind_of = known or self._kinds.get(name) or self._kinds.setdefault(name, device_kind(name))
+            mine = limits_for(name, kind_of, self.speed.rate(name, model), max_seconds=s.max_request_s,
+                              max_work=s.max_work, max_pixels=s.max_pixels)  # fmt: skip
+            limits = mine if limits is None else limits.tighter(mine)
+        assert limits is not None  # a service has at least one engine
+        return limits
 
     def _least_busy(self, candidates) -> int:
         """Of the `candidates` (engine indices), the one with the fewest unfinished jobs (the first on a tie)."""
@@ -311,3 +336,8 @@ class Service:
 
 def _error_dict(error: SdplayError) -> dict[str, Any]:
     return {"type": type(error).__name__, "message": str(error), "field": error.field, "hint": error.hint}
+
+
+def _repo_id(name: str) -> str | None:
+    spec = catalog.builtin(name)
+    return spec.repo_id if spec is not None else None

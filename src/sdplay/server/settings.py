@@ -39,6 +39,11 @@ class Settings:
     max_side: int = 2048
     max_body_bytes: int = 16 * 2**20
     cors_origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()  # extra Host names a keyless server answers (besides its own address)
+    public_url: str | None = None  # base of absolute URLs in answers (default: the bound address)
+    max_request_s: float = 0.0  # wall-clock limit of one request's work; 0 = the device's default
+    max_work: int = 0  # width x height x steps x images per request; 0 = sized from the device's measured speed
+    max_pixels: int = 0  # width x height per image; 0 = the device's default
     url_ttl_s: int = 3600
     url_secret: str | None = None
     preview_interval_s: float = 0.25
@@ -71,6 +76,15 @@ class Settings:
         for name in ("max_queue", "max_batch", "max_images", "max_steps", "max_side", "max_body_bytes", "job_history"):
             if getattr(self, name) < 1:
                 raise InvalidRequest(f"{name} must be at least 1, got {getattr(self, name)}.", field=name)
+        for name in ("max_request_s", "max_work", "max_pixels"):
+            if getattr(self, name) < 0:
+                raise InvalidRequest(f"{name} must be 0 (the device's default) or more.", field=name)
+        if self.public_url and not self.public_url.startswith(("http://", "https://")):
+            raise InvalidRequest(
+                f"public_url must start with http:// or https://, got {self.public_url!r}.",
+                field="public_url",
+                hint="For example --public-url https://images.example.org",
+            )
         if self.batch_window_ms < 0:
             raise InvalidRequest("batch_window_ms must be 0 (off) or more.", field="batch_window_ms")
         if not self.devices:
@@ -78,7 +92,11 @@ class Settings:
         return self
 
 
-_ENV_ALIASES = {"devices": "SDPLAY_DEVICE", "cors_origins": "SDPLAY_CORS_ORIGIN"}
+_ENV_ALIASES = {
+    "devices": "SDPLAY_DEVICE",
+    "cors_origins": "SDPLAY_CORS_ORIGIN",
+    "allowed_hosts": "SDPLAY_ALLOWED_HOST",
+}
 
 
 def _parse(name: str, raw: str, default: Any) -> Any:

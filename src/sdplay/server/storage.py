@@ -74,7 +74,8 @@ class UrlSigner:
         """(job_id, index, fmt) of a valid token; NotFound if forged, Gone if expired."""
         parts = token.split(".")
         bad = NotFound("This image link is not valid.", hint="Use the URL exactly as the server returned it.")
-        if len(parts) != 5 or not hmac.compare_digest(parts[4], self._mac(".".join(parts[:4]))):
+        given = parts[-1].encode("utf-8", "surrogateescape")  # bytes: any character is simply wrong
+        if len(parts) != 5 or not hmac.compare_digest(given, self._mac(".".join(parts[:4])).encode()):
             raise bad
         job_id, index, fmt, expires = parts[:4]
         if not (JOB_ID.match(job_id) and index.isdigit() and fmt in MEDIA_TYPES and expires.isdigit()):

@@ -10,7 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
-from sdplay.errors import Cancelled, SdplayError
+from sdplay import cancel
+from sdplay.errors import Cancelled, SdplayError, TimeLimitExceeded
+from sdplay.limits import work_of
 from sdplay.server.errors import InternalError
 from sdplay.server.jobs import Job, JobOutput, JobStatus
 from sdplay.server.storage import png_bytes, save_result
@@ -118,7 +120,7 @@ class Worker(threading.Thread):
         self.service.metrics.batch.observe(len(live))
         try:
             exc = self._attempt(live)
-            if exc is not None and len(live) > 1 and not isinstance(exc, Cancelled):
+            if exc is not None and len(live) > 1 and not isinstance(exc, (Cancelled, TimeLimitExceeded)):
                 log.info("batch of %d failed (%s); running its jobs one by one", len(live), exc)
                 for job in live:
                     if not job.status.terminal:
@@ -149,10 +151,41 @@ class Worker(threading.Thread):
             self._on_step(jobs, offsets, info)
 
         engine = self.engine
-        results = [engine.generate(plans[0], on_step)] if len(jobs) == 1 else engine.generate_batch(plans, on_step)
+        with cancel.checking(self._stop_check(jobs)):  # checked inside each step too, between UNet blocks
+            results = [engine.generate(plans[0], on_step)] if len(jobs) == 1 else engine.generate_batch(plans, on_step)
+        self._measure(results)
         for job, result in zip(jobs, results, strict=True):
             if not job.status.terminal:  # cancelled while the rest of its batch ran on
                 self._saver.submit(self._complete_logged, job, result)
+
+    def _stop_check(self, jobs: list[Job]):
+        """Raises Cancelled once every job of the batch is cancelled (or the server stops), TimeLimitExceeded past
+        the time limit, which counts from the first check (after loading the model and encoding the prompts)."""
+        limit = self.service.limits_of(jobs[0].plan).max_seconds
+        deadline: list[float] = []
+
+        def check() -> None:
+            if self.service.stopping or all(j.cancel_requested or j.status.terminal for j in jobs):
+                raise Cancelled("Cancelled during a step.", hint="Submit the job again to restart it.")
+            now = time.monotonic()
+            if not deadline:
+                deadline.append(now + limit)
+            elif now > deadline[0]:
+                raise TimeLimitExceeded(
+                    f"The job ran past this server's time limit of {limit:g} s and was stopped.",
+                    hint="Ask for fewer steps, fewer images or a smaller size (the server's --max-request-s).",
+                )
+
+        return check
+
+    def _measure(self, results: list[GenerationResult]) -> None:
+        """Feed the device's speed (pixel-steps per second of denoising and decoding) to the work limits; a run
+        that loaded the model also warmed it up, so it is not a measure of its speed."""
+        if not results or results[0].timings.load > 0:
+            return
+        t, req = results[0].timings, results[0].request  # phase times are shared by a batch
+        work = sum(work_of(r.request) for r in results)
+        self.service.speed.record(req.device, req.model or "", work, t.denoising + t.decoding)
 
     def _fail_all(self, jobs: list[Job], exc: SdplayError | None) -> None:
         if exc is None:
@@ -170,6 +203,7 @@ class Worker(threading.Thread):
         for job in jobs:
             if job.cancel_requested and not job.status.terminal:
                 self._cancel(job)
+        cancel.check_now()  # the time limit
         live = [(j, off) for j, off in zip(jobs, offsets, strict=True) if not j.status.terminal]
         if not live or self.service.stopping:
             raise Cancelled("Cancelled between two steps.", hint="Submit the job again to restart it.")

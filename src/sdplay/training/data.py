@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from sdplay.errors import DataError
+from sdplay.extras import install_command
 
 PACKAGE = "emoji-datasource-google@16"
 IMAGE_PREFIX = "package/img/google/64/"
@@ -84,7 +85,7 @@ def _emoji_names() -> dict[str, dict]:
     except ImportError as exc:
         raise DataError(
             "Building the emoji captions needs the `emoji` package (CLDR names such as 'red heart').",
-            hint="pip install 'sdplay[train]' (or: pip install emoji).",
+            hint=f"Install it with: {install_command('train')}",
         ) from exc
     return emoji.EMOJI_DATA
 

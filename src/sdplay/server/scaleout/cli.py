@@ -7,6 +7,7 @@ import contextlib
 import time
 
 from sdplay.errors import InvalidRequest
+from sdplay.extras import missing_extra
 
 # flag -> RayOptions field
 FLAGS = {
@@ -91,7 +92,7 @@ def run_ray(args: argparse.Namespace, settings) -> int:
         import ray
         from ray import serve
     except ImportError as exc:
-        raise InvalidRequest("Ray Serve is not installed.", hint='pip install "sdplay[ray]"') from exc
+        raise (missing_extra(exc, "serve --ray") or exc) from exc
     from sdplay.server.scaleout.app import deploy
 
     ray.init(address=options.address)
