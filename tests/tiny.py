@@ -89,3 +89,65 @@ def make_tiny_folder(family: str, out: Path, seed: int = 0) -> Path:
     (out / "model_index.json").write_text(json.dumps(index, indent=2))
     DiffusionPipeline.from_pretrained(out, local_files_only=True)  # the folder must load as published ones do
     return out
+
+
+def _sgm_name(path: str, layers_per_block: int) -> str:
+    """A diffusers UNet module path in the original (SGM) block numbering that kohya uses for SDXL."""
+    parts = path.split(".")
+    if parts[0] == "down_blocks":
+        block, kind, layer = int(parts[1]), parts[2], int(parts[3])
+        index = 1 + block * (layers_per_block + 1) + layer
+        return ".".join(["input_blocks", str(index), "1" if kind == "attentions" else "0", *parts[4:]])
+    if parts[0] == "up_blocks":
+        block, kind, layer = int(parts[1]), parts[2], int(parts[3])
+        index = block * (layers_per_block + 2) + layer
+        return ".".join(["output_blocks", str(index), "1" if kind == "attentions" else "0", *parts[4:]])
+    if parts[0] == "mid_block":
+        return ".".join(["middle_block", "1", *parts[3:]])
+    return path
+
+
+def make_kohya_lora(folder: Path, out: Path, rank: int = 4, scale: float = 0.5, seed: int = 1) -> Path:
+    """A LoRA .safetensors in kohya's key layout (lora_unet_… / lora_te_… or lora_te1_/lora_te2_…, lora_down,
+    lora_up, alpha) for the tiny model in `folder`: attention projections of the UNet and the text encoders."""
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
+    from transformers import CLIPTextModel
+
+    index = _json(folder / "model_index.json")
+    sdxl = "text_encoder_2" in index
+    gen = torch.Generator().manual_seed(seed)
+    tensors: dict[str, torch.Tensor] = {}
+
+    def add(prefix: str, linear: torch.nn.Linear) -> None:
+        down = torch.randn(rank, linear.in_features, generator=gen) * scale
+        up = torch.randn(linear.out_features, rank, generator=gen) * scale
+        tensors[f"{prefix}.lora_down.weight"] = down
+        tensors[f"{prefix}.lora_up.weight"] = up
+        tensors[f"{prefix}.alpha"] = torch.tensor(float(rank))
+
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet")
+    lpb = unet.config.layers_per_block
+    for path, module in unet.named_modules():
+        if (
+            isinstance(module, torch.nn.Linear)
+            and ".attn" in path
+            and path.rsplit(".", 1)[-1] in ("to_q", "to_k", "to_v", "0")
+        ):
+            name = _sgm_name(path, lpb) if sdxl else path
+            add("lora_unet_" + name.replace(".", "_"), module)
+    encoders = [("text_encoder", "lora_te1" if sdxl else "lora_te")] + (
+        [("text_encoder_2", "lora_te2")] if sdxl else []
+    )
+    for sub, prefix in encoders:
+        encoder = CLIPTextModel.from_pretrained(folder / sub) if sub == "text_encoder" else None
+        if encoder is None:
+            from transformers import CLIPTextModelWithProjection
+
+            encoder = CLIPTextModelWithProjection.from_pretrained(folder / sub)
+        for path, module in encoder.named_modules():
+            if isinstance(module, torch.nn.Linear) and "self_attn" in path:
+                add(f"{prefix}_" + path.replace(".", "_"), module)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out))
+    return out

@@ -14,6 +14,9 @@ from sdplay.devices import DeviceInfo, discover_devices, resolve_device
 from sdplay.errors import InvalidRequest, ModelNotAvailable
 from sdplay.inputs import prepare_input
 from sdplay.loading import LoadedModel, LoadOptions, load_pipeline
+from sdplay.loras import AddonFile, Folder
+from sdplay.loras import applied as lora_applied
+from sdplay.loras import infotext as lora_infotext
 from sdplay.plan import Limits, Plan, check_compatible, plan
 from sdplay.run import BatchOutput, run_batch
 from sdplay.samplers import sampler_names
@@ -58,6 +61,7 @@ class Engine:
         self._models: OrderedDict[tuple[str, str, str], LoadedModel] = OrderedDict()
         self._lock = threading.RLock()
         self._devices: list[DeviceInfo] | None = None
+        self.lora_folder = Folder(self.options.lora_dir, "LoRA")
 
     # -- planning -------------------------------------------------------------------------
     @property
@@ -79,7 +83,15 @@ class Engine:
         def models(name: str | None) -> ModelSpec:
             return self.model_spec(name, limits.catalog_only)
 
-        return plan(request, models=models, device=device, limits=limits)
+        return plan(request, models=models, device=device, limits=limits, loras=self.find_lora)
+
+    def find_lora(self, name: str) -> AddonFile:
+        """A LoRA file of this engine's LoRA folder, by name."""
+        return self.lora_folder.get(name, "loras")
+
+    def loras(self) -> list[AddonFile]:
+        """The LoRA files of this engine's folder."""
+        return list(self.lora_folder.files().values())
 
     def model_spec(self, name: str | None, catalog_only: bool = False) -> ModelSpec:
         """The spec of a model name (catalog_only: listed models only, no paths or hub ids)."""
@@ -190,19 +202,25 @@ class Engine:
         first = plans[0]
         loaded, fresh = self._load(first)
         items = [
-            Item(i, p.request.prompt, p.request.negative_prompt, seed) for i, p in enumerate(plans) for seed in p.seeds
+            Item(i, p.request.prompt_loras()[0], p.request.negative_prompt, seed)
+            for i, p in enumerate(plans)
+            for seed in p.seeds
         ]
         req = first.request
         size = (req.batch_size or req.n_images) if len(plans) == 1 else len(items)
         batches = [items[i : i + size] for i in range(0, len(items), size)]
         prepared = [prepare_input(p.request) for p in plans] if req.init_image is not None else None
         refiner = self._refiner(first)
-        outputs = [
-            run_batch(loaded, first, b, on_step, n, len(batches), [prepared[i.owner] for i in b] if prepared else None,
-                      refiner)
-            for n, b in enumerate(batches)
-        ]  # fmt: skip
-        return _split_results([p.request for p in plans], items, outputs, loaded, fresh)
+        with lora_applied(loaded.pipe, list(first.loras), first.family.label):
+            outputs = [
+                run_batch(loaded, first, b, on_step, n, len(batches), [prepared[i.owner] for i in b] if prepared
+                          else None, refiner)
+                for n, b in enumerate(batches)
+            ]  # fmt: skip
+        results = _split_results([p.request for p in plans], items, outputs, loaded, fresh)
+        for result, p in zip(results, plans, strict=True):
+            result.metadata |= _addon_metadata(p)
+        return results
 
 
 def _check_refiner(base: LoadedModel, refiner: LoadedModel) -> None:
@@ -265,6 +283,13 @@ def _metadata(req: GenerationRequest, loaded: LoadedModel, timings: PhaseTimings
         "warnings": sorted({w for o in outputs for w in o.warnings}),
         "versions": versions(),
     }
+
+
+def _addon_metadata(p: Plan) -> dict[str, Any]:
+    """LoRAs and clip skip of a plan, for the metadata and A1111's infotext (`Lora hashes`, `Clip skip`)."""
+    loras = [{"name": lo.ref.name, "weight": lo.ref.weight, "te_weight": lo.ref.text_weight, "hash": lo.file.hash}
+             for lo in p.loras]  # fmt: skip
+    return {"loras": loras, "lora_hashes": lora_infotext(list(p.loras)), "clip_skip": p.request.clip_skip or 1}
 
 
 def model_bytes(pipe: Any) -> int:

@@ -43,6 +43,8 @@ def parameters_for(result: GenerationResult, index: int) -> str:
         "Size": f"{req.width}x{req.height}",
         "Model": meta.get("model"),
         **image_input_fields(req),
+        "Clip skip": meta.get("clip_skip") if (meta.get("clip_skip") or 1) > 1 else None,
+        "Lora hashes": meta.get("lora_hashes"),
         "Random weights": "True" if meta.get("random_weights") else None,
         "Version": f"sdplay {meta.get('versions', {}).get('sdplay', '')}".strip(),
     }

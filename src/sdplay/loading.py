@@ -40,6 +40,7 @@ class LoadOptions:
     fast: bool | None = None  # compiled fast path; None: on where supported
     fast_options: str = ""  # fast-path options, e.g. "deepcache=3,compile=regional" (the edges read $SDPLAY_FAST)
     seed: int = 0  # seed of random weights
+    lora_dir: str | None = None  # LoRA .safetensors files (None: the Lora folder under sdplay's model folder)
 
 
 @dataclass

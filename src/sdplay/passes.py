@@ -56,17 +56,29 @@ class Progress:
         self.scheduler = ""  # class name of the last pass's scheduler
         self.started = time.perf_counter()
 
-    def callback(self, offset: int):
-        def step_end(_pipe, i, _t, kwargs):
+    def callback(self, offset: int, emb: Any = None):
+        """The step-end callback of one pass: reports progress and, for prompt editing or alternation, hands the
+        next step's conditioning to the pipeline."""
+
+        def step_end(pipe, i, _t, kwargs):
             self.done = offset + i + 1
             if self.on_step is not None:
                 self.total = max(self.total, self.done)
                 elapsed = time.perf_counter() - self.started
                 info = StepInfo(self.done, self.total, self.index, self.count, elapsed, kwargs["latents"], self.family)
                 self.on_step(info)
+            if emb is not None and emb.schedule:
+                kwargs |= emb.step_inputs(i + 1, pipe.do_classifier_free_guidance)
             return kwargs
 
         return step_end
+
+
+def step_tensors(emb: Any) -> list[str]:
+    """The in-loop tensors the step callback sees: the conditioning too when it changes over the steps."""
+    if emb is None or not emb.schedule:
+        return ["latents"]
+    return ["latents", "prompt_embeds"] + (["add_text_embeds"] if emb.pooled is not None else [])
 
 
 def pass_steps(steps: int, strength: float) -> int:
@@ -110,7 +122,8 @@ def _common(args: PassArgs, progress: Progress, offset: int) -> dict[str, Any]:
         "guidance_scale": args.guidance,
         "generator": args.generators,
         "output_type": "latent",
-        "callback_on_step_end": progress.callback(offset),
+        "callback_on_step_end": progress.callback(offset, args.emb),
+        "callback_on_step_end_tensor_inputs": step_tensors(args.emb),
     }
 
 

@@ -23,11 +23,12 @@ if TYPE_CHECKING:
     from sdplay.catalog import ModelSpec
     from sdplay.devices import DeviceInfo
     from sdplay.families import FamilySpec
+    from sdplay.loras import AddonFile, ResolvedLora
 
 TASKS = ("txt2img", "img2img", "inpaint")  # the request's image inputs decide (GenerationRequest.task)
 
 # Request fields that must agree for plans to share one UNet batch (prompts and seeds may differ); with `task`.
-BATCH_FIELDS = ("model", "steps", "guidance", "width", "height", "sampler", "device", "dtype")
+BATCH_FIELDS = ("model", "steps", "guidance", "width", "height", "sampler", "device", "dtype", "clip_skip")
 
 
 @dataclass(frozen=True)
@@ -75,11 +76,14 @@ class Plan:
     dtype: str
     limits: Limits = field(default_factory=Limits)
     task: str = "txt2img"
+    loras: tuple[ResolvedLora, ...] = ()  # the prompt's <lora:…> tags and request.loras, found in the LoRA folder
 
     @property
     def batch_key(self) -> tuple:
-        """Plans with equal keys may run as one UNet batch (task kinds, strengths, fills, hires never mix)."""
-        return (self.task, *(getattr(self.request, name) for name in BATCH_FIELDS), *self.request.batch_fields())
+        """Plans with equal keys may run as one UNet batch (task kinds, strengths, fills, hires and LoRA sets never
+        mix)."""
+        return (self.task, *(getattr(self.request, name) for name in BATCH_FIELDS), *self.request.batch_fields(),
+                tuple(lo.key for lo in self.loras))  # fmt: skip
 
     @property
     def seeds(self) -> list[int]:
@@ -88,6 +92,7 @@ class Plan:
 
 
 ModelResolver = Callable[[str | None], "ModelSpec"]
+LoraResolver = Callable[[str], "AddonFile"]
 
 
 def plan(
@@ -97,6 +102,7 @@ def plan(
     device: DeviceInfo,
     limits: Limits | None = None,
     task: str | None = None,
+    loras: LoraResolver | None = None,
 ) -> Plan:
     """Validate `request` against the limits, resolve its model with `models`, pin it to `device`, fill defaults."""
     from sdplay.devices import resolve_device, resolve_dtype
@@ -146,6 +152,7 @@ def plan(
         dtype=resolved.dtype,
         limits=limits,
         task=task,
+        loras=_resolve_loras(resolved, loras),
     )
 
 
@@ -160,11 +167,26 @@ def image_defaults(request: GenerationRequest) -> dict:
             "resize_mode": resize_mode(request.resize_mode)}  # fmt: skip
 
 
+def _resolve_loras(request: GenerationRequest, find: LoraResolver | None) -> tuple[ResolvedLora, ...]:
+    """Each LoRA asked for, found by name; the same LoRA twice counts once (the last strengths win)."""
+    from sdplay.loras import ResolvedLora
+
+    _, refs = request.prompt_loras()
+    if not refs:
+        return ()
+    if find is None:
+        raise InvalidRequest("This engine has no LoRA folder.", field="loras", hint="Start it with --lora-dir.")
+    by_name = {ref.name: ref for ref in refs}
+    return tuple(ResolvedLora(find(name), ref) for name, ref in by_name.items())
+
+
 def check_compatible(plans: list[Plan]) -> None:
     """Refuse to batch plans whose batch keys differ, naming the first field that differs."""
     keys = {p.batch_key for p in plans}
     if len(keys) <= 1:
         return
+    if len({k[-1] for k in keys}) > 1:
+        raise InvalidRequest("Requests in one batch must share their LoRAs.", field="loras")
     for i, name in enumerate(("task", *BATCH_FIELDS)):
         values = {k[i] for k in keys}
         if len(values) > 1:

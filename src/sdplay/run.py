@@ -70,8 +70,9 @@ def _run(loaded: LoadedModel, plan: Plan, items: list, on_step, index, count, in
     cancel.guard(pipe)  # a stop takes effect between two UNet blocks, not only between steps
     clock = _Clock(dev)
     reset_peak_memory(dev)
-    # 1. Encode the prompts (chunked beyond 75 tokens).
-    emb = encode(pipe, loaded.family_spec, [i.prompt for i in items], [i.negative for i in items])
+    # 1. Encode the prompts (chunked beyond 75 tokens, A1111 emphasis, one conditioning per range of steps).
+    emb = encode(pipe, loaded.family_spec, [i.prompt for i in items], [i.negative for i in items], req.steps,
+                 req.clip_skip or 1)  # fmt: skip
     t_text = clock.lap()
     # 2. One CPU generator per image (same seed, same image on any device); a fresh scheduler for every pass.
     seeds = [i.seed for i in items]

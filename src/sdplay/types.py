@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from sdplay.errors import InvalidRequest
+from sdplay.prompt_syntax import LoraRef, extract_loras
 
 if TYPE_CHECKING:
     import torch
@@ -22,6 +23,9 @@ MAX_PIXELS = 2048 * 2048
 MAX_SIDE = 4096
 MAX_SEED = 2**32 - 1
 MAX_PROMPT_CHARS = 10_000
+MAX_CLIP_SKIP = 12
+MAX_LORAS = 16
+MAX_LORA_WEIGHT = 10.0
 MAX_PADDING = 512
 TASKS = ("txt2img", "img2img", "inpaint")
 DEFAULT_STRENGTH = 0.75
@@ -83,6 +87,8 @@ class GenerationRequest:
     hires: HiresFix | None = None  # text-to-image only
     refiner: str | None = None  # SDXL refiner model: runs the last (1 - refiner_switch_at) of the steps
     refiner_switch_at: float = 0.8
+    loras: tuple[LoraRef, ...] = ()  # besides the prompt's <lora:name:weight> tags
+    clip_skip: int | None = None  # A1111's: 1 = the text encoder's last layer, 2 = the one before, ...
 
     @property
     def task(self) -> str:
@@ -125,6 +131,9 @@ class GenerationRequest:
                 field="seed",
                 hint=f"Use a seed of at most {MAX_SEED - self.n_images + 1}, or -1 for a random one.",
             )
+        if self.clip_skip is not None:
+            _check_int(self.clip_skip, "clip_skip", 1, MAX_CLIP_SKIP)
+        _check_loras(self.loras)
         return self
 
     def _validate_images(self) -> None:
@@ -163,6 +172,11 @@ class GenerationRequest:
                 hint = "For an init image, set the size you want and a denoising strength."
                 raise InvalidRequest("hires fix is for text-to-image.", field="enable_hr", hint=hint)
             self.hires.validate()
+
+    def prompt_loras(self) -> tuple[str, tuple[LoraRef, ...]]:
+        """The prompt without its `<lora:…>` tags, and every LoRA asked for (the tags, then `loras`)."""
+        text, refs = extract_loras(self.prompt)
+        return text, (*refs, *self.loras)
 
     def with_(self, **changes: Any) -> GenerationRequest:
         """A copy with some fields changed."""
@@ -228,6 +242,17 @@ class GenerationResult:
     nsfw: list[bool] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     telemetry: dict[str, Any] | None = None
+
+
+def _check_loras(loras: Any) -> None:
+    if not isinstance(loras, tuple | list) or not all(isinstance(x, LoraRef) for x in loras):
+        raise InvalidRequest("loras must be a list of {name, weight} entries.", field="loras")
+    if len(loras) > MAX_LORAS:
+        raise InvalidRequest(f"At most {MAX_LORAS} LoRAs at once, got {len(loras)}.", field="loras")
+    for ref in loras:
+        _check_text(ref.name, "loras")
+        for w in (ref.weight, ref.text_weight):
+            _check_float(w, "loras", -MAX_LORA_WEIGHT, MAX_LORA_WEIGHT)
 
 
 def _check_text(value: Any, name: str) -> None:

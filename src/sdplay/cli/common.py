@@ -37,6 +37,8 @@ def add_load_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--vae-tiling", action="store_true", help="decode large images in tiles")
     g.add_argument("--cpu-offload", action="store_true", help="keep idle components in host memory")
     g.add_argument("--no-fast", action="store_true", help="turn the compiled fast path off")
+    g.add_argument("--lora-dir", default=None, metavar="DIR", help="LoRA .safetensors folder (default: Lora/ "
+                   "under sdplay's model folder, $SDPLAY_MODELS or ~/.local/share/sdplay/models)")  # fmt: skip
     g.add_argument(
         "--fast-options",
         default="",
@@ -59,6 +61,7 @@ def load_options(args: argparse.Namespace):
         cpu_offload=args.cpu_offload,
         fast=False if args.no_fast else (True if args.fast_options else None),
         fast_options=args.fast_options or os.environ.get("SDPLAY_FAST", ""),
+        lora_dir=args.lora_dir,
     )
 
 

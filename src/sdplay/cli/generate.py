@@ -24,6 +24,11 @@ def register(sub) -> None:
     p.add_argument("--sampler", default=None, help="e.g. 'Euler a', 'DPM++ 2M Karras' (see `sdplay models`)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, xpu, mps")
     p.add_argument("--dtype", default="auto", help="auto, fp32, fp16, bf16")
+    p.add_argument(
+        "--clip-skip", type=int, default=None, help="A1111 clip skip: 2 = the text encoder's penultimate layer"
+    )
+    p.add_argument("--lora", action="append", default=[], metavar="NAME[:WEIGHT]",
+                   help="a LoRA of the LoRA folder (repeatable; as <lora:NAME:WEIGHT> in the prompt)")  # fmt: skip
     p.add_argument("--out", "-o", default="outputs", help="output folder (default ./outputs)")
     p.add_argument("--monitor", action="store_true", help="record device telemetry during the run")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -139,8 +144,19 @@ def request_from_args(args: argparse.Namespace):
     return GenerationRequest(
         prompt=args.prompt, negative_prompt=args.negative, model=args.model, n_images=args.n_images,
         batch_size=args.batch_size, steps=args.steps, guidance=args.guidance, width=width, height=height,
-        seed=args.seed, sampler=args.sampler, device=args.device, dtype=args.dtype, **_image_fields(args),
+        seed=args.seed, sampler=args.sampler, device=args.device, dtype=args.dtype, clip_skip=args.clip_skip,
+        loras=tuple(_lora_arg(a) for a in args.lora), **_image_fields(args),
     )  # fmt: skip
+
+
+def _lora_arg(text: str):
+    from sdplay.errors import InvalidRequest
+    from sdplay.prompt_syntax import extract_loras
+
+    _, refs = extract_loras(f"<lora:{text}>")
+    if len(refs) != 1:
+        raise InvalidRequest(f"--lora {text!r} is not NAME or NAME:WEIGHT.", field="loras", hint="e.g. --lora ink:0.8")
+    return refs[0]
 
 
 def _hide_library_progress() -> None:

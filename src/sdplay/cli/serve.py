@@ -72,6 +72,9 @@ def register(sub) -> None:
     g.add_argument("--cpu-offload", **on, help="keep idle components in host memory")
     g.add_argument("--no-safety-checker", action="store_const", const=False, default=None, dest="safety_checker",
                    help="skip the models' safety checkers")  # fmt: skip
+    p.add_argument(
+        "--lora-dir", default=None, help="LoRA .safetensors folder (default: Lora/ under sdplay's model folder)"
+    )
     from sdplay.server.scaleout.cli import add_arguments
 
     add_arguments(p)  # --ray and its options
@@ -113,4 +116,4 @@ _FLAGS = ("host", "port", "api_key", "api_auth", "models_preload", "devices", "o
           "default_model", "max_queue", "max_batch", "batch_window_ms", "cors_origins", "random_weights",
           "allowed_hosts", "public_url", "max_request_s", "max_work", "max_pixels",
           "no_fast", "fast_options", "attention_slicing", "vae_slicing", "vae_tiling", "cpu_offload",
-          "safety_checker")  # fmt: skip
+          "safety_checker", "lora_dir")  # fmt: skip

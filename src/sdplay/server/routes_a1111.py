@@ -96,7 +96,7 @@ async def _generate(
 ) -> Txt2ImgResponse:
     model = checkpoint_name(_checkpoint_override(body.override_settings))
     model = model or checkpoint_name(state.options.get("sd_model_checkpoint"))
-    job_id, _ = service.submit(body.to_request(model), "a1111")
+    job_id, _ = service.submit(body.to_request(model, state.options), "a1111")
     job = service.get(job_id)
     assert job is not None
     await wait_or_cancel(service, job, request)
@@ -140,7 +140,8 @@ def _info(job: Job, body: Txt2ImgRequest) -> dict[str, Any]:
         "extra_generation_params": {"Schedule type": schedule}, "index_of_first_image": 0,
         "infotexts": out.infotexts if out else [], "styles": body.styles or [],
         "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(job.created_at)),
-        "clip_skip": 1, "is_using_inpainting_conditioning": req.task == "inpaint", "version": f"sdplay {__version__}",
+        "clip_skip": req.clip_skip or 1, "is_using_inpainting_conditioning": req.task == "inpaint",
+        "version": f"sdplay {__version__}",
         "interrupted": job.status is JobStatus.CANCELLED,
     }  # fmt: skip
 
@@ -300,8 +301,15 @@ def prompt_styles() -> list:
 
 
 @router.get("/loras")
-def loras() -> list:
-    return []
+def loras(service: Service = Depends(get_service)) -> list:
+    """The LoRA folder's files as A1111 lists them (name, alias, path, metadata)."""
+    found = service.loras()
+    return [{"name": f.name, "alias": f.name, "path": str(f.path), "metadata": {}} for f in found]
+
+
+@router.post("/refresh-loras")
+def refresh_loras(service: Service = Depends(get_service)) -> None:
+    service.refresh_loras()
 
 
 @router.get("/embeddings")

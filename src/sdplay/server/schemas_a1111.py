@@ -55,6 +55,9 @@ class Txt2ImgRequest(BaseModel):
     s_tmin: float | None = None
     s_noise: float | None = None
     override_settings: dict[str, Any] | None = None
+    clip_skip: int | None = Field(
+        None, ge=1, le=12, description="A1111 clip skip (also override_settings.CLIP_stop_at_last_layers)."
+    )
     override_settings_restore_afterwards: bool = True
     refiner_checkpoint: str | None = None
     refiner_switch_at: float | None = None
@@ -81,7 +84,7 @@ class Txt2ImgRequest(BaseModel):
     alwayson_scripts: dict[str, Any] = {}
     infotext: str | None = None
 
-    def to_request(self, model: str | None) -> GenerationRequest:
+    def to_request(self, model: str | None, options: dict[str, Any] | None = None) -> GenerationRequest:
         """The core request; `model` is the checkpoint chosen by options or override_settings."""
         self._refuse_unsupported()
         refiner = {}
@@ -89,7 +92,7 @@ class Txt2ImgRequest(BaseModel):
             switch = 0.8 if self.refiner_switch_at is None else self.refiner_switch_at
             name = self.refiner_checkpoint.split(" [")[0].strip().removesuffix(".safetensors")  # A1111 titles
             refiner = {"refiner": name, "refiner_switch_at": switch}
-        return self._common(model).with_(hires=self._hires(), **refiner)
+        return self._common(model, options).with_(hires=self._hires(), **refiner)
 
     def _hires(self) -> HiresFix | None:
         """enable_hr and the hr_* fields -> the hires fix (A1111 takes the size from hr_resize_x/y if set)."""
@@ -107,7 +110,7 @@ class Txt2ImgRequest(BaseModel):
                         upscaler=self.hr_upscaler or "Latent", steps=self.hr_second_pass_steps,
                         strength=strength)  # fmt: skip
 
-    def _common(self, model: str | None) -> GenerationRequest:
+    def _common(self, model: str | None, options: dict[str, Any] | None = None) -> GenerationRequest:
         if self.batch_size * self.n_iter > MAX_IMAGES:
             raise InvalidRequest(
                 f"batch_size x n_iter is {self.batch_size * self.n_iter}; the limit is {MAX_IMAGES} images.",
@@ -126,7 +129,19 @@ class Txt2ImgRequest(BaseModel):
             height=self.height // 8 * 8 if self.height else None,
             seed=self.seed,
             sampler=combine_sampler(self.sampler_name or self.sampler_index, self.scheduler),
+            clip_skip=self._clip_skip(options or {}),
         )
+
+    def _clip_skip(self, options: dict[str, Any]) -> int | None:
+        """clip_skip, else override_settings' then the saved options' CLIP_stop_at_last_layers (1: the default)."""
+        for value in (self.clip_skip, (self.override_settings or {}).get("CLIP_stop_at_last_layers"),
+                      options.get("CLIP_stop_at_last_layers")):  # fmt: skip
+            if value is not None:
+                if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+                    raise InvalidRequest(f"CLIP_stop_at_last_layers must be a whole number, got {value!r}.",
+                                         field="clip_skip")  # fmt: skip
+                return None if int(value) == 1 else int(value)
+        return None
 
     def _refuse_unsupported(self) -> None:
         if self.script_name:
@@ -157,7 +172,7 @@ class Img2ImgRequest(Txt2ImgRequest):
     latent_mask: str | None = None
     include_init_images: bool = False
 
-    def to_request(self, model: str | None) -> GenerationRequest:
+    def to_request(self, model: str | None, options: dict[str, Any] | None = None) -> GenerationRequest:
         from sdplay.image_input import decode_base64, decode_image, decode_mask
         from sdplay.masking import fill_mode, resize_mode
 
@@ -171,7 +186,7 @@ class Img2ImgRequest(Txt2ImgRequest):
         mask = None
         if self.mask:
             mask = decode_mask(decode_base64(self.mask, "mask"), "mask", size=image.size)
-        return self._common(model).with_(
+        return self._common(model, options).with_(
             init_image=image, mask=mask, strength=self.denoising_strength,
             mask_blur=self.mask_blur if self.mask_blur is not None else max(self.mask_blur_x, self.mask_blur_y),
             mask_invert=bool(self.inpainting_mask_invert), inpaint_fill=fill_mode(self.inpainting_fill),

@@ -110,6 +110,17 @@ class Service:
         models = tuple(replace(m, loaded=m.name in loaded) for m in catalogs[0].models)
         self.catalog = Catalog(models, catalogs[0].samplers)
 
+    def loras(self) -> list:
+        """The LoRA files the engines offer (one folder scan, no model work)."""
+        listing = getattr(self.engines[0], "loras", None)
+        return listing() if listing is not None else []
+
+    def refresh_loras(self) -> None:
+        for engine in self.engines:
+            folder = getattr(engine, "lora_folder", None)
+            if folder is not None:
+                folder.refresh()
+
     def usable(self, info: ModelInfo) -> bool:
         """True if the model can run here: its weights are present, or models are built with random weights."""
         return info.usable or info.available or self.settings.random_weights

@@ -41,6 +41,7 @@ class Settings:
     vae_tiling: bool = False
     cpu_offload: bool = False
     safety_checker: bool = True
+    lora_dir: Path | None = None  # None: Lora/ under sdplay's model folder
     max_queue: int = 64
     max_batch: int = 4  # images per cross-request batch
     batch_window_ms: float = 50.0
@@ -114,6 +115,7 @@ class Settings:
             cpu_offload=self.cpu_offload,
             fast=False if self.no_fast else (True if self.fast_options else None),
             fast_options=self.fast_options,
+            lora_dir=str(self.lora_dir) if self.lora_dir else None,
         )
 
 
