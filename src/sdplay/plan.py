@@ -186,7 +186,7 @@ def check_compatible(plans: list[Plan]) -> None:
     if len(keys) <= 1:
         return
     if len({k[-1] for k in keys}) > 1:
-        raise InvalidRequest("Requests in one batch must share their LoRAs.", field="loras")
+        raise InvalidRequest("Requests in one batch must share loras (their LoRA sets differ).", field="loras")
     for i, name in enumerate(("task", *BATCH_FIELDS)):
         values = {k[i] for k in keys}
         if len(values) > 1:

@@ -131,7 +131,7 @@ def test_bad_inputs_are_4xx_with_a_useful_message(client):
         ({"prompt": "x", "n_images": 0}, 400, "n_images"),
         ({"prompt": "x", "width": 65}, 400, "multiple of 8"),
         ({"prompt": "x", "model": "nope"}, 404, "Choose one of"),
-        ({"prompt": "x", "model": "sdxl-base-1.0"}, 404, "sdplay models fetch"),
+        ({"prompt": "x", "model": "sdxl-base-1.0"}, 404, "hf download"),
         ({"prompt": "x", "sampler": "Wobbly"}, 400, "Choose one of"),
         ({"prompt": "x", "sampler": "Euler", "scheduler": "Exponential"}, 400, "Automatic, Uniform, Karras"),
         ({"prompt": "x", "steps": 10_000}, 400, "steps"),

@@ -21,7 +21,8 @@ def test_webuiapi_start_up_calls(server):
     assert flags["api"] is True and flags["port"] == server.port and flags["listen"] is False
     assert flags["api_auth"] is None and "api_key" not in flags  # never a secret
     assert api.get_face_restorers() == [] and api.get_hypernetworks() == [] and api.get_realesrgan_models() == []
-    assert api.get_sd_vae() == [] and api.get_upscalers() == [] and api.get_prompt_styles() == []
+    assert api.get_sd_vae() == [] and api.get_prompt_styles() == []
+    assert "Lanczos" in {u["name"] for u in api.get_upscalers()}  # the pixel upscalers of the hires fix
     assert api.get_embeddings() == {"loaded": {}, "skipped": {}} and api.get_loras() == []
     api.refresh_checkpoints()
     assert "sdplay-emoji" in api.util_get_model_names()

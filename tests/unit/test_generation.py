@@ -92,7 +92,10 @@ def test_batched_requests_equal_single_runs(engine, tiny_models):
         alone = engine.generate(r)
         assert res.seeds == alone.seeds and res.request.prompt == r.prompt
         for i in range(len(res.images)):
-            assert np.array_equal(pixels(res, i), pixels(alone, i))
+            # Equal up to float rounding: the text encoder runs the batch's prompts together (with transformers
+            # 5.2x a batch of prompts and a lone prompt round differently by at most a level or two).
+            diff = np.abs(pixels(res, i) - pixels(alone, i)).max()
+            assert diff <= 2, f"image {i} of {r.prompt!r} differs by {diff} levels when batched"
 
 
 def test_incompatible_batch_is_refused(engine, tiny_models):

@@ -57,7 +57,7 @@ class Worker(threading.Thread):
     """Takes its engine's jobs from the shared queue and runs them, gathering compatible ones into batches."""
 
     def __init__(self, service: Service, engine: EngineProtocol, index: int = 0):
-        device = engine.device
+        device = _label(service.settings.devices, index, engine.device)
         super().__init__(name=f"sdplay-worker-{index}-{device}", daemon=True)
         self.service = service
         self.engine = engine
@@ -320,3 +320,16 @@ def _internal() -> SdplayError:
     return InternalError(
         "The worker hit an unexpected error.", hint="The server log has the details; please report it."
     )
+
+
+def _label(names: tuple[str, ...], index: int, device: str) -> str:
+    """What the worker is called: its engine's device; for an engine that follows each plan's device ("auto"), the
+    server's name for the slot (a Ray dispatch slot shares one client) or else the device "auto" resolves to here."""
+    if device != "auto":
+        return device
+    name = names[index] if index < len(names) else "auto"
+    if name != "auto":
+        return name
+    from sdplay.devices import discover_devices, resolve_device
+
+    return resolve_device("auto", discover_devices()).id

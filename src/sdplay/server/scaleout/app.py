@@ -32,7 +32,7 @@ class Ingress:
     def __serve_build_asgi_app__(self):
         from sdplay.server.app import create_app
 
-        app = create_app(self.settings, self.client)
+        app = create_app(self.settings, [self.client] * len(self.settings.devices))  # one worker per dispatch slot
         add_cluster_route(app, self.client, self.app_name)
         return app
 
