@@ -45,6 +45,7 @@ def _choices(service: Service) -> nodes.Choices:
     return nodes.Choices(
         checkpoints=[m.name for m in service.usable_models()],
         samplers=list(service.catalog.samplers),
+        loras=_lora_names(service),
         inputs=files.input_names(s),
         max_steps=s.max_steps,
         max_side=s.max_side,
@@ -52,10 +53,22 @@ def _choices(service: Service) -> nodes.Choices:
     )
 
 
+def _lora_names(service: Service) -> list[str]:
+    """The LoRA files of the engine's LoRA folder, as ComfyUI names them (with the suffix)."""
+    listing = getattr(service.engines[0], "loras", None)
+    try:
+        return [f"{f.name}.safetensors" for f in listing()] if listing is not None else []
+    except OSError:
+        return []
+
+
 def _resolver(service: Service):
     """Checkpoint names as users type them: aliases, and file names with an extension."""
 
     def resolve(cls: str, name: str, value: Any) -> Any:
+        if name == "lora_name" and isinstance(value, str):
+            file = value.removesuffix(".safetensors") + ".safetensors"
+            return file if file in _lora_names(service) else None
         if name != "ckpt_name" or not isinstance(value, str):
             return None
         stem = value.rsplit("/", 1)[-1]

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sdplay import samplers
+from sdplay.types import MAX_CLIP_SKIP, MAX_LORA_WEIGHT
 
 MAX_SEED = 0xFFFFFFFFFFFFFFFF  # ComfyUI's seed range; sdplay seeds are taken modulo 2**32
 LINK_TYPES = ("MODEL", "CLIP", "VAE", "CONDITIONING", "LATENT", "IMAGE", "MASK")
@@ -25,6 +26,7 @@ class Choices:
 
     checkpoints: list[str]
     samplers: list[str]  # sdplay sampler names this engine offers
+    loras: list[str] = field(default_factory=list)  # LoRA files ("name.safetensors")
     inputs: list[str] = field(default_factory=list)  # uploaded images (LoadImage)
     max_steps: int = 150
     max_side: int = 2048
@@ -116,8 +118,8 @@ def table(c: Choices) -> dict[str, NodeSpec]:
             "CLIPSetLastLayer",
             "CLIP Set Last Layer",
             "conditioning",
-            "Which text-encoder layer conditions the image (-1: the last one).",
-            {"clip": ("CLIP", {}), "stop_at_clip_layer": _int(-1, -1, -1, step=1)},
+            "Which text-encoder layer conditions the image (-1: the last one, -2: the one before).",
+            {"clip": ("CLIP", {}), "stop_at_clip_layer": _int(-1, -MAX_CLIP_SKIP, -1, step=1)},
             ("CLIP",),
         ),
         NodeSpec(
@@ -184,6 +186,20 @@ def table(c: Choices) -> dict[str, NodeSpec]:
             output_node=True,
         ),
         *_image_nodes(c),
+        NodeSpec(
+            "LoraLoader",
+            "Load LoRA",
+            "loaders",
+            "A LoRA of this server's LoRA folder on the model and CLIP.",
+            {
+                "model": ("MODEL", {}),
+                "clip": ("CLIP", {}),
+                "lora_name": (list(c.loras), {}),
+                "strength_model": _float(1.0, -MAX_LORA_WEIGHT, MAX_LORA_WEIGHT),
+                "strength_clip": _float(1.0, -MAX_LORA_WEIGHT, MAX_LORA_WEIGHT),
+            },
+            ("MODEL", "CLIP"),
+        ),
         # Listed with no files so that clients that read these lists work; no value validates.
         NodeSpec(
             "UNETLoader",
@@ -209,30 +225,92 @@ def _image_nodes(c: Choices) -> list[NodeSpec]:
     upload = (list(c.inputs), {"image_upload": True})
     size = {"default": 512, "min": 0, "max": c.max_side, "step": 8}
     return [
-        NodeSpec("LoadImage", "Load Image", "image", "An uploaded image; its transparent pixels are the MASK.",
-                 {"image": upload}, ("IMAGE", "MASK")),
-        NodeSpec("LoadImageMask", "Load Image (as Mask)", "mask", "One channel of an uploaded image as a mask.",
-                 {"image": upload, "channel": (["alpha", "red", "green", "blue"], {})}, ("MASK",)),
-        NodeSpec("ImageScale", "Upscale Image", "image/upscaling", "Resizes a loaded image.",
-                 {"image": ("IMAGE", {}), "upscale_method": (list(PIXEL_METHODS), {}),
-                  "width": ("INT", {**size, "step": 1}), "height": ("INT", {**size, "step": 1}),
-                  "crop": (["disabled", "center"], {})}, ("IMAGE",)),
-        NodeSpec("ImageScaleBy", "Upscale Image By", "image/upscaling", "Resizes a loaded image by a factor.",
-                 {"image": ("IMAGE", {}), "upscale_method": (list(PIXEL_METHODS), {}),
-                  "scale_by": _float(1.0, 0.01, 8.0)}, ("IMAGE",)),
-        NodeSpec("VAEEncode", "VAE Encode", "latent", "An image to start from: the sampler runs image-to-image "
-                 "with denoise as its strength.", {"pixels": ("IMAGE", {}), "vae": ("VAE", {})}, ("LATENT",)),
-        NodeSpec("VAEEncodeForInpaint", "VAE Encode (for Inpainting)", "latent/inpaint",
-                 "Inpainting: the masked area is generated from nothing, the rest kept.",
-                 {"pixels": ("IMAGE", {}), "vae": ("VAE", {}), "mask": ("MASK", {}),
-                  "grow_mask_by": _int(6, 0, 64)}, ("LATENT",)),
-        NodeSpec("SetLatentNoiseMask", "Set Latent Noise Mask", "latent/inpaint",
-                 "Inpainting: only the masked area of the encoded image is denoised.",
-                 {"samples": ("LATENT", {}), "mask": ("MASK", {})}, ("LATENT",)),
-        NodeSpec("LatentUpscale", "Upscale Latent", "latent", "A sampler's latent, larger: a second sampler on it "
-                 "is sdplay's hires fix.", {"samples": ("LATENT", {}), "upscale_method": (list(LATENT_METHODS), {}),
-                 "width": ("INT", size), "height": ("INT", size), "crop": (["disabled"], {})}, ("LATENT",)),
-        NodeSpec("LatentUpscaleBy", "Upscale Latent By", "latent", "A sampler's latent scaled: a second sampler on "
-                 "it is sdplay's hires fix.", {"samples": ("LATENT", {}),
-                 "upscale_method": (list(LATENT_METHODS), {}), "scale_by": _float(1.5, 1.0, 8.0)}, ("LATENT",)),
-    ]  # fmt: skip
+        NodeSpec(
+            "LoadImage",
+            "Load Image",
+            "image",
+            "An uploaded image; its transparent pixels are the MASK.",
+            {"image": upload},
+            ("IMAGE", "MASK"),
+        ),
+        NodeSpec(
+            "LoadImageMask",
+            "Load Image (as Mask)",
+            "mask",
+            "One channel of an uploaded image as a mask.",
+            {"image": upload, "channel": (["alpha", "red", "green", "blue"], {})},
+            ("MASK",),
+        ),
+        NodeSpec(
+            "ImageScale",
+            "Upscale Image",
+            "image/upscaling",
+            "Resizes a loaded image.",
+            {
+                "image": ("IMAGE", {}),
+                "upscale_method": (list(PIXEL_METHODS), {}),
+                "width": ("INT", {**size, "step": 1}),
+                "height": ("INT", {**size, "step": 1}),
+                "crop": (["disabled", "center"], {}),
+            },
+            ("IMAGE",),
+        ),
+        NodeSpec(
+            "ImageScaleBy",
+            "Upscale Image By",
+            "image/upscaling",
+            "Resizes a loaded image by a factor.",
+            {"image": ("IMAGE", {}), "upscale_method": (list(PIXEL_METHODS), {}), "scale_by": _float(1.0, 0.01, 8.0)},
+            ("IMAGE",),
+        ),
+        NodeSpec(
+            "VAEEncode",
+            "VAE Encode",
+            "latent",
+            "An image to start from: the sampler runs image-to-image with denoise as its strength.",
+            {"pixels": ("IMAGE", {}), "vae": ("VAE", {})},
+            ("LATENT",),
+        ),
+        NodeSpec(
+            "VAEEncodeForInpaint",
+            "VAE Encode (for Inpainting)",
+            "latent/inpaint",
+            "Inpainting: the masked area is generated from nothing, the rest kept.",
+            {"pixels": ("IMAGE", {}), "vae": ("VAE", {}), "mask": ("MASK", {}), "grow_mask_by": _int(6, 0, 64)},
+            ("LATENT",),
+        ),
+        NodeSpec(
+            "SetLatentNoiseMask",
+            "Set Latent Noise Mask",
+            "latent/inpaint",
+            "Inpainting: only the masked area of the encoded image is denoised.",
+            {"samples": ("LATENT", {}), "mask": ("MASK", {})},
+            ("LATENT",),
+        ),
+        NodeSpec(
+            "LatentUpscale",
+            "Upscale Latent",
+            "latent",
+            "A sampler's latent, larger: a second sampler on it is sdplay's hires fix.",
+            {
+                "samples": ("LATENT", {}),
+                "upscale_method": (list(LATENT_METHODS), {}),
+                "width": ("INT", size),
+                "height": ("INT", size),
+                "crop": (["disabled"], {}),
+            },
+            ("LATENT",),
+        ),
+        NodeSpec(
+            "LatentUpscaleBy",
+            "Upscale Latent By",
+            "latent",
+            "A sampler's latent scaled: a second sampler on it is sdplay's hires fix.",
+            {
+                "samples": ("LATENT", {}),
+                "upscale_method": (list(LATENT_METHODS), {}),
+                "scale_by": _float(1.5, 1.0, 8.0),
+            },
+            ("LATENT",),
+        ),
+    ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from sdplay import samplers
@@ -25,11 +25,14 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class Model:
     name: str
+    loras: tuple[tuple[str, float], ...] = ()  # (name, strength on the UNet)
 
 
 @dataclass(frozen=True)
 class Clip:
     model: str
+    loras: tuple[tuple[str, float], ...] = ()  # (name, strength on the text encoders)
+    skip: int | None = None  # sdplay's (A1111's) clip skip: 2 = the layer before the last
 
 
 @dataclass(frozen=True)
@@ -196,7 +199,28 @@ def _encode(nid, a, plan, ctx) -> tuple:
 
 
 def _last_layer(nid, a, plan, ctx) -> tuple:
-    return (a["clip"],)  # only -1 (the last layer) validates
+    layer = a["stop_at_clip_layer"]  # ComfyUI's -1 is the last layer: A1111's clip skip 1
+    return (replace(a["clip"], skip=None if layer == -1 else -layer),)
+
+
+def _lora(nid, a, plan, ctx) -> tuple:
+    """LoraLoader: the LoRA on the model (strength_model) and the text encoders (strength_clip)."""
+    model, clip, name = a["model"], a["clip"], a["lora_name"].removesuffix(".safetensors")
+    if name in {n for n, _ in model.loras}:
+        raise unsupported(f"LoRA {name} is loaded twice;", "load each LoRA once.", input_name="lora_name")
+    return (
+        replace(model, loras=(*model.loras, (name, a["strength_model"]))),
+        replace(clip, loras=(*clip.loras, (name, a["strength_clip"]))),
+    )
+
+
+def _lora_refs(model: Model, clip: Clip) -> tuple:
+    """sdplay's LoRA list: each LoRA with its UNet and text-encoder strengths (0 where it was not applied)."""
+    from sdplay.prompt_syntax import LoraRef
+
+    unet, text = dict(model.loras), dict(clip.loras)
+    names = list(dict.fromkeys([*unet, *text]))
+    return tuple(LoraRef(n, weight=unet.get(n, 0.0), te_weight=text.get(n, 0.0)) for n in names)
 
 
 def _empty_latent(nid, a, plan, ctx) -> tuple:
@@ -226,6 +250,12 @@ def _sample(nid, a, seed: int, denoise: float, plan: Plan, ctx: Context) -> tupl
                 "encode prompts with the CLIP of the same checkpoint.",
                 input_name=name,
             )
+    if pos.clip != neg.clip:
+        raise unsupported(
+            "positive and negative were encoded with different CLIP settings (LoRAs, last layer);",
+            "encode both with the same CLIP.",
+            input_name="negative",
+        )
     sampler = _sampler(a, ctx)
     request = GenerationRequest(
         prompt=pos.text,
@@ -235,6 +265,8 @@ def _sample(nid, a, seed: int, denoise: float, plan: Plan, ctx: Context) -> tupl
         guidance=a["cfg"],
         seed=seed % (MAX_SEED + 1),
         sampler=sampler,
+        loras=_lora_refs(model, pos.clip),
+        clip_skip=pos.clip.skip,
     )
     if isinstance(latent, Upscaled):
         return _hires(nid, request, latent, denoise, plan, ctx)
@@ -302,7 +334,7 @@ def _plan_job(request: GenerationRequest, ctx: Context) -> JobPlan:
         ) from exc
 
 
-HIRES_SAME = ("prompt", "negative_prompt", "guidance", "sampler", "seed")
+HIRES_SAME = ("prompt", "negative_prompt", "guidance", "sampler", "seed", "loras", "clip_skip")
 
 
 def _hires(nid, second: GenerationRequest, latent: Upscaled, denoise: float, plan: Plan, ctx: Context) -> tuple:
@@ -359,6 +391,7 @@ NODES: dict[str, Callable[..., tuple]] = {
     "CheckpointLoaderSimple": _checkpoint,
     "CLIPTextEncode": _encode,
     "CLIPSetLastLayer": _last_layer,
+    "LoraLoader": _lora,
     "EmptyLatentImage": _empty_latent,
     "KSampler": _ksampler,
     "KSamplerAdvanced": _ksampler_advanced,
