@@ -112,7 +112,7 @@ def make_kohya_lora(folder: Path, out: Path, rank: int = 4, scale: float = 0.5, 
     lora_up, alpha) for the tiny model in `folder`: attention projections of the UNet and the text encoders."""
     from diffusers import UNet2DConditionModel
     from safetensors.torch import save_file
-    from transformers import CLIPTextModel
+    from transformers import CLIPTextConfig, CLIPTextModel
 
     index = _json(folder / "model_index.json")
     sdxl = "text_encoder_2" in index
@@ -126,7 +126,8 @@ def make_kohya_lora(folder: Path, out: Path, rank: int = 4, scale: float = 0.5, 
         tensors[f"{prefix}.lora_up.weight"] = up
         tensors[f"{prefix}.alpha"] = torch.tensor(float(rank))
 
-    unet = UNet2DConditionModel.from_pretrained(folder / "unet")
+    with torch.device("meta"):  # names and shapes only: a weightless config folder (full size) works too
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
     lpb = unet.config.layers_per_block
     for path, module in unet.named_modules():
         if (
@@ -140,13 +141,11 @@ def make_kohya_lora(folder: Path, out: Path, rank: int = 4, scale: float = 0.5, 
         [("text_encoder_2", "lora_te2")] if sdxl else []
     )
     for sub, prefix in encoders:
-        encoder = CLIPTextModel.from_pretrained(folder / sub) if sub == "text_encoder" else None
-        if encoder is None:
-            from transformers import CLIPTextModelWithProjection
-
-            encoder = CLIPTextModelWithProjection.from_pretrained(folder / sub)
+        with torch.device("meta"):
+            encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(folder / sub))
         for path, module in encoder.named_modules():
             if isinstance(module, torch.nn.Linear) and "self_attn" in path:
+                path = path if path.startswith("text_model.") else "text_model." + path  # the original module tree
                 add(f"{prefix}_" + path.replace(".", "_"), module)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out))
