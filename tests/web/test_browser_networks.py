@@ -10,11 +10,7 @@ import httpx
 import pytest
 from harness import browser_page, live_server
 from PIL import Image
-from small_model import EMBEDDED, FolderEngine
-from tiny import make_kohya_lora
-
-from sdplay import catalog
-from sdplay.engine import Engine
+from small_model import with_lora_folder
 
 pytestmark = [pytest.mark.web, pytest.mark.server]
 
@@ -25,11 +21,7 @@ def lora_server(small, tmp_path_factory):
     engine, model = small
     root = tmp_path_factory.mktemp("web-loras")
     loras = root / "Lora"
-    tiny = isinstance(engine, FolderEngine)
-    weights = engine.folder if tiny else catalog.builtin(EMBEDDED).weights_dir
-    make_kohya_lora(weights, loras / "inkwash.safetensors", scale=0.3)
-    make_kohya_lora(weights, loras / "pastel_dream.safetensors", seed=2)
-    own = FolderEngine(model, weights, lora_dir=str(loras)) if tiny else Engine(lora_dir=str(loras))
+    own = with_lora_folder(engine, model, loras, ("inkwash", "pastel_dream"))
     with live_server(root, own, model, lora_dir=loras) as live:
         yield live, loras
 
