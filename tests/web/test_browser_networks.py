@@ -4,6 +4,7 @@ app on loopback over the real engine with a LoRA folder holding kohya-format LoR
 from __future__ import annotations
 
 import io
+import re
 import shutil
 
 import httpx
@@ -247,3 +248,32 @@ def test_a_server_without_loras_says_where_they_go(page, server):
         expect(empty).to_be_hidden()
     else:
         expect(empty).to_contain_text("--lora-dir")
+
+
+def test_an_a1111_password_is_reported_in_the_panel(browser, lora_server, tmp_path):
+    from playwright.sync_api import expect
+
+    server, loras = lora_server
+    with (
+        live_server(tmp_path, server.engine, server.model, lora_dir=loras, api_auth="ana:secret") as guarded,
+        browser_page(browser, guarded.url) as page,
+    ):
+        page.goto("/")
+        page.wait_for_selector("body[data-networks]")  # the native API is open; only the lists are refused
+        expect(page.locator(".notice.error")).to_contain_text("Incorrect username or password.")
+        expect(page.locator("#panel-loras .network-card")).to_have_count(0)
+
+
+def test_the_lists_are_read_with_the_api_key(browser, lora_server, tmp_path):
+    from playwright.sync_api import expect
+
+    server, loras = lora_server
+    with (
+        live_server(tmp_path, server.engine, server.model, lora_dir=loras, api_key="k3y") as keyed,
+        browser_page(browser, keyed.url) as page,
+    ):
+        page.add_init_script("localStorage.setItem('sdplay.apiKey', 'k3y')")
+        open_networks(page)
+        expect(page.locator("#panel-loras .network-card .name")).to_have_text(["inkwash", "pastel_dream"])
+        page.click("#networks-refresh")
+        expect(page.locator(".notice").last).to_contain_text(re.compile(r"^2 LoRAs, \d+ embeddings?\.$"))

@@ -53,18 +53,18 @@ async function load(refresh) {
   button.disabled = true;
   try {
     if (refresh) {
-      await Promise.all([api.post("/sdapi/v1/refresh-loras"), api.post("/sdapi/v1/refresh-embeddings").catch(absent)]);
+      await Promise.all([api.a1111.post("refresh-loras"), api.a1111.post("refresh-embeddings").catch(absent)]);
     }
     const [loras, embeddings] = await Promise.all([
-      api.get("/sdapi/v1/loras"),
-      api.get("/sdapi/v1/embeddings").catch(absent),
+      api.a1111.get("loras"),
+      api.a1111.get("embeddings").catch(absent),
     ]);
     state.loras = Array.isArray(loras) ? loras : [];
     state.embeddings = embeddingList(embeddings);
     render();
     if (refresh) notify(`${count(state.loras.length, "LoRA")}, ${count(state.embeddings.length, "embedding")}.`);
   } catch (err) {
-    notify(`Could not read the LoRA and embedding lists: ${err.message}`, "error");
+    notify(`Could not read the LoRA and embedding lists from the server's A1111 API: ${err.message}`, "error", 0);
   } finally {
     button.disabled = false;
   }
