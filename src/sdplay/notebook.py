@@ -4,6 +4,7 @@ and an image grid, running the local engine in a background thread so the kernel
 from __future__ import annotations
 
 import html
+import re
 import threading
 import time
 from pathlib import Path
@@ -20,6 +21,8 @@ DEFAULT_MODEL = "sdplay-emoji"
 
 class Playground:
     """Model dropdown, prompt, number of images, Generate; progress bar and image grid (`scripts/setup.sh ui`).
+    A LoRA dropdown lists the engine's LoRA folder: choosing one adds `<lora:name:1>` to the prompt, or takes the
+    LoRA's tag out when the prompt has one.
 
     `engine` defaults to a new `sdplay.engine.Engine()`; `model` preselects a catalog name, alias, local
     diffusers folder or .safetensors file (one not in the catalog is added to the dropdown).
@@ -39,6 +42,7 @@ class Playground:
         self._cancel = threading.Event()
         self._build(columns)
         self._fill_models(model)
+        self.refresh_loras()
 
     # -- widgets -----------------------------------------------------------------------------
     def _build(self, columns: int) -> None:
@@ -46,6 +50,10 @@ class Playground:
         self.model = w.Dropdown(description="Model", layout=wide)
         self.prompt = w.Textarea(description="Prompt", placeholder="a red heart, emoji style", layout=wide)
         self.negative_prompt = w.Text(description="Negative", placeholder="blurry, low quality", layout=wide)
+        self.lora = w.Dropdown(description="LoRA", tooltip="Adds <lora:name:1> to the prompt, or takes it out")
+        self.lora_refresh = w.Button(description="Refresh", icon="refresh", tooltip="Read the LoRA folder again")
+        self.lora.observe(self._on_lora, names="value")
+        self.lora_refresh.on_click(lambda _: self.refresh_loras(rescan=True))
         self.n_images = w.BoundedIntText(1, min=1, max=MAX_IMAGES, description="Images")
         self.steps = w.BoundedIntText(0, min=0, max=MAX_STEPS, description="Steps", tooltip="0: the model's default")
         self.seed = w.BoundedIntText(-1, min=-1, max=MAX_SEED, description="Seed", tooltip="-1: random")
@@ -65,6 +73,7 @@ class Playground:
                 self.model,
                 self.prompt,
                 self.negative_prompt,
+                w.HBox([self.lora, self.lora_refresh]),
                 w.HBox([self.n_images, self.steps, self.seed]),
                 w.HBox([self.init_image, self.strength]),
                 w.HBox([self.generate_button, self.cancel_button, self.progress]),
@@ -74,7 +83,7 @@ class Playground:
         )
         self._fields = {"model": self.model, "prompt": self.prompt, "negative_prompt": self.negative_prompt,
                         "n_images": self.n_images, "steps": self.steps, "seed": self.seed,
-                        "init_image": self.init_image, "strength": self.strength}  # fmt: skip
+                        "init_image": self.init_image, "strength": self.strength, "loras": self.lora}  # fmt: skip
 
     def _fill_models(self, wanted: str | None) -> None:
         """Catalog models (marked when their weights are missing), plus `wanted` if it is a path or other name."""
@@ -89,6 +98,25 @@ class Playground:
         ready = [m.name for m in infos if usable[m.name]]
         default = DEFAULT_MODEL if DEFAULT_MODEL in ready else (ready or names or [None])[0]
         self.model.value = aliases.get(wanted, wanted) if wanted else default
+
+    def refresh_loras(self, rescan: bool = False) -> list[str]:
+        """Fill the LoRA dropdown from the engine's LoRA folder (`rescan`: read the folder again); the names."""
+        folder = getattr(self.engine, "lora_folder", None)
+        if rescan and folder is not None:
+            folder.refresh()
+        listing = getattr(self.engine, "loras", None)
+        names = sorted(f.name for f in listing()) if listing is not None else []
+        where = f" in {folder.root}" if folder is not None else ""
+        first = ("Add a LoRA…", "") if names else (f"No LoRA files{where}", "")
+        self.lora.options = [first, *((n, n) for n in names)]
+        self.lora.value = ""
+        self.lora.disabled = not names
+        return names
+
+    def _on_lora(self, change: dict) -> None:
+        if change["new"]:
+            self.prompt.value = toggle_lora(self.prompt.value, change["new"])
+            self.lora.value = ""  # back to the placeholder, so the same LoRA can be chosen again
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         return self.widget._repr_mimebundle_(**kwargs)
@@ -235,3 +263,12 @@ class Playground:
             f"{len(cells)} image(s) in {seconds:.1f} s: {r.model}, {r.width}×{r.height}, {r.steps} steps, "
             f"{r.sampler}, guidance {r.guidance:g}, seeds {', '.join(map(str, result.seeds))}"
         )
+
+
+def toggle_lora(prompt: str, name: str) -> str:
+    """The prompt without the LoRA's `<lora:name…>` tags (and the blank before each) if it has one, else with
+    `<lora:name:1>` added at the end, as the browser UI's LoRA cards do."""
+    tag = re.compile(rf"[ \t]*<lora:{re.escape(name)}(?::[^>]*)?>")
+    if tag.search(prompt):
+        return tag.sub("", prompt).lstrip(" \t")
+    return f"{prompt}{' ' if prompt and not prompt[-1].isspace() else ''}<lora:{name}:1>"

@@ -13,7 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from harness import CHROMIUM, CHROMIUM_ARGS, LiveServer, live_server
+from harness import CHROMIUM, CHROMIUM_ARGS, LiveServer, browser_page, live_server
 from small_model import small_engine
 
 
@@ -46,20 +46,10 @@ def browser():
 
 
 @pytest.fixture
-def page(browser, server, request):
+def page(browser, server):
     """A page in a fresh browser context (its own profile), opened on the server; console errors fail the test."""
-    context = browser.new_context(viewport={"width": 1280, "height": 860}, base_url=server.url)
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.on(
-        "console",
-        lambda msg: errors.append(msg.text) if msg.type == "error" and "status of 4" not in msg.text else None,
-    )
-    page.set_default_timeout(30_000)
-    yield page
-    context.close()
-    assert not errors, f"the page logged errors: {errors}"
+    with browser_page(browser, server.url) as page:
+        yield page
 
 
 @pytest.fixture(scope="session")

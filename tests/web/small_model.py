@@ -52,3 +52,15 @@ def small_engine(workdir: Path) -> tuple[Engine, str]:
         return Engine(), EMBEDDED
     folder = make_tiny_folder("sd1", workdir / TINY)
     return FolderEngine(TINY, folder), TINY
+
+
+def with_lora_folder(engine: Engine, model: str, loras: Path, names: tuple[str, ...]) -> Engine:
+    """A second engine for the same small model whose LoRA folder is `loras`, holding one real kohya-format
+    LoRA file per name (tests/tiny.py writes them for the model's UNet and text encoder)."""
+    from tiny import make_kohya_lora
+
+    tiny = isinstance(engine, FolderEngine)
+    weights = engine.folder if tiny else catalog.builtin(EMBEDDED).weights_dir
+    for seed, name in enumerate(names, start=1):
+        make_kohya_lora(weights, loras / f"{name}.safetensors", scale=0.3, seed=seed)
+    return FolderEngine(model, weights, lora_dir=str(loras)) if tiny else Engine(lora_dir=str(loras))

@@ -135,3 +135,37 @@ def test_uploaded_image_and_strength_make_an_image_to_image_run(playground_engin
     pg.init_image.value = ({"name": "bad.png", "type": "image/png", "size": 3, "content": memoryview(b"abc"),
                             "last_modified": now},)  # fmt: skip
     assert pg.generate() is None and "not a PNG, JPEG or WebP" in pg.status.value
+
+
+def test_lora_dropdown_adds_and_removes_the_tag_and_the_run_applies_it(small, tmp_path):
+    from small_model import with_lora_folder
+
+    engine, model = small
+    loras = tmp_path / "Lora"
+    pg = Playground(with_lora_folder(engine, model, loras, ("inkwash",)), model=model)
+    assert [value for _, value in pg.lora.options] == ["", "inkwash"] and not pg.lora.disabled
+    pg.prompt.value = "a red heart"
+    pg.lora.value = "inkwash"
+    assert pg.prompt.value == "a red heart <lora:inkwash:1>" and pg.lora.value == ""
+    pg.lora.value = "inkwash"  # chosen again: taken out, whatever its weight
+    assert pg.prompt.value == "a red heart"
+    pg.prompt.value = "<lora:inkwash:0.4> a red heart"
+    pg.lora.value = "inkwash"
+    assert pg.prompt.value == "a red heart"
+
+    (loras / "inkwash.safetensors").rename(loras / "renamed.safetensors")
+    pg.lora_refresh.click()
+    assert [value for _, value in pg.lora.options] == ["", "renamed"]
+    pg.lora.value = "renamed"
+    pg.steps.value, pg.seed.value = 2, 3
+    pg.generate_button.click()
+    result = pg.wait(timeout=120)
+    assert result is not None, pg.status.value
+    assert "renamed" in result.metadata["lora_hashes"]
+
+
+def test_no_lora_folder_disables_the_dropdown(small, tmp_path):
+    from sdplay.engine import Engine
+
+    pg = Playground(Engine(lora_dir=str(tmp_path / "missing")), model=small[1])
+    assert pg.lora.disabled and pg.lora.options == ((f"No LoRA files in {tmp_path / 'missing'}", ""),)

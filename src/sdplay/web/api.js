@@ -41,11 +41,16 @@ async function errorOf(response) {
       status: response.status, type: err.type, field: err.field, hint: err.hint,
     });
   }
+  if (body && typeof body.detail === "string") { // the A1111 API's {error, detail, body, errors}
+    return new ApiError(body.detail, { status: response.status, type: String(body.error || "Error") });
+  }
   return new ApiError(`The server answered ${response.status} ${response.statusText}.`, { status: response.status });
 }
 
-async function send(method, path, body, signal) {
-  const init = { method, headers: headers(body === undefined ? {} : { "Content-Type": "application/json" }), signal };
+async function send(method, path, body, signal, credentials = "same-origin") {
+  const init = {
+    method, headers: headers(body === undefined ? {} : { "Content-Type": "application/json" }), signal, credentials,
+  };
   if (body !== undefined) init.body = JSON.stringify(body);
   let response;
   try {
@@ -62,6 +67,14 @@ async function send(method, path, body, signal) {
 export const get = (path, signal) => send("GET", path, undefined, signal);
 export const post = (path, body = {}) => send("POST", path, body);
 export const del = (path) => send("DELETE", path);
+
+/** The A1111 API (/sdapi/v1/...), which the page reads for what the native API does not list (LoRAs,
+ * embeddings). Without browser credentials: a server with --api-auth answers 401 with a Basic challenge, and
+ * that must come back as an error here rather than as the browser's password dialog. */
+export const a1111 = {
+  get: (path) => send("GET", `/sdapi/v1/${path}`, undefined, undefined, "omit"),
+  post: (path, body = {}) => send("POST", `/sdapi/v1/${path}`, body, undefined, "omit"),
+};
 
 /** Read a server-sent event stream, calling onEvent(name, data) for each event; resolves when it ends. */
 export async function streamEvents(path, onEvent, signal) {

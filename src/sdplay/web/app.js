@@ -4,6 +4,7 @@ import * as api from "./api.js";
 import { hideDevice, showDevice } from "./device.js";
 import { initGallery, showGallery } from "./gallery.js";
 import { initGenerate, reuseSettings } from "./generate.js";
+import { initNetworks } from "./networks.js";
 import { $, $$, initViewer, notify } from "./ui.js";
 
 const PAGES = ["generate", "gallery", "device"];
@@ -48,6 +49,8 @@ async function start() {
   try {
     await initGenerate();
     document.body.dataset.ready = "1";
+    await initNetworks();
+    document.body.dataset.networks = "1";
   } catch (err) {
     if (err.status === 401) askForKey(`${err.message} ${err.hint || ""}`);
     else notify(`Could not load models from the server: ${err.message}`, "error", 0);

@@ -2,6 +2,7 @@
 
 import * as api from "./api.js";
 import { imageFields, imageSize, initImageIn, useImage } from "./imagein.js";
+import { initPromptEditing } from "./textedit.js";
 import { $, clearErrors, el, formatSeconds, notify, openViewer, showError } from "./ui.js";
 
 const RANDOM = -1;
@@ -36,6 +37,7 @@ export async function initGenerate() {
   field("size").addEventListener("change", showCustomSize);
   f.addEventListener("input", (e) => clearFieldError(e.target));
   initImageIn();
+  initPromptEditing([field("prompt"), field("negative_prompt")]);
   await loadCatalog();
 }
 
@@ -158,6 +160,7 @@ export function reuseSettings(request, seed) {
     showCustomSize();
   }
   setSeed(seed ?? request.seed ?? RANDOM);
+  field("prompt").dispatchEvent(new Event("input", { bubbles: true })); // the LoRA cards follow the prompt
   clearErrors(form());
 }
 
