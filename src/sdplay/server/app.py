@@ -108,9 +108,17 @@ class WebMount(Mount):
     """The browser UI's static files at /, never shadowing an API path (so a wrong method there gets 405)."""
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
-        if scope["type"] == "http" and scope["path"].startswith(API_PREFIXES + COMFY_PATHS):
+        if scope["type"] == "http" and is_api_path(scope["path"]):
             return Match.NONE, {}
         return super().matches(scope)
+
+
+def is_api_path(path: str) -> bool:
+    """Whether `path` is one of the APIs' (a whole path segment: "/prompt" and "/prompt/x", not "/prompts.js")."""
+    return any(
+        path == prefix.rstrip("/") or path.startswith(prefix if prefix.endswith("/") else prefix + "/")
+        for prefix in API_PREFIXES + COMFY_PATHS
+    )
 
 
 def default_engines(settings: Settings) -> list[EngineProtocol]:
