@@ -93,6 +93,10 @@ class Engine:
         """The LoRA files of this engine's folder."""
         return list(self.lora_folder.files().values())
 
+    def refresh_loras(self) -> None:
+        """Forget the folder listing: files added or removed since show up at the next look."""
+        self.lora_folder.refresh()
+
     def model_spec(self, name: str | None, catalog_only: bool = False) -> ModelSpec:
         """The spec of a model name (catalog_only: listed models only, no paths or hub ids)."""
         if not catalog_only:

@@ -9,6 +9,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from sdplay import catalog
 from sdplay.availability import how_to_get_on_server
@@ -26,6 +27,9 @@ from sdplay.server.storage import UrlSigner, check_job_id
 from sdplay.server.uploads import Uploads
 from sdplay.server.worker import Worker
 from sdplay.types import Catalog, GenerationRequest, ModelInfo
+
+if TYPE_CHECKING:
+    from sdplay.loras import AddonFile
 
 log = logging.getLogger(__name__)
 
@@ -109,16 +113,13 @@ class Service:
         models = tuple(replace(m, loaded=m.name in loaded) for m in catalogs[0].models)
         self.catalog = Catalog(models, catalogs[0].samplers)
 
-    def loras(self) -> list:
+    def loras(self) -> list[AddonFile]:
         """The LoRA files the engines offer (one folder scan, no model work)."""
-        listing = getattr(self.engines[0], "loras", None)
-        return listing() if listing is not None else []
+        return self.engines[0].loras()
 
     def refresh_loras(self) -> None:
         for engine in self.engines:
-            folder = getattr(engine, "lora_folder", None)
-            if folder is not None:
-                folder.refresh()
+            engine.refresh_loras()
 
     def usable(self, info: ModelInfo) -> bool:
         """True if the model can run here: its weights are present, or models are built with random weights."""

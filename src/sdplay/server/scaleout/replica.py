@@ -12,6 +12,7 @@ from ray import serve
 
 from sdplay import catalog
 from sdplay.errors import Cancelled, SdplayError
+from sdplay.loading import LoadOptions
 from sdplay.server.scaleout import wire
 from sdplay.server.scaleout.options import RayOptions
 from sdplay.types import GenerationRequest, ModelInfo
@@ -22,19 +23,12 @@ log = logging.getLogger(__name__)
 class EngineReplica:
     """Runs generations on this replica's device and streams their steps back; writes no files."""
 
-    async def __init__(self, options: RayOptions):
+    async def __init__(self, options: RayOptions, load: LoadOptions):
         from sdplay.accel.runtime import configure_torch
-        from sdplay.engine import Engine
 
         configure_torch()  # the replica owns its process
         self.options = options
-        # The multiplexer decides which models stay (and tells the router); the engine never evicts on its own.
-        self.engine = Engine(
-            device=options.device,
-            random_weights=options.random_weights,
-            max_models=options.models_per_replica + 1,
-            monitor=True,
-        )
+        self.engine = replica_engine(options, load)
         context = serve.get_replica_context()
         self.replica = context.replica_id.unique_id
         self.actor_name = context.replica_id.to_full_id_str()
@@ -87,6 +81,14 @@ class EngineReplica:
         finally:
             stop.set()
         yield {"kind": "result", "results": [wire.to_wire(r) for r in results]}
+
+
+def replica_engine(options: RayOptions, load: LoadOptions):
+    """The engine of one replica: the server's load options, on the device Ray gives the replica."""
+    from sdplay.engine import Engine
+
+    # The multiplexer decides which models stay (and tells the router); the engine never evicts on its own.
+    return Engine(load, device=options.device, max_models=options.models_per_replica + 1, monitor=True)
 
 
 class Resident:
