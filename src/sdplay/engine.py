@@ -215,7 +215,7 @@ class Engine:
         batches = [items[i : i + size] for i in range(0, len(items), size)]
         prepared = [prepare_input(p.request) for p in plans] if req.init_image is not None else None
         refiner = self._refiner(first)
-        with lora_applied(loaded.pipe, list(first.loras), first.family.label):
+        with lora_applied(loaded.pipe, list(first.loras), loaded.family_spec):
             outputs = [
                 run_batch(loaded, first, b, on_step, n, len(batches), [prepared[i.owner] for i in b] if prepared
                           else None, refiner)
