@@ -194,3 +194,21 @@ def test_steps_carry_half_precision_latents_only_when_asked():
     assert (back.step, back.total_steps, back.family) == (3, 10, "sdxl")
     assert torch.allclose(back.latents, latents, atol=1e-2)
     assert wire.step_info(wire.step_event(info, with_latents=False)).latents is None
+
+
+def test_a_replica_runs_the_ingress_plan_on_its_device_as_its_own_engine_would_plan_it():
+    pytest.importorskip("ray.serve")
+    from sdplay.devices import resolve_device
+    from sdplay.engine import Engine
+    from sdplay.server.scaleout.client import RayEngineClient
+    from sdplay.server.scaleout.replica import bind
+
+    client = RayEngineClient(None, RayOptions())
+    client._set_catalog({"models": Engine().models(), "samplers": ["Euler"]})
+    planned = client.plan(GenerationRequest(prompt="p", model="emoji", sampler="euler_a", n_images=2, seed=-1))
+    assert planned.device.id == "auto" and planned.request.seed >= 0 and planned.request.sampler == "Euler a"
+    engine = Engine(device="cpu")
+    cpu = resolve_device(engine.device, engine.devices())
+    bound = bind(planned, cpu)
+    assert bound.device == cpu and bound.request.device == "cpu" and bound.batch_key != planned.batch_key
+    assert bound == engine.plan(planned.request)  # what re-planning on the replica used to give, without doing it

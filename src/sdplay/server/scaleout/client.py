@@ -59,10 +59,10 @@ class ReplicaFailed(SdplayError):
 class RayEngineClient:
     """An EngineProtocol whose generations run on the replicas of the engine deployment.
 
-    The ingress plans each request (validation, defaults, seed, batching, LoRA files) for "the replicas' device";
-    a replica's engine binds the plan's request to its own device when it runs it (nothing is left to fill in by
-    then). Its load options are the replicas' (the server's flags): the LoRA folder is read at the same path here
-    (on the head node) and on every replica's node.
+    The ingress plans each request (validation, defaults, seed, batching, LoRA files) for "the replicas' device"
+    and sends the plans; a replica binds each to its own device and runs it (nothing is resolved again there).
+    Its load options are the replicas' (the server's flags); the model and LoRA files a plan names are read at
+    the same paths on every replica's node.
     """
 
     def __init__(self, handle, options: RayOptions, load: LoadOptions | None = None):
@@ -152,7 +152,7 @@ class RayEngineClient:
             for attempt in range(1, ATTEMPTS + 1):
                 self.running[call] |= {"attempt": attempt, "replica": None}
                 try:
-                    return self._attempt(call, requests, on_step, attempt)
+                    return self._attempt(call, plans, on_step, attempt)
                 except LOST as exc:
                     lost = self.running[call]["replica"]
                     log.warning("replica %s died during attempt %d of %d: %s", lost, attempt, ATTEMPTS, exc)
@@ -168,11 +168,11 @@ class RayEngineClient:
             del self.running[call]
 
     def _attempt(
-        self, call: int, requests: list[GenerationRequest], on_step: StepCallback | None, attempt: int
+        self, call: int, plans: list[Plan], on_step: StepCallback | None, attempt: int
     ) -> list[GenerationResult]:
         """One run on one replica: follow its events until the result (or an error) arrives."""
-        model = requests[0].model or ""
-        stream = self.handle.options(stream=True, multiplexed_model_id=model).run.remote(requests)
+        model = plans[0].request.model or ""
+        stream = self.handle.options(stream=True, multiplexed_model_id=model).run.remote(plans)
         watchdog = threading.Timer(self.ray.start_timeout_s, stream.cancel)  # nobody took it: give up
         watchdog.daemon = True
         watchdog.start()

@@ -6,16 +6,19 @@ import asyncio
 import logging
 import threading
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 from ray import serve
 
 from sdplay import catalog
+from sdplay.devices import DeviceInfo, resolve_device
 from sdplay.errors import Cancelled, SdplayError
 from sdplay.loading import LoadOptions
+from sdplay.plan import Plan
 from sdplay.server.scaleout import wire
 from sdplay.server.scaleout.options import RayOptions
-from sdplay.types import GenerationRequest, ModelInfo
+from sdplay.types import ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +53,8 @@ class EngineReplica:
         await self.model(model)
         return self.replica
 
-    async def run(self, requests: list[GenerationRequest]) -> AsyncIterator[dict[str, Any]]:
-        """Generate compatible requests as one batch: a "started" event, "step" events, then "result" or "error"."""
+    async def run(self, plans: list[Plan]) -> AsyncIterator[dict[str, Any]]:
+        """Run compatible plans as one batch: a "started" event, "step" events, then "result" or "error"."""
         yield {"kind": "started", "replica": self.replica, "actor": self.actor_name}
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
@@ -65,11 +68,12 @@ class EngineReplica:
         def work():
             if stop.is_set():
                 raise Cancelled("The caller went away before the job started.")
-            # the ingress planned these requests; planning them here binds them to this replica's device
-            return self.engine.generate_batch([self.engine.plan(r) for r in requests], on_step)
+            # the ingress planned them for "a replica's device": this replica's, now
+            device = resolve_device(self.engine.device, self.engine.devices())
+            return self.engine.generate_batch([bind(p, device) for p in plans], on_step)
 
         try:
-            await self.model(requests[0].model or catalog.DEFAULT_MODEL)
+            await self.model(plans[0].request.model or catalog.DEFAULT_MODEL)
             task = loop.run_in_executor(None, work)
             task.add_done_callback(lambda _: events.put_nowait(None))
             while (event := await events.get()) is not None:
@@ -81,6 +85,11 @@ class EngineReplica:
         finally:
             stop.set()
         yield {"kind": "result", "results": [wire.to_wire(r) for r in results]}
+
+
+def bind(plan: Plan, device: DeviceInfo) -> Plan:
+    """A plan made for "a replica's device" (`auto`), on this replica's device; nothing else changes."""
+    return replace(plan, device=device, request=plan.request.with_(device=device.id))
 
 
 def replica_engine(options: RayOptions, load: LoadOptions):
