@@ -12,8 +12,6 @@ from typing import Any
 
 RGB = tuple[float, float, float]
 
-TASKS = ("txt2img", "img2img", "inpaint")
-
 
 class Family(StrEnum):
     """The architecture a model reports (in metadata, model lists and previews)."""
