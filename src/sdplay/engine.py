@@ -93,6 +93,10 @@ class Engine:
         """The LoRA files of this engine's folder."""
         return list(self.lora_folder.files().values())
 
+    def refresh_loras(self) -> None:
+        """Forget the folder listing: files added or removed since show up at the next look."""
+        self.lora_folder.refresh()
+
     def model_spec(self, name: str | None, catalog_only: bool = False) -> ModelSpec:
         """The spec of a model name (catalog_only: listed models only, no paths or hub ids)."""
         if not catalog_only:
@@ -211,7 +215,7 @@ class Engine:
         batches = [items[i : i + size] for i in range(0, len(items), size)]
         prepared = [prepare_input(p.request) for p in plans] if req.init_image is not None else None
         refiner = self._refiner(first)
-        with lora_applied(loaded.pipe, list(first.loras), first.family.label):
+        with lora_applied(loaded.pipe, list(first.loras), loaded.family_spec):
             outputs = [
                 run_batch(loaded, first, b, on_step, n, len(batches), [prepared[i.owner] for i in b] if prepared
                           else None, refiner)

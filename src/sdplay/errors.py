@@ -80,3 +80,11 @@ class TimeLimitExceeded(SdplayError):
     """A generation ran past its time limit and was stopped (inside a step)."""
 
     status = 408
+
+
+# Every error class of the core by name, for errors that travel between processes (Ray replicas).
+BY_NAME: dict[str, type[SdplayError]] = {
+    cls.__name__: cls
+    for cls in (SdplayError, InvalidRequest, ModelNotAvailable, DeviceNotAvailable, DeviceOutOfMemory,
+                UnsafeCheckpoint, Cancelled, OutputNotWritable, DataError, MissingExtra, TimeLimitExceeded)
+}  # fmt: skip

@@ -12,8 +12,6 @@ from typing import Any
 
 RGB = tuple[float, float, float]
 
-TASKS = ("txt2img", "img2img", "inpaint")
-
 
 class Family(StrEnum):
     """The architecture a model reports (in metadata, model lists and previews)."""
@@ -36,6 +34,9 @@ class FamilySpec:
     - `latent_rgb` / `latent_rgb_bias`: the linear latent -> RGB preview map (ComfyUI's latent2rgb factors);
     - `vae_fp32_if_upcast`: decode in float32 when the VAE config says `force_upcast` (SDXL's VAE makes NaNs
       in fp16; SD 1.x/2.x VAEs decode in fp16 as diffusers does);
+    - LoRA files: `lora_keys` (tensor-name prefixes only LoRAs for this family have: SDXL's two encoders and
+      its original UNet block names) and `cross_attention_dim` (the UNet's text width, which a LoRA's attn2
+      projections show); `short_label` names the family in messages about them;
     - `compile_default`: the fast path's (compile mode, dynamic) for `compile=auto`;
     - `unet_tflop` / `vae_tflop`: FLOPs of one UNet forward (latent side, TFLOP) and one VAE decode
       (image side, TFLOP) at batch 1, for MFU figures.
@@ -44,6 +45,7 @@ class FamilySpec:
     name: str
     family: Family
     label: str
+    short_label: str
     base_model: str  # the built-in model whose defaults a folder or file of this family starts from
     single_file_keys: tuple[str, ...] = ()
     index_class_prefix: str = "StableDiffusion"
@@ -55,6 +57,8 @@ class FamilySpec:
     pooled: bool = False
     size_conditioning: bool = False
     safety_checker: bool = True  # the pipeline takes safety_checker/feature_extractor arguments
+    lora_keys: tuple[str, ...] = ()
+    cross_attention_dim: int | None = None
     latent_rgb: tuple[RGB, ...] = ()
     latent_rgb_bias: RGB = (0.0, 0.0, 0.0)
     vae_fp32_if_upcast: bool = False
@@ -100,6 +104,9 @@ _SD_PIPELINES = {"txt2img": "StableDiffusionPipeline", "img2img": "StableDiffusi
                  "inpaint": "StableDiffusionInpaintPipeline"}  # fmt: skip
 _SDXL_PIPELINES = {"txt2img": "StableDiffusionXLPipeline", "img2img": "StableDiffusionXLImg2ImgPipeline",
                    "inpaint": "StableDiffusionXLInpaintPipeline"}  # fmt: skip
+# kohya's SDXL names (two text encoders, the original UNet's block names) and diffusers' second encoder
+_SDXL_LORA_KEYS = ("lora_te1_", "lora_te2_", "lora_unet_input_blocks", "lora_unet_output_blocks",
+                   "lora_unet_middle_block", "text_encoder_2.")  # fmt: skip
 
 # Measured on an H100 (docs/benchmarks.md): the whole UNet compiled is 27-31% faster for SD 1.x/2.x (cold compile
 # 41-49 s, restart 11-15 s); for SDXL 18% faster but 103 s cold and 23 s at every restart, so SDXL compiles its
@@ -108,6 +115,7 @@ SDXL = FamilySpec(
     name="sdxl",
     family=Family.SDXL,
     label="Stable Diffusion XL",
+    short_label="SDXL",
     base_model="sdxl-base-1.0",
     single_file_keys=("conditioner.embedders.1.model.",),
     index_class_prefix="StableDiffusionXL",
@@ -117,6 +125,8 @@ SDXL = FamilySpec(
     pooled=True,
     size_conditioning=True,
     safety_checker=False,
+    lora_keys=_SDXL_LORA_KEYS,
+    cross_attention_dim=2048,
     latent_rgb=_SDXL_VAE_RGB,
     latent_rgb_bias=(0.1084, -0.0175, -0.0011),
     vae_fp32_if_upcast=True,
@@ -128,10 +138,12 @@ SD2 = FamilySpec(
     name="sd2",
     family=Family.SD2,
     label="Stable Diffusion 2.x",
+    short_label="SD 2.x",
     base_model="sd-v2-1",
     single_file_keys=("cond_stage_model.model.",),
     prediction_type="v_prediction",
     pipelines=_SD_PIPELINES,
+    cross_attention_dim=1024,
     latent_rgb=_SD_VAE_RGB,
     compile_default=("full", None),
     unet_tflop=(96, 2.149),
@@ -141,6 +153,7 @@ EMBEDDED = FamilySpec(
     name="embedded",
     family=Family.SD1,
     label="sdplay's embedded model (SD 1.x layout, small UNet)",
+    short_label="the embedded model",
     base_model="sdplay-emoji",
     max_unet_sample_size=32,
     pipelines=_SD_PIPELINES,
@@ -151,9 +164,11 @@ SD1 = FamilySpec(
     name="sd1",
     family=Family.SD1,
     label="Stable Diffusion 1.x",
+    short_label="SD 1.x",
     base_model="sd-v1-4",
     single_file_keys=("cond_stage_model.transformer.", "model.diffusion_model."),
     pipelines=_SD_PIPELINES,
+    cross_attention_dim=768,
     latent_rgb=_SD_VAE_RGB,
     compile_default=("full", None),
     unet_tflop=(64, 0.803),
@@ -180,6 +195,19 @@ def from_tensor_names(keys: list[str]) -> FamilySpec | None:
         if spec.single_file_keys and any(k.startswith(spec.single_file_keys) for k in keys):
             return spec
     return None
+
+
+def from_lora_keys(keys: list[str]) -> FamilySpec | None:
+    """The family whose LoRA layout a LoRA file's tensor names show; None for the SD 1.x/2.x layout."""
+    for spec in FAMILIES:
+        if spec.lora_keys and any(k.startswith(spec.lora_keys) for k in keys):
+            return spec
+    return None
+
+
+def from_cross_attention_dim(dim: int | None) -> FamilySpec | None:
+    """The full-size family with this UNet text width (768: SD 1.x, 1024: SD 2.x, 2048: SDXL); None if none."""
+    return next((f for f in FAMILIES if dim is not None and f.cross_attention_dim == dim), None)
 
 
 def from_index(class_name: str, prediction_type: str, unet_sample_size: int | None) -> FamilySpec:

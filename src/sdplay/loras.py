@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sdplay import families
 from sdplay.errors import InvalidRequest, ModelNotAvailable
+from sdplay.families import FamilySpec
 from sdplay.prompt_syntax import LoraRef
 
 SUFFIX = ".safetensors"
-# cross-attention width -> the family a LoRA was trained for (the UNet's attn2.to_k input)
-CROSS_DIM_FAMILY = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL"}
 
 
 def models_home() -> Path:
@@ -158,26 +158,22 @@ def lora_cross_dim(tensors: dict[str, Any]) -> int | None:
     return None
 
 
-def lora_is_sdxl(tensors: dict[str, Any]) -> bool:
-    return any(k.startswith(("lora_te1_", "lora_te2_", "lora_unet_input_blocks", "lora_unet_output_blocks",
-                             "lora_unet_middle_block", "text_encoder_2.")) for k in tensors)  # fmt: skip
-
-
-def check_lora_fits(name: str, tensors: dict[str, Any], pipe: Any, family_label: str) -> None:
+def check_lora_fits(name: str, tensors: dict[str, Any], pipe: Any, family: FamilySpec) -> None:
     """Refuse a LoRA made for another family, saying which family it is for."""
     cross = getattr(pipe.unet.config, "cross_attention_dim", None)
     dim = lora_cross_dim(tensors)
-    sdxl_model = hasattr(pipe, "text_encoder_2")
+    layout = families.from_lora_keys(list(tensors))  # None: the SD 1.x/2.x layout
+    by_width = families.from_cross_attention_dim(dim)
     made_for = None
-    if lora_is_sdxl(tensors) != sdxl_model:
-        made_for = "SDXL" if lora_is_sdxl(tensors) else CROSS_DIM_FAMILY.get(dim or 0, "SD 1.x/2.x")
+    if (layout.family if layout else None) != (family.family if family.lora_keys else None):
+        made_for = layout.short_label if layout else (by_width.short_label if by_width else "SD 1.x/2.x")
     elif dim is not None and cross is not None and dim != cross:
-        made_for = CROSS_DIM_FAMILY.get(dim, f"a model with cross-attention width {dim}")
+        made_for = by_width.short_label if by_width else f"a model with cross-attention width {dim}"
     if made_for:
         raise InvalidRequest(
-            f"The LoRA {name!r} is for {made_for} models; this model is {family_label}.",
+            f"The LoRA {name!r} is for {made_for} models; this model is {family.label}.",
             field="loras",
-            hint=f"Use it with a {made_for} model, or choose a LoRA made for {family_label}.",
+            hint=f"Use it with a {made_for} model, or choose a LoRA made for {family.label}.",
         )
 
 
@@ -203,14 +199,14 @@ def _loaded_adapters(pipe: Any) -> set[str]:
     return pipe.__dict__.setdefault("sdplay_adapters", set())
 
 
-def ensure_loaded(pipe: Any, loras: list[ResolvedLora], family_label: str) -> None:
+def ensure_loaded(pipe: Any, loras: list[ResolvedLora], family: FamilySpec) -> None:
     """Load each LoRA into the pipeline once (as a peft adapter named by its hash)."""
     have = _loaded_adapters(pipe)
     for lora in loras:
         if lora.adapter in have:
             continue
         tensors = read_state_dict(lora.file)
-        check_lora_fits(lora.ref.name, tensors, pipe, family_label)
+        check_lora_fits(lora.ref.name, tensors, pipe, family)
         try:
             pipe.load_lora_weights(tensors, adapter_name=lora.adapter)
         except (ValueError, KeyError, RuntimeError) as exc:
@@ -218,7 +214,7 @@ def ensure_loaded(pipe: Any, loras: list[ResolvedLora], family_label: str) -> No
             raise InvalidRequest(
                 f"The LoRA {lora.ref.name!r} does not fit this model: {exc}",
                 field="loras",
-                hint=f"Choose a LoRA made for {family_label} (kohya/A1111 or diffusers format).",
+                hint=f"Choose a LoRA made for {family.label} (kohya/A1111 or diffusers format).",
             ) from exc
         have.add(lora.adapter)
 
@@ -229,15 +225,14 @@ def _forget(pipe: Any, adapter: str) -> None:
 
 
 @contextmanager
-def applied(pipe: Any, loras: list[ResolvedLora], family_label: str) -> Iterator[None]:
+def applied(pipe: Any, loras: list[ResolvedLora], family: FamilySpec) -> Iterator[None]:
     """The pipeline with exactly `loras` active (weight 0 ones left out) for the duration of the block."""
     active = [lora for lora in loras if lora.ref.weight != 0 or lora.ref.text_weight != 0]
     if not active:
         yield
         return
-    ensure_loaded(pipe, active, family_label)
-    encoders = [name for name in ("text_encoder", "text_encoder_2") if getattr(pipe, name, None) is not None]
-    weights = [{"unet": lo.ref.weight} | dict.fromkeys(encoders, lo.ref.text_weight) for lo in active]
+    ensure_loaded(pipe, active, family)
+    weights = [{"unet": lo.ref.weight} | dict.fromkeys(family.text_encoders, lo.ref.text_weight) for lo in active]
     pipe.enable_lora()
     pipe.set_adapters([lo.adapter for lo in active], adapter_weights=weights)
     try:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from sdplay.errors import InvalidRequest
 from sdplay.inputs import working_size
 from sdplay.samplers import SamplerSpec, get_sampler
-from sdplay.types import DEFAULT_STRENGTH, MAX_SEED, GenerationRequest
+from sdplay.types import DEFAULT_STRENGTH, MAX_SEED, TASKS, GenerationRequest  # the request's inputs decide its task
 
 if TYPE_CHECKING:
     from sdplay.catalog import ModelSpec
@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     from sdplay.families import FamilySpec
     from sdplay.loras import AddonFile, ResolvedLora
 
-TASKS = ("txt2img", "img2img", "inpaint")  # the request's image inputs decide (GenerationRequest.task)
 
 # Request fields that must agree for plans to share one UNet batch (prompts and seeds may differ); with `task`.
 BATCH_FIELDS = ("model", "steps", "guidance", "width", "height", "sampler", "device", "dtype", "clip_skip")

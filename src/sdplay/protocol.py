@@ -9,6 +9,7 @@ from sdplay.types import Catalog, GenerationRequest, GenerationResult, StepCallb
 
 if TYPE_CHECKING:
     from sdplay.loading import LoadOptions
+    from sdplay.loras import AddonFile
 
 
 @runtime_checkable
@@ -19,7 +20,8 @@ class EngineProtocol(Protocol):
     device). `plan` is the only resolver; `generate` and `generate_batch` run plans (compatible ones, equal
     `batch_key`, as one UNet batch; each keeps its prompts and seeds) and raise SdplayError subclasses
     (InvalidRequest, ModelNotAvailable, Cancelled, ...); `on_step` is called after every denoising step and raising
-    `Cancelled` from it stops the run.
+    `Cancelled` from it stops the run. `loras` lists the LoRA files plans can name (`refresh_loras` re-reads the
+    folder).
     """
 
     device: str
@@ -38,3 +40,7 @@ class EngineProtocol(Protocol):
     def load(self, model: str | None) -> object: ...
 
     def unload(self, model: str | None = None) -> None: ...
+
+    def loras(self) -> list[AddonFile]: ...
+
+    def refresh_loras(self) -> None: ...

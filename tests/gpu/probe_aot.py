@@ -51,7 +51,7 @@ def inputs(m):
 def step(name: str) -> dict:
     import torch
 
-    from sdplay import aotpackages
+    from sdplay.accel import aotpackages
 
     m = unet()
     args, kwargs = inputs(m)

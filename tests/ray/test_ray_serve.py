@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import ray
 from live import wait_job
-from tiny import make_tiny_folder
+from tiny import make_kohya_lora, make_tiny_folder
 
 from sdplay import catalog
 from sdplay.images import read_png_info
@@ -34,12 +34,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _model(tmp: Path) -> str:
-    """The embedded model when its weights ship with sdplay, else a tiny random SD1 folder."""
+def _model(tmp: Path) -> tuple[str, Path]:
+    """The embedded model when its weights ship with sdplay, else a tiny random SD1 folder; (name, its folder)."""
     emoji = catalog.builtin("sdplay-emoji")
     if emoji and emoji.weights_dir and (emoji.weights_dir / "model_index.json").is_file():
-        return emoji.name
-    return str(make_tiny_folder("sd1", tmp / "tiny-sd1"))
+        return emoji.name, emoji.weights_dir
+    folder = make_tiny_folder("sd1", tmp / "tiny-sd1")
+    return str(folder), folder
 
 
 @pytest.fixture(scope="module")
@@ -55,16 +56,19 @@ def cluster(tmp_path_factory) -> Iterator[dict]:
     from sdplay.server.settings import Settings
 
     tmp = tmp_path_factory.mktemp("ray")
-    model = _model(tmp)
+    model, folder = _model(tmp)
+    make_kohya_lora(folder, tmp / "loras" / "ink.safetensors")  # the replicas find it through --lora-dir
     other = str(make_tiny_folder("sd1", tmp / "tiny-other", seed=1))  # in the catalog, loaded by no replica
     env = {"HF_HUB_OFFLINE": "1", "SDPLAY_CACHE": str(tmp / "cache"), "OMP_NUM_THREADS": "1"}
     ray.init(num_cpus=3, num_gpus=0, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env},
              object_store_memory=256 * 2**20)  # fmt: skip
     try:
         port = _free_port()
+        # load options as `sdplay serve --ray --attention-slicing --vae-tiling --lora-dir DIR` gives them
         settings = Settings(port=port, output_dir=tmp / "out", gallery_db=tmp / "gallery.sqlite3",
                             default_model=model, models_preload=(model, other), max_batch=2,
-                            batch_window_ms=0.0)  # fmt: skip
+                            batch_window_ms=0.0, attention_slicing=True, vae_tiling=True,
+                            lora_dir=tmp / "loras")  # fmt: skip
         options = RayOptions(replicas=2, num_cpus=1, max_ongoing_requests=2, models_per_replica=1,
                              start_timeout_s=60)  # fmt: skip
         deploy(settings, options)
@@ -217,3 +221,21 @@ def test_job_is_reported_failed_when_its_retry_dies_too(cluster, client):
     assert view["status"] == "failed" and view["images"] == [], view
     assert "died" in view["error"]["message"] and view["error"]["hint"]
     assert not (cluster["out"] / job["id"]).exists() or not list((cluster["out"] / job["id"]).glob("*.png"))
+
+
+def test_replicas_load_models_with_the_servers_load_options_and_loras(cluster, client):
+    assert [lo["name"] for lo in client.get("/sdapi/v1/loras").json()] == ["ink"]
+    made = {}
+    for prompt in ("inked", "inked <lora:ink:1>"):
+        job = client.post("/api/v1/jobs", json={"prompt": prompt, "steps": 4, "seed": 21}).json()
+        view = wait_job(client, job["id"])
+        assert view["status"] == "done", view
+        png = client.get(view["images"][0]["url"]).content
+        made[prompt] = (read_png_info(png)["sdplay"], png)
+    plain, inked = made["inked"][0], made["inked <lora:ink:1>"][0]
+    for info in (plain, inked):  # what the replica's engine chose while loading the model
+        assert info["optimisation"]["attention_slicing"] and info["optimisation"]["vae_tiling"], info["optimisation"]
+    assert plain["loras"] == [] and [lo["name"] for lo in inked["loras"]] == ["ink"]
+    assert made["inked"][1] != made["inked <lora:ink:1>"][1]
+    bad = client.post("/api/v1/jobs", json={"prompt": "x <lora:inc:1>"})
+    assert bad.status_code == 400 and "ink" in bad.text, bad.text

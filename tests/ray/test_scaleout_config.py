@@ -7,7 +7,9 @@ import torch
 from PIL import Image
 
 from sdplay.cli.main import build_parser
+from sdplay.cli.serve import settings_from_args
 from sdplay.errors import DeviceOutOfMemory, InvalidRequest, SdplayError
+from sdplay.loading import LoadOptions
 from sdplay.server.scaleout import wire
 from sdplay.server.scaleout.cli import options_from_args, wants_ray
 from sdplay.server.scaleout.options import (
@@ -15,6 +17,7 @@ from sdplay.server.scaleout.options import (
     RayOptions,
     engine_deployment_options,
     ingress_deployment_options,
+    replica_load_options,
 )
 from sdplay.types import GenerationRequest, GenerationResult, PhaseTimings, StepInfo
 
@@ -83,6 +86,76 @@ def test_serve_flags_become_ray_options():
         wants_ray(build_parser().parse_args(["serve", "--ray-replicas", "2"]))
 
 
+LOAD_FLAGS = ["--no-fast", "--attention-slicing", "--vae-slicing", "--vae-tiling", "--cpu-offload",
+              "--no-safety-checker"]  # fmt: skip
+
+
+@pytest.fixture
+def no_sdplay_env(monkeypatch):
+    for name in ("SDPLAY_FAST", "SDPLAY_NO_FAST", "SDPLAY_LORA_DIR", "SDPLAY_RANDOM_WEIGHTS", "SDPLAY_VAE_TILING"):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def _ray_serve(argv: list[str]):
+    args = build_parser().parse_args(["serve", "--ray", *argv])
+    return settings_from_args(args), options_from_args(args)
+
+
+def test_serve_load_flags_become_every_replicas_load_options(no_sdplay_env, tmp_path):
+    settings, options = _ray_serve([*LOAD_FLAGS, "--lora-dir", str(tmp_path), "--ray-replicas", "2"])
+    assert replica_load_options(settings, options) == LoadOptions(
+        fast=False, attention_slicing=True, vae_slicing=True, vae_tiling=True, cpu_offload=True,
+        safety_checker=False, lora_dir=str(tmp_path),
+    )  # fmt: skip
+    assert replica_load_options(settings, options) == settings.load_options()  # as `sdplay serve` without --ray
+    no_sdplay_env.setenv("SDPLAY_FAST", "deepcache=3")
+    settings, _ = _ray_serve([])
+    load = replica_load_options(settings, RayOptions(random_weights=True))  # `serve run ...:build random_weights=1`
+    assert (load.fast, load.fast_options, load.random_weights, load.vae_tiling) == (True, "deepcache=3", True, False)
+
+
+def test_the_bound_application_hands_the_load_options_to_every_replica_engine(no_sdplay_env, tmp_path):
+    pytest.importorskip("ray.serve")
+    from sdplay.server.scaleout.app import application
+    from sdplay.server.scaleout.client import RayEngineClient
+    from sdplay.server.scaleout.replica import replica_engine
+
+    settings, options = _ray_serve([*LOAD_FLAGS, "--lora-dir", str(tmp_path), "--ray-replicas", "2"])
+    options = options.resolve({"CPU": 4})
+    app = application(settings, options)
+    # Ray's bound graph: ingress(engine(options, load), settings, options)
+    engine_app = app._bound_deployment.init_args[0]
+    replica_options, load = engine_app._bound_deployment.init_args
+    assert replica_options == options and load == settings.load_options() and load.vae_tiling and not load.fast
+    engine = replica_engine(replica_options, load)
+    assert engine.options == load and engine.max_models == options.models_per_replica + 1
+    assert engine.lora_folder.root == tmp_path
+    client = RayEngineClient(None, options, load)
+    assert client.options == load and client.lora_folder.root == tmp_path
+
+
+def test_the_ray_client_plans_loras_from_the_lora_folder(no_sdplay_env, tmp_path):
+    pytest.importorskip("ray.serve")
+    from safetensors.torch import save_file
+
+    from sdplay.engine import Engine
+    from sdplay.server.scaleout.client import RayEngineClient
+
+    save_file({"lora_unet_down.lora_down.weight": torch.zeros(2, 2)}, tmp_path / "ink.safetensors")
+    client = RayEngineClient(None, RayOptions(), LoadOptions(lora_dir=str(tmp_path)))
+    client._set_catalog({"models": Engine().models(), "samplers": ["Euler"]})  # as a replica answers
+    assert [f.name for f in client.loras()] == ["ink"]
+    planned = client.plan(GenerationRequest(prompt="a fox <lora:ink:0.5>", model="sdplay-emoji"))
+    assert [(lo.file.name, lo.ref.weight) for lo in planned.loras] == [("ink", 0.5)]
+    with pytest.raises(InvalidRequest, match="No LoRA named 'inc'") as err:
+        client.plan(GenerationRequest(prompt="a fox <lora:inc:1>", model="sdplay-emoji"))
+    assert "ink" in err.value.hint
+    save_file({"lora_unet_up.lora_down.weight": torch.zeros(2, 2)}, tmp_path / "wash.safetensors")
+    client.refresh_loras()
+    assert [f.name for f in client.loras()] == ["ink", "wash"]
+
+
 def _result() -> GenerationResult:
     images = [Image.new("RGB", (16, 8), (10 * i, 200, 30)) for i in range(2)]
     request = GenerationRequest(prompt="p", model="m", n_images=2, seed=5, width=16, height=8)
@@ -121,3 +194,21 @@ def test_steps_carry_half_precision_latents_only_when_asked():
     assert (back.step, back.total_steps, back.family) == (3, 10, "sdxl")
     assert torch.allclose(back.latents, latents, atol=1e-2)
     assert wire.step_info(wire.step_event(info, with_latents=False)).latents is None
+
+
+def test_a_replica_runs_the_ingress_plan_on_its_device_as_its_own_engine_would_plan_it():
+    pytest.importorskip("ray.serve")
+    from sdplay.devices import resolve_device
+    from sdplay.engine import Engine
+    from sdplay.server.scaleout.client import RayEngineClient
+    from sdplay.server.scaleout.replica import bind
+
+    client = RayEngineClient(None, RayOptions())
+    client._set_catalog({"models": Engine().models(), "samplers": ["Euler"]})
+    planned = client.plan(GenerationRequest(prompt="p", model="emoji", sampler="euler_a", n_images=2, seed=-1))
+    assert planned.device.id == "auto" and planned.request.seed >= 0 and planned.request.sampler == "Euler a"
+    engine = Engine(device="cpu")
+    cpu = resolve_device(engine.device, engine.devices())
+    bound = bind(planned, cpu)
+    assert bound.device == cpu and bound.request.device == "cpu" and bound.batch_key != planned.batch_key
+    assert bound == engine.plan(planned.request)  # what re-planning on the replica used to give, without doing it

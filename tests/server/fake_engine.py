@@ -73,6 +73,12 @@ class FakeEngine:
     def unload(self, model: str | None = None) -> None:
         self.loaded.clear() if model is None else self.loaded.discard(model)
 
+    def loras(self) -> list:
+        return []  # no LoRA folder: plans naming a LoRA are refused, as by an engine without one
+
+    def refresh_loras(self) -> None:
+        pass
+
     def generate(self, plan: Plan, on_step=None) -> GenerationResult:
         return self.generate_batch([plan], on_step)[0]
 

@@ -31,7 +31,7 @@ def test_txt2img_returns_images_parameters_and_info(api, server):
     assert len(info["infotexts"]) == 4 and "Seed: 102" in info["infotexts"][2]
     assert info["infotexts"][0].startswith("green leaf\nNegative prompt: red\nSteps: 3, Sampler: DPM++ 2M")
     assert res.parameters["prompt"] == "green leaf" and res.parameters["batch_size"] == 2
-    assert server.service.gallery.search("green leaf")[0][0]["sampler"] == "DPM++ 2M Karras"
+    assert server.service.gallery.search("green leaf")[0][0].sampler == "DPM++ 2M Karras"
 
 
 def test_sampler_names_combined_or_split():
@@ -46,7 +46,7 @@ def test_sampler_names_combined_or_split():
 def test_webuiapi_defaults_and_combined_names_run(api, server):
     api.txt2img(prompt="defaults", seed=1, steps=2, width=64, height=64)  # webuiapi sends "Euler a" + "automatic"
     api.txt2img(prompt="combined", seed=1, steps=2, width=64, height=64, sampler_name="DPM++ SDE Karras", scheduler="")
-    samplers = {r["prompt"]: r["sampler"] for r in server.service.gallery.search()[0]}
+    samplers = {image.prompt: image.sampler for image in server.service.gallery.search()[0]}
     assert samplers == {"defaults": "Euler a", "combined": "DPM++ SDE Karras"}
 
 

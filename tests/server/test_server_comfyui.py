@@ -150,8 +150,8 @@ def test_sillytavern_default_workflow_polled_through_history(server):
             "/view", params={"filename": image["filename"], "subfolder": image["subfolder"], "type": image["type"]}
         )
         assert pixel(got.content) == colour("a red fox", seed % 2**32)
-        row = server.service.gallery.search("a red fox")[0][0]
-        assert (row["negative_prompt"], row["guidance"], row["steps"], row["sampler"]) == ("blurry", 4.5, 3, "Euler")
+        image = server.service.gallery.search("a red fox")[0][0]
+        assert (image.negative_prompt, image.guidance, image.steps, image.sampler) == ("blurry", 4.5, 3, "Euler")
 
 
 def test_api_prefixed_aliases_and_descriptions(client, server):

@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -17,14 +18,16 @@ from fake_engine import colour
 from live import live_server, pixel, wait_job
 
 from sdplay.server.gallery import INTERRUPTED, SCHEMA_VERSION, Gallery
+from sdplay.server.jobs import JobStatus
+from sdplay.server.records import ImageRecord, JobFailure, JobRecord, JobResult
 
 HERE = Path(__file__).parent
 
 
-def _row(job_id: str, idx: int, prompt: str, model: str, created_at: float, file: str) -> dict:
-    return {"job_id": job_id, "idx": idx, "created_at": created_at, "prompt": prompt, "negative_prompt": "",
-            "model": model, "seed": idx, "width": 64, "height": 64, "steps": 4, "guidance": 4.0, "sampler": "Euler",
-            "request_json": "{}", "timings_json": None, "telemetry_json": None, "file": file}  # fmt: skip
+def _image(job_id: str, index: int, prompt: str, model: str, created_at: float, file: str) -> ImageRecord:
+    return ImageRecord(job_id=job_id, index=index, created_at=created_at, prompt=prompt, negative_prompt="",
+                       model=model, seed=index, width=64, height=64, steps=4, guidance=4.0, sampler="Euler",
+                       request={"prompt": prompt}, file=file)  # fmt: skip
 
 
 def test_migrations_create_a_versioned_schema_once(tmp_path):
@@ -49,8 +52,8 @@ def test_search_by_text_model_and_date_and_delete(tmp_path):
         [("red 100% heart", "sdplay-emoji", 1), ("blue_star", "sd-v1-4", 2), ("red star", "sd-v1-4", 3)]
     ):
         (tmp_path / "a" / f"{i}.png").write_bytes(b"png")
-        g.add_image(_row("a" * 32, i, prompt, model, 86400.0 * day, f"a/{i}.png"))
-    prompts = lambda rows: [r["prompt"] for r in rows[0]]  # noqa: E731
+        g.add_image(_image("a" * 32, i, prompt, model, 86400.0 * day, f"a/{i}.png"))
+    prompts = lambda found: [image.prompt for image in found[0]]  # noqa: E731
     assert prompts(g.search("red")) == ["red star", "red 100% heart"]
     assert (
         prompts(g.search("100%")) == ["red 100% heart"]
@@ -61,8 +64,29 @@ def test_search_by_text_model_and_date_and_delete(tmp_path):
     assert prompts(g.search(since=86400.0 * 2, until=86400.0 * 3)) == ["blue_star"]
     assert g.search(limit=1, offset=1)[1] == 3
     victim = g.search("blue")[0][0]
-    assert g.delete_image(victim["id"]) and not (tmp_path / "a" / "1.png").exists()
-    assert not g.delete_image(victim["id"]) and g.search()[1] == 2
+    assert victim == replace(_image("a" * 32, 1, "blue_star", "sd-v1-4", 86400.0 * 2, "a/1.png"), id=victim.id)
+    assert g.get_image(victim.id) == victim and g.image_of_job("a" * 32, 1) == victim
+    assert g.delete_image(victim.id) and not (tmp_path / "a" / "1.png").exists()
+    assert not g.delete_image(victim.id) and g.search()[1] == 2
+
+
+def test_job_records_round_trip_and_old_rows_read(tmp_path):
+    g = Gallery(tmp_path / "g.sqlite3", tmp_path)
+    job = JobRecord("b" * 32, "native", JobStatus.QUEUED, 10.0, {"prompt": "p", "width": 64}, idempotency_key="k")
+    g.add_job(job)
+    assert g.get_job(job.id) == job and g.job_for_key("k") == job and g.list_jobs("queued", 5) == [job]
+    g.job_started(job.id, 11.0)
+    assert g.get_job(job.id) == replace(job, status=JobStatus.RUNNING, started_at=11.0)
+    result = JobResult((7, 8), (1, 2), 64, 48, {"total": 1.5})
+    g.job_finished(job.id, JobStatus.DONE, finished_at=12.0, started_at=11.0, result=result)
+    done = g.get_job(job.id)
+    assert done == replace(job, status=JobStatus.DONE, started_at=11.0, finished_at=12.0, result=result)
+    failure = JobFailure("InvalidRequest", "no", field="steps", hint="fewer")
+    g.job_finished(job.id, JobStatus.FAILED, finished_at=13.0, started_at=None, error=failure)
+    assert g.get_job(job.id).error == failure and g.get_job(job.id).result is None
+    g._write("UPDATE jobs SET result_json=? WHERE id=?", ('{"seeds": [3]}', job.id))  # a row without sizes
+    assert g.get_job(job.id).result == JobResult(seeds=(3,))
+    assert g.mark_interrupted() == 0 and g.get_job("c" * 32) is None
 
 
 def test_gallery_api_search_fetch_delete(client, server):

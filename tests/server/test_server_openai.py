@@ -28,8 +28,8 @@ def test_b64_json_with_sdplay_fields_in_extra_body(oai, server):
     assert len(res.data) == 2 and res.size == "64x64" and res.output_format == "png"
     for k, item in enumerate(res.data):
         assert pixel(base64.b64decode(item.b64_json)) == colour("a red heart", 7 + k)
-    job = server.service.gallery.search("a red heart")[0][0]
-    assert (job["steps"], job["guidance"], job["sampler"], job["negative_prompt"]) == (3, 5.5, "Euler a", "blue")
+    image = server.service.gallery.search("a red heart")[0][0]
+    assert (image.steps, image.guidance, image.sampler, image.negative_prompt) == (3, 5.5, "Euler a", "blue")
 
 
 def test_url_response_is_served_here_and_expires(oai, server):
@@ -54,7 +54,7 @@ def test_output_formats(oai):
 
 def test_openai_model_names_mean_the_default_model(oai, server):
     oai.images.generate(prompt="dalle", model="dall-e-3", extra_body={"seed": 4})
-    assert server.service.gallery.search("dalle")[0][0]["model"] == "sdplay-emoji"
+    assert server.service.gallery.search("dalle")[0][0].model == "sdplay-emoji"
     assert [m.id for m in oai.models.list()] == ["sdplay-emoji", "sd-v1-4"]
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from sdplay import aotpackages
-from sdplay.aotpackages import PackagedForward, input_key, model_key
+from sdplay.accel import aotpackages
+from sdplay.accel.aotpackages import PackagedForward, input_key, model_key
 
 
 def export_compiler(calls):

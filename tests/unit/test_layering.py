@@ -129,3 +129,49 @@ def test_the_graph_counts_lazy_and_typing_imports(tmp_path):
     assert graph == {"sdplay": set(), "sdplay.server": set(), "sdplay.server.a": {"sdplay.server.b"},
                      "sdplay.server.b": {"sdplay.server.a"}, "sdplay.c": {"sdplay.server.a"}}  # fmt: skip
     assert find_cycles(graph) == [["sdplay.server.a", "sdplay.server.b"]]
+
+
+def probes(root: Path = SRC) -> list[str]:
+    """`getattr`/`hasattr` calls on an engine or on one of sdplay's own modules, as "file:line: call".
+
+    Code that needs something of an engine asks the engine interface (sdplay.protocol) for it, and code that
+    needs something of a module imports it; probing hides a missing method until a request finds it.
+    """
+    modules = {_module_name(p, root) for p in root.rglob("*.py")}
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        own = set()  # names bound to sdplay modules in this file
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "sdplay":
+                own |= {a.asname or a.name for a in node.names if f"{node.module}.{a.name}" in modules}
+            elif isinstance(node, ast.Import):
+                own |= {a.asname for a in node.names if a.asname and a.name in modules}
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.args):
+                continue
+            target = ast.unparse(node.args[0])
+            if node.func.id in ("getattr", "hasattr") and ("engine" in target.lower() or target in own):
+                found.append(f"{path.relative_to(root.parent)}:{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_no_probing_of_engines_or_of_sdplay_modules():
+    assert probes() == []
+
+
+def test_the_probe_finder_finds_probes(tmp_path):
+    pkg = tmp_path / "sdplay"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "tele.py").write_text("")
+    (pkg / "a.py").write_text(
+        "from sdplay import tele\nfrom sdplay.tele import x\n"
+        "def f(service, pipe):\n"
+        "    getattr(service.engines[0], 'loras', None)\n    hasattr(tele, 'go')\n"
+        "    getattr(pipe, 'unet')\n    getattr(x, 'y')\n"
+    )
+    assert [p.split(": ", 1)[1] for p in probes(pkg)] == [
+        "getattr(service.engines[0], 'loras', None)",
+        "hasattr(tele, 'go')",
+    ]

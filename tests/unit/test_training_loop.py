@@ -163,3 +163,10 @@ def test_cli_trains_and_reports(tmp_path, tiny_set, capsys):
     export.check_folder(out / "model")
     assert main(["train", "--data", str(tmp_path / "none.npz"), "--out", str(tmp_path / "x")]) == 2
     assert "No training data at" in capsys.readouterr().err
+
+
+def test_a_two_encoder_folder_is_refused_by_its_family(tmp_path):
+    folder = tmp_path / "xl"
+    shutil.copytree(ASSETS / "configs" / "sdxl-base-1.0", folder)
+    with pytest.raises(ModelNotAvailable, match="is an SDXL folder; training supports SD1/SD2-style folders"):
+        export.check_folder(folder)

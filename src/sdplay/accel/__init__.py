@@ -1,1 +1,1 @@
-"""Acceleration: the compiled fast path, CUDA graphs and feature reuse (DeepCache)."""
+"""Acceleration: the compiled fast path, CUDA graphs, feature reuse (DeepCache), ahead-of-time UNet packages."""

@@ -104,7 +104,7 @@ class FastPath:
     graphed: dict[str, GraphedForward]
     pool: SharedPool
     deepcache: Any = None  # sdplay.accel.deepcache.DeepCache when feature reuse is on
-    packages: Any = None  # sdplay.aotpackages.PackagedForward when the UNet is compiled ahead of time
+    packages: Any = None  # sdplay.accel.aotpackages.PackagedForward when the UNet is compiled ahead of time
 
     def prepare_scheduler(self, scheduler: Any) -> Any:
         """Keep a fresh scheduler's timesteps on the host, so its step needs no device sync; restart feature reuse."""
@@ -322,7 +322,7 @@ def _compile_ahead(unet: Any, config: FastConfig, kw: dict[str, Any]) -> str:
     """The whole UNet as AOTInductor packages; a shape whose package cannot be made runs through torch.compile."""
     import torch
 
-    from sdplay import aotpackages
+    from sdplay.accel import aotpackages
 
     fallback = torch.compile(unet.forward, **(kw | {"fullgraph": False, "dynamic": None}))  # compiles only if used
     options = {"max_autotune": True} if config.autotune else {}

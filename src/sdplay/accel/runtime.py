@@ -9,6 +9,9 @@ uses `sdplay.engine.Engine` directly and wants the compiled fast path calls it o
 - `torch._dynamo.config.suppress_errors = True`: a block that fails to compile runs eagerly (logged), never fails;
 - `TORCHINDUCTOR_CACHE_DIR` (unless the user chose one): sdplay's cache folder, so compiled kernels and FX graphs
   survive restarts.
+
+`sdplay train` calls `configure_torch_for_training()` instead: TF32 matmuls and convolutions and cuDNN autotuning
+(CUDA; nothing changes elsewhere). Calling `sdplay.training.loop.train` from a program leaves them as they are.
 """
 
 from __future__ import annotations
@@ -45,6 +48,15 @@ def configure_torch() -> dict[str, Any]:
         compile_cache=os.environ["TORCHINDUCTOR_CACHE_DIR"],
     )
     return dict(_DONE)
+
+
+def configure_torch_for_training() -> None:
+    """TF32 matmuls and convolutions and cuDNN autotuning, for training on CUDA (a no-op elsewhere)."""
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True
 
 
 def compile_cache_dir() -> Path:

@@ -156,7 +156,7 @@ def _sdplay(label: str, work: Workload, device: DeviceInfo, fast: bool, options:
                                 device=device.id, dtype=work.dtype)  # fmt: skip
 
     def run(batch: int, seed: int) -> list[Any]:
-        result = engine.generate(request.with_(n_images=batch, seed=seed))
+        result = engine.generate(engine.plan(request.with_(n_images=batch, seed=seed)))
         variant.timings = dict(vars(result.timings))
         return result.images
 

@@ -81,14 +81,19 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def settings_from_args(args: argparse.Namespace):
+    """The server settings: defaults, then SDPLAY_* variables, then the flags given (the Ray server uses them too)."""
     from sdplay.server.settings import Settings
 
     overrides = {name: getattr(args, name) for name in _FLAGS}
     for name in ("cors_origins", "allowed_hosts"):
         if overrides[name] is not None:
             overrides[name] = tuple(overrides[name])
-    settings = Settings.from_env(**overrides).check()  # InvalidRequest -> exit status 2
+    return Settings.from_env(**overrides).check()  # InvalidRequest -> exit status 2
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
 
     from sdplay.server.scaleout.cli import run_ray, wants_ray
 

@@ -92,9 +92,11 @@ def run(args: argparse.Namespace) -> int:
         data = load_set(path)
         print(f"{path}: {len(data)} captioned images, {data.images.shape[1]}x{data.images.shape[2]}")
         return 0
+    from sdplay.accel.runtime import configure_torch_for_training
     from sdplay.training.loop import train
 
     cfg = config_from_args(args)
+    configure_torch_for_training()  # process-wide, once, by the command that owns the process
     result = train(cfg, resume=args.resume)
     sizes = ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in result.parameters.items())
     print(f"model: {result.model_dir} ({sizes} parameters)")

@@ -1,16 +1,19 @@
-"""The gallery: every job and finished image in SQLite (WAL), with versioned migrations."""
+"""The gallery: every job and finished image in SQLite (WAL), with versioned migrations.
+
+Rows go in and come out as the typed records of sdplay.server.records; no other module sees a row.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 from sdplay.errors import OutputNotWritable
+from sdplay.server.jobs import JobStatus
+from sdplay.server.records import ImageRecord, JobFailure, JobRecord, JobResult, failure_json, result_json
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,10 @@ MIGRATIONS: list[list[str]] = [
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
+_JOB_COLUMNS = (
+    "id, api, status, created_at, started_at, finished_at, request_json, error_json, result_json, idempotency_key, "
+    "body_hash"
+)
 _IMAGE_COLUMNS = (
     "id, job_id, idx, created_at, prompt, negative_prompt, model, seed, width, height, steps, guidance, sampler, "
     "request_json, timings_json, telemetry_json, file"
@@ -89,7 +96,7 @@ class Gallery:
                 log.info("gallery %s migrated to schema %d", self.path, version)
             return SCHEMA_VERSION
 
-    def _write(self, sql: str, params: tuple = ()) -> sqlite3.Cursor:
+    def _write(self, sql: str, params: tuple | dict = ()) -> sqlite3.Cursor:
         with self._lock:
             return self._db.execute(sql, params)
 
@@ -104,57 +111,62 @@ class Gallery:
     # -- jobs ------------------------------------------------------------------------------
     def mark_interrupted(self) -> int:
         """Jobs left queued or running by a previous process become failed; returns how many."""
-        error = {"type": "Interrupted", "message": f"The job was {INTERRUPTED}.", "hint": "Submit it again."}
+        error = JobFailure("Interrupted", f"The job was {INTERRUPTED}.", hint="Submit it again.")
         cur = self._write(
             "UPDATE jobs SET status='failed', error_json=?, finished_at=? WHERE status IN ('queued', 'running')",
-            (json.dumps(error), time.time()),
+            (failure_json(error), time.time()),
         )
         return cur.rowcount
 
-    def add_job(self, row: dict[str, Any]) -> None:
+    def add_job(self, job: JobRecord) -> None:
+        self._write(f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ({_placeholders(_JOB_COLUMNS)})", job.columns())
+
+    def job_started(self, job_id: str, started_at: float) -> None:
+        self._write("UPDATE jobs SET status=?, started_at=? WHERE id=?", (JobStatus.RUNNING.value, started_at, job_id))
+
+    def job_finished(
+        self,
+        job_id: str,
+        status: JobStatus,
+        *,
+        finished_at: float,
+        started_at: float | None,
+        error: JobFailure | None = None,
+        result: JobResult | None = None,
+    ) -> None:
+        """Record a job's outcome: done with its result, failed with its error, or cancelled."""
         self._write(
-            "INSERT INTO jobs (id, api, status, created_at, request_json, idempotency_key, body_hash) "
-            "VALUES (:id, :api, :status, :created_at, :request_json, :idempotency_key, :body_hash)",
-            row,
+            "UPDATE jobs SET status=?, finished_at=?, started_at=?, error_json=?, result_json=? WHERE id=?",
+            (status.value, finished_at, started_at, failure_json(error), result_json(result), job_id),
         )
 
-    def update_job(self, job_id: str, **fields: Any) -> None:
-        allowed = {"status", "started_at", "finished_at", "error_json", "result_json"}
-        names = [k for k in fields if k in allowed]
-        if names:
-            sets = ", ".join(f"{k}=?" for k in names)
-            self._write(f"UPDATE jobs SET {sets} WHERE id=?", (*[fields[k] for k in names], job_id))
-
-    def get_job(self, job_id: str) -> dict[str, Any] | None:
+    def get_job(self, job_id: str) -> JobRecord | None:
         rows = self._read("SELECT * FROM jobs WHERE id=?", (job_id,))
-        return dict(rows[0]) if rows else None
+        return JobRecord.from_row(rows[0]) if rows else None
 
-    def job_for_key(self, key: str) -> dict[str, Any] | None:
+    def job_for_key(self, key: str) -> JobRecord | None:
         rows = self._read("SELECT * FROM jobs WHERE idempotency_key=?", (key,))
-        return dict(rows[0]) if rows else None
+        return JobRecord.from_row(rows[0]) if rows else None
 
-    def list_jobs(self, status: str | None, limit: int) -> list[dict[str, Any]]:
+    def list_jobs(self, status: str | None, limit: int) -> list[JobRecord]:
         where, params = ("WHERE status=?", (status,)) if status else ("", ())
         rows = self._read(f"SELECT * FROM jobs {where} ORDER BY created_at DESC LIMIT ?", (*params, limit))
-        return [dict(r) for r in rows]
+        return [JobRecord.from_row(r) for r in rows]
 
     # -- images ----------------------------------------------------------------------------
-    def add_image(self, row: dict[str, Any]) -> int:
-        cur = self._write(
-            f"INSERT INTO images ({_IMAGE_COLUMNS.replace('id, ', '', 1)}) VALUES "
-            "(:job_id, :idx, :created_at, :prompt, :negative_prompt, :model, :seed, :width, :height, :steps, "
-            ":guidance, :sampler, :request_json, :timings_json, :telemetry_json, :file)",
-            row,
-        )
+    def add_image(self, image: ImageRecord) -> int:
+        """Store an image's record; returns its gallery id."""
+        columns = _IMAGE_COLUMNS.replace("id, ", "", 1)
+        cur = self._write(f"INSERT INTO images ({columns}) VALUES ({_placeholders(columns)})", image.columns())
         return int(cur.lastrowid or 0)
 
-    def get_image(self, image_id: int) -> dict[str, Any] | None:
+    def get_image(self, image_id: int) -> ImageRecord | None:
         rows = self._read(f"SELECT {_IMAGE_COLUMNS} FROM images WHERE id=?", (image_id,))
-        return dict(rows[0]) if rows else None
+        return ImageRecord.from_row(rows[0]) if rows else None
 
-    def image_of_job(self, job_id: str, index: int) -> dict[str, Any] | None:
+    def image_of_job(self, job_id: str, index: int) -> ImageRecord | None:
         rows = self._read(f"SELECT {_IMAGE_COLUMNS} FROM images WHERE job_id=? AND idx=?", (job_id, index))
-        return dict(rows[0]) if rows else None
+        return ImageRecord.from_row(rows[0]) if rows else None
 
     def search(
         self,
@@ -164,7 +176,7 @@ class Gallery:
         until: float | None = None,
         limit: int = 50,
         offset: int = 0,
-    ) -> tuple[list[dict[str, Any]], int]:
+    ) -> tuple[list[ImageRecord], int]:
         """Images whose prompt contains `text`, made by `model`, between `since` and `until`; newest first."""
         clauses, params = [], []
         if text:
@@ -185,15 +197,15 @@ class Gallery:
             f"SELECT {_IMAGE_COLUMNS} FROM images {where} ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?",
             (*params, limit, offset),
         )
-        return [dict(r) for r in rows], int(total)
+        return [ImageRecord.from_row(r) for r in rows], int(total)
 
     def delete_image(self, image_id: int) -> bool:
-        """Delete the row and its file; False if there was no such image."""
-        row = self.get_image(image_id)
-        if row is None:
+        """Delete the image's record and its file; False if there was no such image."""
+        image = self.get_image(image_id)
+        if image is None:
             return False
         self._write("DELETE FROM images WHERE id=?", (image_id,))
-        path = self.file_path(row)
+        path = self.file_path(image)
         try:
             path.unlink(missing_ok=True)
             if path.parent != self.output_dir and not any(path.parent.iterdir()):
@@ -202,10 +214,15 @@ class Gallery:
             log.warning("could not delete %s: %s", path, exc)
         return True
 
-    def file_path(self, row: dict[str, Any]) -> Path:
-        """The absolute path of an image row's file; rows only ever hold paths the server wrote."""
+    def file_path(self, image: ImageRecord) -> Path:
+        """The absolute path of an image's file; records only ever hold paths the server wrote."""
         root = self.output_dir.resolve()
-        path = (root / row["file"]).resolve()
+        path = (root / image.file).resolve()
         if not path.is_relative_to(root):
-            raise OutputNotWritable(f"Gallery row {row.get('id')} points outside the output folder; refusing it.")
+            raise OutputNotWritable(f"Gallery image {image.id} points outside the output folder; refusing it.")
         return path
+
+
+def _placeholders(columns: str) -> str:
+    """`:name` placeholders for a comma-separated column list."""
+    return ", ".join(f":{c.strip()}" for c in columns.split(","))

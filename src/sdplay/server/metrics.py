@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+if TYPE_CHECKING:
+    from sdplay.telemetry.prometheus import TelemetryCollector
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +45,7 @@ class Metrics:
             buckets=(1, 2, 3, 4, 6, 8, 12, 16),
             registry=self.registry,
         )
-        self._device_collector = None
+        self._device_collector: TelemetryCollector | None = None
 
     def start_device_metrics(self, devices: list[str]) -> bool:
         """Add device utilisation/memory gauges (their monitors run until `stop`)."""
@@ -49,7 +53,7 @@ class Metrics:
         return self._device_collector is not None
 
     def stop(self) -> None:
-        for monitor in getattr(self._device_collector, "monitors", None) or []:
+        for monitor in self._device_collector.monitors if self._device_collector is not None else []:
             try:
                 monitor.stop(timeout=2.0)
             except Exception:  # stopping telemetry must never block shutdown
@@ -59,21 +63,13 @@ class Metrics:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
-def register_device_metrics(registry: CollectorRegistry, devices: list[str]) -> object | None:
+def register_device_metrics(registry: CollectorRegistry, devices: list[str]) -> TelemetryCollector | None:
     """Device gauges from `sdplay.telemetry.register_prometheus(registry, devices=...)`; None if unavailable."""
+    from sdplay.telemetry import default_device, register_prometheus
+
+    devices = list(dict.fromkeys(default_device() if d == "auto" else d for d in devices))
     try:
-        from sdplay import telemetry
-    except ImportError:
-        return None
-    register = getattr(telemetry, "register_prometheus", None)
-    if register is None:
-        log.info("sdplay.telemetry has no register_prometheus(registry); /metrics has no device gauges")
-        return None
-    default = getattr(telemetry, "default_device", None)
-    if default is not None:
-        devices = list(dict.fromkeys(default() if d == "auto" else d for d in devices))
-    try:
-        return register(registry, devices=devices)
+        return register_prometheus(registry, devices=devices)
     except Exception:  # telemetry must never stop the server from starting
         log.exception("sdplay.telemetry.register_prometheus failed; /metrics has no device gauges")
         return None

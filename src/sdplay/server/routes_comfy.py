@@ -55,9 +55,8 @@ def _choices(service: Service) -> nodes.Choices:
 
 def _lora_names(service: Service) -> list[str]:
     """The LoRA files of the engine's LoRA folder, as ComfyUI names them (with the suffix)."""
-    listing = getattr(service.engines[0], "loras", None)
     try:
-        return [f"{f.name}.safetensors" for f in listing()] if listing is not None else []
+        return [f"{f.name}.safetensors" for f in service.loras()]
     except OSError:
         return []
 
@@ -413,10 +412,10 @@ async def free(request: Request) -> Response:
     body = await _json_body(request)
     if body.get("unload_models") or body.get("free_memory"):
         service = get_service(request)
-        unload = getattr(service.engine, "unload", None)
-        if unload is not None and not service.running():
-            with contextlib.suppress(SdplayError, NotImplementedError):
-                await asyncio.to_thread(unload, None)
+        if not service.running():
+            for engine in service.engines:  # every device's engine
+                with contextlib.suppress(SdplayError):
+                    await asyncio.to_thread(engine.unload, None)
             service.refresh_catalog()
     return Response(status_code=200)
 

@@ -10,6 +10,7 @@ from sdplay.errors import InvalidRequest
 from sdplay.server.auth import require_api_key
 from sdplay.server.deps import get_service
 from sdplay.server.errors import NotFound
+from sdplay.server.records import ImageRecord
 from sdplay.server.schemas_errors import NativeError, error_responses
 from sdplay.server.schemas_gallery import GalleryItem, GalleryPage
 from sdplay.server.service import Service
@@ -53,25 +54,25 @@ def search(
     service: Service = Depends(get_service),
 ) -> GalleryPage:
     """Newest first."""
-    rows, total = service.gallery.search(q, model, _when(since, "since"), _when(until, "until"), limit, offset)
-    return GalleryPage(items=[GalleryItem.of(r) for r in rows], total=total, limit=limit, offset=offset)
+    images, total = service.gallery.search(q, model, _when(since, "since"), _when(until, "until"), limit, offset)
+    return GalleryPage(items=[GalleryItem.of(im) for im in images], total=total, limit=limit, offset=offset)
 
 
-def _row(service: Service, image_id: int) -> dict:
-    row = service.gallery.get_image(image_id)
-    if row is None:
+def _image(service: Service, image_id: int) -> ImageRecord:
+    image = service.gallery.get_image(image_id)
+    if image is None:
         raise NotFound(f"No gallery image {image_id}.", field="image_id", hint="Search with GET /api/v1/gallery.")
-    return row
+    return image
 
 
 @router.get("/{image_id}", response_model=GalleryItem)
 def get_item(image_id: int = IMAGE_ID, service: Service = Depends(get_service)) -> GalleryItem:
-    return GalleryItem.of(_row(service, image_id))
+    return GalleryItem.of(_image(service, image_id))
 
 
 @router.get("/{image_id}/image", response_class=Response, responses={200: {"content": {"image/png": {}}}})
 def get_image(image_id: int = IMAGE_ID, service: Service = Depends(get_service)) -> Response:
-    path = service.gallery.file_path(_row(service, image_id))
+    path = service.gallery.file_path(_image(service, image_id))
     if not path.is_file():
         raise NotFound(f"The file of gallery image {image_id} is gone.", hint="Delete the entry.")
     return Response(encode_file(path), media_type="image/png")

@@ -73,8 +73,8 @@ def list_jobs(
     service: Service = Depends(get_service),
 ) -> JobList:
     """Newest first: live jobs of this run, then older ones from the gallery database."""
-    rows = service.gallery.list_jobs(status.value if status else None, limit)
-    views = [_view(service, row["id"]) for row in rows]
+    records = service.gallery.list_jobs(status.value if status else None, limit)
+    views = [_view(service, record.id) for record in records]
     return JobList(jobs=views)
 
 
@@ -144,10 +144,10 @@ def job_image(
     job_id: str = JOB_ID, index: int = Path(ge=0, le=1000), service: Service = Depends(get_service)
 ) -> Response:
     """PNG bytes of image `index` of a finished job, read from the server's output folder."""
-    row = service.gallery.image_of_job(check_job_id(job_id), index)
-    if row is None:
+    image = service.gallery.image_of_job(check_job_id(job_id), index)
+    if image is None:
         raise NotFound(f"Job {job_id} has no image {index}.", hint="GET /api/v1/jobs/{id} lists its images.")
-    path = service.gallery.file_path(row)
+    path = service.gallery.file_path(image)
     if not path.is_file():
         raise NotFound(f"The file of image {index} of job {job_id} is gone.", hint="It was deleted from disk.")
     return Response(encode_file(path), media_type="image/png", headers={"Cache-Control": "private, max-age=86400"})

@@ -162,10 +162,10 @@ def get_model(model_id: str = Path(max_length=200), service: Service = Depends(g
 def image_file(token: str = Path(max_length=200), service: Service = Depends(get_service)) -> Response:
     """An image behind a signed link from a `response_format: url` answer; links expire (url_ttl_s)."""
     job_id, index, fmt = service.signer.verify(token)
-    row = service.gallery.image_of_job(job_id, index)
-    if row is None or not service.gallery.file_path(row).is_file():
+    image = service.gallery.image_of_job(job_id, index)
+    if image is None or not service.gallery.file_path(image).is_file():
         raise NotFound("This image no longer exists.", hint="It was deleted from the gallery; generate it again.")
-    return Response(encode_file(service.gallery.file_path(row), fmt), media_type=MEDIA_TYPES[fmt])
+    return Response(encode_file(service.gallery.file_path(image), fmt), media_type=MEDIA_TYPES[fmt])
 
 
 @router.post("/images/edits", response_model=ImagesResponse, response_model_exclude_none=True)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from pydantic import BaseModel, Field
+
+from sdplay.server.records import ImageRecord
 
 
 class GalleryItem(BaseModel):
@@ -28,15 +29,13 @@ class GalleryItem(BaseModel):
     url: str = Field(description="PNG bytes of this image (GET).")
 
     @classmethod
-    def of(cls, row: dict[str, Any]) -> GalleryItem:
+    def of(cls, image: ImageRecord) -> GalleryItem:
         return cls(
-            id=row["id"], job_id=row["job_id"], index=row["idx"], created_at=row["created_at"], prompt=row["prompt"],
-            negative_prompt=row["negative_prompt"], model=row["model"], seed=row["seed"], width=row["width"],
-            height=row["height"], steps=row["steps"], guidance=row["guidance"], sampler=row["sampler"],
-            request=json.loads(row["request_json"]),
-            timings=json.loads(row["timings_json"]) if row["timings_json"] else None,
-            telemetry=json.loads(row["telemetry_json"]) if row["telemetry_json"] else None,
-            url=f"/api/v1/gallery/{row['id']}/image",
+            id=image.id, job_id=image.job_id, index=image.index, created_at=image.created_at, prompt=image.prompt,
+            negative_prompt=image.negative_prompt, model=image.model, seed=image.seed, width=image.width,
+            height=image.height, steps=image.steps, guidance=image.guidance, sampler=image.sampler,
+            request=image.request, timings=image.timings, telemetry=image.telemetry,
+            url=f"/api/v1/gallery/{image.id}/image",
         )  # fmt: skip
 
 

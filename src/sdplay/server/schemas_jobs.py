@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -10,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sdplay.samplers import combine_sampler
 from sdplay.server.jobs import Job, JobStatus
 from sdplay.server.jsontypes import IntegralFloats
+from sdplay.server.records import JobRecord, JobResult
 from sdplay.server.uploads import Uploads
 from sdplay.types import (
     MAX_GUIDANCE,
@@ -181,24 +181,21 @@ def view_of_job(job: Job, position: int | None) -> JobView:
     )
 
 
-def view_of_record(row: dict[str, Any]) -> JobView:
+def view_of_record(record: JobRecord) -> JobView:
     """The view of a job known only from the gallery database (older, or from a previous run)."""
-    result = json.loads(row["result_json"]) if row.get("result_json") else {}
-    error = json.loads(row["error_json"]) if row.get("error_json") else None
-    request = json.loads(row["request_json"])
-    status = JobStatus(row["status"])
+    result, error, request = record.result or JobResult(), record.error, record.request
     return JobView(
-        id=row["id"],
-        status=status,
-        api=row["api"],
-        created_at=row["created_at"],
-        started_at=row.get("started_at"),
-        finished_at=row.get("finished_at"),
-        progress=1.0 if status is JobStatus.DONE else 0.0,
-        error=JobError(**error) if error else None,
+        id=record.id,
+        status=record.status,
+        api=record.api,
+        created_at=record.created_at,
+        started_at=record.started_at,
+        finished_at=record.finished_at,
+        progress=1.0 if record.status is JobStatus.DONE else 0.0,
+        error=JobError(type=error.type, message=error.message, field=error.field, hint=error.hint) if error else None,
         request=request,
-        images=_images(row["id"], result.get("seeds", []), result.get("image_ids", [])),
-        width=result.get("width", request.get("width")),
-        height=result.get("height", request.get("height")),
-        timings=result.get("timings"),
+        images=_images(record.id, list(result.seeds), list(result.image_ids)),
+        width=result.width if result.width is not None else request.get("width"),
+        height=result.height if result.height is not None else request.get("height"),
+        timings=result.timings,
     )

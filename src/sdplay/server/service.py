@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING
 
 from sdplay import catalog
 from sdplay.availability import how_to_get_on_server
@@ -22,11 +21,15 @@ from sdplay.server.errors import Conflict, NotFound, QueueFull
 from sdplay.server.gallery import Gallery
 from sdplay.server.jobs import Job, JobOutput, JobQueue, JobStatus
 from sdplay.server.metrics import Metrics
+from sdplay.server.records import JobFailure, JobRecord, JobResult
 from sdplay.server.settings import Settings
 from sdplay.server.storage import UrlSigner, check_job_id
 from sdplay.server.uploads import Uploads
 from sdplay.server.worker import Worker
 from sdplay.types import Catalog, GenerationRequest, ModelInfo
+
+if TYPE_CHECKING:
+    from sdplay.loras import AddonFile
 
 log = logging.getLogger(__name__)
 
@@ -110,16 +113,13 @@ class Service:
         models = tuple(replace(m, loaded=m.name in loaded) for m in catalogs[0].models)
         self.catalog = Catalog(models, catalogs[0].samplers)
 
-    def loras(self) -> list:
+    def loras(self) -> list[AddonFile]:
         """The LoRA files the engines offer (one folder scan, no model work)."""
-        listing = getattr(self.engines[0], "loras", None)
-        return listing() if listing is not None else []
+        return self.engines[0].loras()
 
     def refresh_loras(self) -> None:
         for engine in self.engines:
-            folder = getattr(engine, "lora_folder", None)
-            if folder is not None:
-                folder.refresh()
+            engine.refresh_loras()
 
     def usable(self, info: ModelInfo) -> bool:
         """True if the model can run here: its weights are present, or models are built with random weights."""
@@ -229,32 +229,24 @@ class Service:
             self.jobs[job.id] = job
             if idempotency_key:
                 self._by_key[idempotency_key] = job.id
-        self.gallery.add_job(
-            {
-                "id": job.id,
-                "api": api,
-                "status": job.status.value,
-                "created_at": job.created_at,
-                "request_json": json.dumps(prepared.to_dict()),
-                "idempotency_key": idempotency_key,
-                "body_hash": body_hash,
-            }
-        )
+        record = JobRecord(job.id, api, job.status, job.created_at, prepared.to_dict(),
+                           idempotency_key=idempotency_key, body_hash=body_hash)  # fmt: skip
+        self.gallery.add_job(record)
         return job.id, False
 
     def _prior(self, key: str, body_hash: str | None) -> str | None:
         """The job already submitted under `key`, checking it was the same request."""
         job_id = self._by_key.get(key)
-        row = self.gallery.job_for_key(key)
-        if row is None and job_id is None:
+        record = self.gallery.job_for_key(key)
+        if record is None and job_id is None:
             return None
-        if row is not None and body_hash and row.get("body_hash") and row["body_hash"] != body_hash:
+        if record is not None and body_hash and record.body_hash and record.body_hash != body_hash:
             raise Conflict(
                 "This Idempotency-Key was already used for a different request.",
                 field="Idempotency-Key",
                 hint="Use a new key for a new request; reuse a key only to retry the same request.",
             )
-        return job_id or row["id"]  # type: ignore[index]
+        return job_id or record.id  # type: ignore[union-attr]
 
     def _retry_after(self) -> int:
         recent = [j.elapsed for j in list(self.jobs.values())[-20:] if j.status is JobStatus.DONE]
@@ -274,12 +266,12 @@ class Service:
     def position(self, job: Job) -> int | None:
         return self.queue.position(job)
 
-    def record(self, job_id: str) -> dict[str, Any]:
+    def record(self, job_id: str) -> JobRecord:
         """A finished or older job from the gallery database; NotFound if it never existed."""
-        row = self.gallery.get_job(check_job_id(job_id))
-        if row is None:
+        record = self.gallery.get_job(check_job_id(job_id))
+        if record is None:
             raise NotFound(f"No job {job_id}.", field="id", hint="List jobs with GET /api/v1/jobs.")
-        return row
+        return record
 
     async def wait(self, job: Job) -> Job:
         """Wait (without blocking the event loop) until the job is done, failed or cancelled."""
@@ -314,14 +306,11 @@ class Service:
         now = time.time()
         result = None
         if output is not None:
-            result = {"seeds": output.seeds, "image_ids": output.image_ids, "width": output.width,
-                      "height": output.height, "timings": output.timings}  # fmt: skip
-        err = _error_dict(error) if error else None
+            result = JobResult(tuple(output.seeds), tuple(output.image_ids), output.width, output.height,
+                               output.timings)  # fmt: skip
         try:
-            self.gallery.update_job(
-                job.id, status=status.value, finished_at=now, error_json=json.dumps(err) if err else None,
-                result_json=json.dumps(result) if result else None, started_at=job.started_at,
-            )  # fmt: skip
+            self.gallery.job_finished(job.id, status, finished_at=now, started_at=job.started_at,
+                                      error=JobFailure.of(error) if error else None, result=result)  # fmt: skip
         except Exception:  # a broken database must not leave the job hanging
             log.exception("could not record the end of job %s", job.id)
         self.metrics.jobs.labels(job.api, status.value).inc()
@@ -336,10 +325,6 @@ class Service:
                 job = self.jobs.pop(job_id)
                 if job.idempotency_key:
                     self._by_key.pop(job.idempotency_key, None)
-
-
-def _error_dict(error: SdplayError) -> dict[str, Any]:
-    return {"type": type(error).__name__, "message": str(error), "field": error.field, "hint": error.hint}
 
 
 def _repo_id(name: str) -> str | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -19,6 +18,7 @@ from sdplay.server.errors import InternalError
 from sdplay.server.gallery import Gallery
 from sdplay.server.jobs import Job, JobOutput, JobQueue, JobStatus
 from sdplay.server.metrics import Metrics
+from sdplay.server.records import ImageRecord
 from sdplay.server.settings import Settings
 from sdplay.server.storage import png_bytes, save_result
 from sdplay.types import GenerationResult, StepInfo
@@ -139,7 +139,7 @@ class Worker(threading.Thread):
         now = time.time()
         for job in live:
             job.update({"event": "started"}, status=JobStatus.RUNNING, started_at=now)
-            self.service.gallery.update_job(job.id, status="running", started_at=now)
+            self.service.gallery.job_started(job.id, now)
         self.service.metrics.running.inc(len(live))
         self.service.metrics.batch.observe(len(live))
         try:
@@ -280,7 +280,7 @@ class Worker(threading.Thread):
             req = result.request
             ids = []
             for i, (path, seed) in enumerate(zip(files, result.seeds, strict=True)):
-                ids.append(service.gallery.add_image(_image_row(job, result, i, seed, path, service)))
+                ids.append(service.gallery.add_image(_image_record(job, result, i, seed, path, service)))
             width, height = result.images[0].size if result.images else (req.width or 0, req.height or 0)
             output = JobOutput(
                 seeds=list(result.seeds), files=files, image_ids=ids, width=width, height=height,
@@ -294,26 +294,15 @@ class Worker(threading.Thread):
         service.finish(job, JobStatus.DONE, output=output)
 
 
-def _image_row(job: Job, result: GenerationResult, index: int, seed: int, path, service: Service) -> dict:
+def _image_record(job: Job, result: GenerationResult, index: int, seed: int, path, service: Service) -> ImageRecord:
     req = result.request
-    return {
-        "job_id": job.id,
-        "idx": index,
-        "created_at": time.time(),
-        "prompt": req.prompt,
-        "negative_prompt": req.negative_prompt,
-        "model": req.model or "",
-        "seed": seed,
-        "width": result.images[index].size[0],  # the output's size (hires fix, only-masked inpainting)
-        "height": result.images[index].size[1],
-        "steps": req.steps,
-        "guidance": req.guidance,
-        "sampler": req.sampler,
-        "request_json": json.dumps(req.to_dict() | {"seed": seed, "n_images": 1}),
-        "timings_json": json.dumps(asdict(result.timings)),
-        "telemetry_json": json.dumps(result.telemetry, default=str) if result.telemetry else None,
-        "file": str(path.relative_to(service.settings.output_dir)),
-    }
+    width, height = result.images[index].size  # the output's size (hires fix, only-masked inpainting)
+    return ImageRecord(
+        job_id=job.id, index=index, created_at=time.time(), prompt=req.prompt, negative_prompt=req.negative_prompt,
+        model=req.model or "", seed=seed, width=width, height=height, steps=req.steps, guidance=req.guidance,
+        sampler=req.sampler, request=req.to_dict() | {"seed": seed, "n_images": 1}, timings=asdict(result.timings),
+        telemetry=result.telemetry, file=str(path.relative_to(service.settings.output_dir)),
+    )  # fmt: skip
 
 
 def _internal() -> SdplayError:

@@ -103,33 +103,14 @@ def load_pipeline(model: str | Path, device: str = "cpu", sampler: str = "DPM++ 
     import torch
     from diffusers import StableDiffusionPipeline
 
+    from sdplay.samplers import make_scheduler
     from sdplay.training.export import model_folder
 
     folder = model_folder(str(model))
     pipe = StableDiffusionPipeline.from_pretrained(folder, dtype=torch.float32, local_files_only=True)
-    pipe.scheduler = scheduler_for(sampler, pipe.scheduler.config)
+    pipe.scheduler = make_scheduler(sampler, dict(pipe.scheduler.config))  # the one sampler table
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
-
-
-def scheduler_for(sampler: str, config):
-    """The diffusers scheduler for an A1111 sampler name (the few the evaluation compares)."""
-    from diffusers import (
-        DDIMScheduler,
-        DPMSolverMultistepScheduler,
-        EulerAncestralDiscreteScheduler,
-        EulerDiscreteScheduler,
-    )
-
-    table = {
-        "DPM++ 2M": (DPMSolverMultistepScheduler, {}),
-        "DPM++ 2M Karras": (DPMSolverMultistepScheduler, {"use_karras_sigmas": True}),
-        "Euler": (EulerDiscreteScheduler, {}),
-        "Euler a": (EulerAncestralDiscreteScheduler, {}),
-        "DDIM": (DDIMScheduler, {}),
-    }
-    cls, extra = table[sampler]
-    return cls.from_config(config, **extra)
 
 
 def generate_with_pipeline(

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from sdplay import families
 from sdplay.catalog import ASSETS
 from sdplay.errors import ModelNotAvailable
 
@@ -30,9 +31,10 @@ def check_folder(folder: Path) -> None:
         info = json.loads(index.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ModelNotAvailable(f"{index} is not valid JSON ({exc}).", hint=_HINT) from exc
-    if info.get("_class_name", "").startswith("StableDiffusionXL"):
+    family = families.from_index(str(info.get("_class_name", "")), "epsilon", None)
+    if len(family.text_encoders) > 1:
         raise ModelNotAvailable(
-            f"{folder} is an SDXL folder; training supports SD1/SD2-style folders (one text encoder).",
+            f"{folder} is an {family.short_label} folder; training supports SD1/SD2-style folders (one text encoder).",
             hint="Fine-tune sdplay-emoji or an SD v1/v2 diffusers folder.",
         )
     needed = [folder / "scheduler" / "scheduler_config.json", folder / "tokenizer" / "vocab.json"]

@@ -89,11 +89,7 @@ def train(cfg: TrainConfig, resume: bool = False, on_step: StepHook | None = Non
 
 def _setup(cfg: TrainConfig) -> _Run:
     """Build or load the networks, load the data, tokenize every caption variant."""
-    device = pick_device(cfg.device)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
+    device = pick_device(cfg.device)  # TF32 and cuDNN autotuning: set by `sdplay train` (configure_torch_for_training)
     if cfg.init:
         folder = export.model_folder(cfg.init)
         te, unet, vae, tokenizer, scheduler = export.load_parts(folder)

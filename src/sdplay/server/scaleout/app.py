@@ -12,7 +12,12 @@ from typing import Any
 from ray import serve
 
 from sdplay.server.scaleout.client import RayEngineClient
-from sdplay.server.scaleout.options import RayOptions, engine_deployment_options, ingress_deployment_options
+from sdplay.server.scaleout.options import (
+    RayOptions,
+    engine_deployment_options,
+    ingress_deployment_options,
+    replica_load_options,
+)
 from sdplay.server.scaleout.replica import EngineReplica
 from sdplay.server.settings import Settings
 
@@ -24,7 +29,7 @@ class Ingress:
     """One replica on the head node: `create_app` (routes, job queue, gallery) over a RayEngineClient."""
 
     async def __init__(self, engine, settings: Settings, options: RayOptions):
-        self.client = RayEngineClient(engine, options)
+        self.client = RayEngineClient(engine, options, replica_load_options(settings, options))
         await self.client.fetch_catalog(options.start_timeout_s)
         self.settings = ingress_settings(settings, options)
         self.app_name = serve.get_replica_context().app_name
@@ -63,10 +68,14 @@ def add_cluster_route(app, client: RayEngineClient, app_name: str) -> None:
 
 
 def application(settings: Settings, options: RayOptions):
-    """The bound application: ingress (HTTP) -> engine deployment (one replica per GPU or CPU slot)."""
+    """The bound application: ingress (HTTP) -> engine deployment (one replica per GPU or CPU slot).
+
+    Every replica gets the server's load options (fast path, memory options, safety checker, LoRA folder), so
+    `sdplay serve --ray --no-fast --vae-tiling` loads models as `sdplay serve --no-fast --vae-tiling` does.
+    """
     engine = serve.deployment(EngineReplica).options(**engine_deployment_options(options))
     ingress = serve.deployment(Ingress).options(**ingress_deployment_options(options))
-    return ingress.bind(engine.bind(options), settings, options)
+    return ingress.bind(engine.bind(options, replica_load_options(settings, options)), settings, options)
 
 
 def options_for(settings: Settings, options: RayOptions) -> RayOptions:

@@ -31,6 +31,7 @@ from sdplay.catalog import ModelSpec
 from sdplay.devices import DeviceInfo
 from sdplay.errors import Cancelled, ModelNotAvailable, SdplayError
 from sdplay.loading import LoadOptions
+from sdplay.loras import AddonFile, Folder
 from sdplay.plan import Limits, Plan, check_compatible, plan
 from sdplay.server.scaleout import wire
 from sdplay.server.scaleout.options import RayOptions
@@ -58,15 +59,18 @@ class ReplicaFailed(SdplayError):
 class RayEngineClient:
     """An EngineProtocol whose generations run on the replicas of the engine deployment.
 
-    The ingress plans each request (validation, defaults, seed, batching) for "the replicas' device"; a replica's
-    engine binds the plan's request to its own device when it runs it (nothing is left to fill in by then).
+    The ingress plans each request (validation, defaults, seed, batching, LoRA files) for "the replicas' device"
+    and sends the plans; a replica binds each to its own device and runs it (nothing is resolved again there).
+    Its load options are the replicas' (the server's flags); the model and LoRA files a plan names are read at
+    the same paths on every replica's node.
     """
 
-    def __init__(self, handle, options: RayOptions):
+    def __init__(self, handle, options: RayOptions, load: LoadOptions | None = None):
         self.handle = handle
         self.ray = options
         self.device = "auto"  # the replicas' devices: Ray places them
-        self.options = LoadOptions(random_weights=options.random_weights)
+        self.options = load or LoadOptions(random_weights=options.random_weights)  # as every replica has them
+        self.lora_folder = Folder(self.options.lora_dir, "LoRA")  # the replicas' folder, at the same path
         gpu = (options.num_gpus or 0) > 0 or options.device.startswith(("cuda", "xpu", "mps"))
         kind = options.device.split(":")[0] if options.device not in ("auto", "") else ("cuda" if gpu else "cpu")
         self._device = DeviceInfo("auto", kind, 0, f"a Ray Serve replica ({kind})")
@@ -105,7 +109,17 @@ class RayEngineClient:
         return Catalog(models, tuple(fresh["samplers"]))
 
     def plan(self, request: GenerationRequest, limits: Limits | None = None) -> Plan:
-        return plan(request, models=self._spec, device=self._device, limits=limits)
+        return plan(request, models=self._spec, device=self._device, limits=limits, loras=self._lora)
+
+    def _lora(self, name: str) -> AddonFile:
+        return self.lora_folder.get(name, "loras")
+
+    def loras(self) -> list[AddonFile]:
+        """The LoRA files of the LoRA folder; each replica applies them from the same path on its node."""
+        return list(self.lora_folder.files().values())
+
+    def refresh_loras(self) -> None:
+        self.lora_folder.refresh()  # replicas look again by themselves when a plan names a file they lack
 
     def _spec(self, name: str | None) -> ModelSpec:
         """A model the replicas offer: a built-in one, or a local folder or file they preloaded."""
@@ -138,7 +152,7 @@ class RayEngineClient:
             for attempt in range(1, ATTEMPTS + 1):
                 self.running[call] |= {"attempt": attempt, "replica": None}
                 try:
-                    return self._attempt(call, requests, on_step, attempt)
+                    return self._attempt(call, plans, on_step, attempt)
                 except LOST as exc:
                     lost = self.running[call]["replica"]
                     log.warning("replica %s died during attempt %d of %d: %s", lost, attempt, ATTEMPTS, exc)
@@ -154,11 +168,11 @@ class RayEngineClient:
             del self.running[call]
 
     def _attempt(
-        self, call: int, requests: list[GenerationRequest], on_step: StepCallback | None, attempt: int
+        self, call: int, plans: list[Plan], on_step: StepCallback | None, attempt: int
     ) -> list[GenerationResult]:
         """One run on one replica: follow its events until the result (or an error) arrives."""
-        model = requests[0].model or ""
-        stream = self.handle.options(stream=True, multiplexed_model_id=model).run.remote(requests)
+        model = plans[0].request.model or ""
+        stream = self.handle.options(stream=True, multiplexed_model_id=model).run.remote(plans)
         watchdog = threading.Timer(self.ray.start_timeout_s, stream.cancel)  # nobody took it: give up
         watchdog.daemon = True
         watchdog.start()

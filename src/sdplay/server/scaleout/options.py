@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sdplay.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from sdplay.loading import LoadOptions
+    from sdplay.server.settings import Settings
 
 APP_NAME = "sdplay"
 ENGINE_DEPLOYMENT = "SdplayEngine"
@@ -94,6 +98,12 @@ class RayOptions:
     def dispatch_slots(self) -> int:
         """Jobs the ingress keeps in flight: enough to fill every replica, so Ray sees the real queue depth."""
         return self.most_replicas * self.max_ongoing_requests
+
+
+def replica_load_options(settings: Settings, options: RayOptions) -> LoadOptions:
+    """The load options of every engine replica: the server's (`sdplay serve` flags, SDPLAY_* variables), as a
+    single-machine server gives its engines, with random weights if either the settings or the Ray options ask."""
+    return replace(settings.load_options(), random_weights=settings.random_weights or options.random_weights)
 
 
 def engine_deployment_options(opts: RayOptions) -> dict[str, Any]:

@@ -6,15 +6,19 @@ import asyncio
 import logging
 import threading
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 from ray import serve
 
 from sdplay import catalog
+from sdplay.devices import DeviceInfo, resolve_device
 from sdplay.errors import Cancelled, SdplayError
+from sdplay.loading import LoadOptions
+from sdplay.plan import Plan
 from sdplay.server.scaleout import wire
 from sdplay.server.scaleout.options import RayOptions
-from sdplay.types import GenerationRequest, ModelInfo
+from sdplay.types import ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -22,19 +26,12 @@ log = logging.getLogger(__name__)
 class EngineReplica:
     """Runs generations on this replica's device and streams their steps back; writes no files."""
 
-    async def __init__(self, options: RayOptions):
+    async def __init__(self, options: RayOptions, load: LoadOptions):
         from sdplay.accel.runtime import configure_torch
-        from sdplay.engine import Engine
 
         configure_torch()  # the replica owns its process
         self.options = options
-        # The multiplexer decides which models stay (and tells the router); the engine never evicts on its own.
-        self.engine = Engine(
-            device=options.device,
-            random_weights=options.random_weights,
-            max_models=options.models_per_replica + 1,
-            monitor=True,
-        )
+        self.engine = replica_engine(options, load)
         context = serve.get_replica_context()
         self.replica = context.replica_id.unique_id
         self.actor_name = context.replica_id.to_full_id_str()
@@ -56,8 +53,8 @@ class EngineReplica:
         await self.model(model)
         return self.replica
 
-    async def run(self, requests: list[GenerationRequest]) -> AsyncIterator[dict[str, Any]]:
-        """Generate compatible requests as one batch: a "started" event, "step" events, then "result" or "error"."""
+    async def run(self, plans: list[Plan]) -> AsyncIterator[dict[str, Any]]:
+        """Run compatible plans as one batch: a "started" event, "step" events, then "result" or "error"."""
         yield {"kind": "started", "replica": self.replica, "actor": self.actor_name}
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
@@ -71,11 +68,12 @@ class EngineReplica:
         def work():
             if stop.is_set():
                 raise Cancelled("The caller went away before the job started.")
-            # the ingress planned these requests; planning them here binds them to this replica's device
-            return self.engine.generate_batch([self.engine.plan(r) for r in requests], on_step)
+            # the ingress planned them for "a replica's device": this replica's, now
+            device = resolve_device(self.engine.device, self.engine.devices())
+            return self.engine.generate_batch([bind(p, device) for p in plans], on_step)
 
         try:
-            await self.model(requests[0].model or catalog.DEFAULT_MODEL)
+            await self.model(plans[0].request.model or catalog.DEFAULT_MODEL)
             task = loop.run_in_executor(None, work)
             task.add_done_callback(lambda _: events.put_nowait(None))
             while (event := await events.get()) is not None:
@@ -87,6 +85,19 @@ class EngineReplica:
         finally:
             stop.set()
         yield {"kind": "result", "results": [wire.to_wire(r) for r in results]}
+
+
+def bind(plan: Plan, device: DeviceInfo) -> Plan:
+    """A plan made for "a replica's device" (`auto`), on this replica's device; nothing else changes."""
+    return replace(plan, device=device, request=plan.request.with_(device=device.id))
+
+
+def replica_engine(options: RayOptions, load: LoadOptions):
+    """The engine of one replica: the server's load options, on the device Ray gives the replica."""
+    from sdplay.engine import Engine
+
+    # The multiplexer decides which models stay (and tells the router); the engine never evicts on its own.
+    return Engine(load, device=options.device, max_models=options.models_per_replica + 1, monitor=True)
 
 
 class Resident:

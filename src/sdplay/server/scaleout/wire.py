@@ -78,7 +78,5 @@ def error_event(exc: SdplayError) -> dict[str, Any]:
 
 def error_from(event: dict[str, Any]) -> SdplayError:
     """The error an "error" event describes, as the same sdplay class where there is one."""
-    cls = getattr(errors, event["type"], None)
-    if not (isinstance(cls, type) and issubclass(cls, SdplayError)):
-        cls = SdplayError
+    cls = errors.BY_NAME.get(event["type"], SdplayError)
     return cls(event["message"], field=event.get("field"), hint=event.get("hint"))
