@@ -91,7 +91,10 @@ def check(model: str) -> dict:
 
 def main() -> int:
     models = sys.argv[1:] or ["sd-v1-4", "sd-v2-1", "sdxl-base-1.0"]
-    report = {name: check(name) for name in models}
+    report = {}
+    for name in models:  # each model's figures are printed as soon as they exist
+        report[name] = check(name)
+        print(json.dumps({name: report[name]}), flush=True)
     text = json.dumps(report, indent=2)
     print(text)
     if os.environ.get("OUT"):

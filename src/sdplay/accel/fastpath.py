@@ -38,7 +38,9 @@ class FastConfig:
     # "auto": as loaded (SDXL: float32). SDXL's bfloat16 decode is 26% faster and 2.5 GiB smaller at 1024x1024 but
     # strays 3e-2 from the float32 decode (the exactness target is 1e-2), so it is opt-in: "bfloat16"
     vae_dtype: str = "auto"
-    text: str = "graph"  # "graph" or "off" for the text encoders
+    # "graph" or "off" for the text encoders. Off by default: on an H200 a replay of the text encoders' graph hit an
+    # illegal memory access in image-to-image and inpainting requests (tests/gpu/probe_img2img.py), for ~7 ms
+    text: str = "off"
     host_timesteps: bool = True  # scheduler arithmetic on the host: no device sync per step
     max_graphs: int = 8  # signatures kept per module (least recently used dropped)
     # Opt-in, each trading some exactness for speed (docs/benchmarks.md measures both):
