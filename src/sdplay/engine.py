@@ -6,11 +6,14 @@ import logging
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
-from sdplay import catalog
+from sdplay import catalog, vaes
+from sdplay import embeddings as ti
 from sdplay.catalog import ModelSpec
 from sdplay.devices import DeviceInfo, discover_devices, resolve_device
+from sdplay.embeddings import EmbeddingLibrary
 from sdplay.errors import InvalidRequest, ModelNotAvailable
 from sdplay.inputs import prepare_input
 from sdplay.loading import LoadedModel, LoadOptions, load_pipeline
@@ -18,6 +21,7 @@ from sdplay.loras import AddonFile, Folder
 from sdplay.loras import applied as lora_applied
 from sdplay.loras import infotext as lora_infotext
 from sdplay.plan import Limits, Plan, check_compatible, plan
+from sdplay.prompts import Inversions
 from sdplay.run import BatchOutput, run_batch
 from sdplay.samplers import sampler_names
 from sdplay.types import Catalog, GenerationRequest, GenerationResult, ModelInfo, PhaseTimings, StepCallback
@@ -61,7 +65,10 @@ class Engine:
         self._models: OrderedDict[tuple[str, str, str], LoadedModel] = OrderedDict()
         self._lock = threading.RLock()
         self._devices: list[DeviceInfo] | None = None
-        self.lora_folder = Folder(self.options.lora_dir, "LoRA")
+        self.lora_folder = Folder(self.options.lora_dir, "LoRA", folder="Lora")
+        self.embedding_library = EmbeddingLibrary(self.options.embeddings_dir, allow_pickle=self.options.allow_pickle)
+        self.vae_folder = vaes.VaeFolder(self.options.vae_dir)
+        self._vaes: OrderedDict[tuple, Any] = OrderedDict()  # loaded VAEs: (file, model, device, dtype) -> module
 
     # -- planning -------------------------------------------------------------------------
     @property
@@ -83,7 +90,11 @@ class Engine:
         def models(name: str | None) -> ModelSpec:
             return self.model_spec(name, limits.catalog_only)
 
-        return plan(request, models=models, device=device, limits=limits, loras=self.find_lora)
+        def find_vae(name: str | None) -> vaes.VaeFile | None:
+            return self.find_vae(name, limits.catalog_only)
+
+        return plan(request, models=models, device=device, limits=limits, loras=self.find_lora,
+                    embeddings=self.embedding_library.used, vaes=find_vae)  # fmt: skip
 
     def find_lora(self, name: str) -> AddonFile:
         """A LoRA file of this engine's LoRA folder, by name."""
@@ -92,6 +103,38 @@ class Engine:
     def loras(self) -> list[AddonFile]:
         """The LoRA files of this engine's folder."""
         return list(self.lora_folder.files().values())
+
+    def embeddings(self, model: str | None = None) -> dict[str, dict[str, Any]]:
+        """The embeddings folder as A1111 lists it: those that fit `model`'s text encoders are "loaded", the others
+        "skipped" (read from the files and the model's configs; the model is not loaded)."""
+        return self.embedding_library.listing(self.text_widths(model))
+
+    def text_widths(self, model: str | None) -> tuple[int, ...] | None:
+        """The width of each text encoder of a model (SDXL: two), from the loaded model or its configs."""
+        spec = self.model_spec(model)
+        for (name, _, _), loaded in self._models.items():
+            if name == spec.name:
+                return _encoder_widths(loaded.pipe)
+        return _config_widths(spec)
+
+    def find_vae(self, name: str | None, catalog_only: bool = False) -> vaes.VaeFile | None:
+        """The VAE a request asks for: None/"Automatic" the engine's default (--vae), "None" the model's own, else a
+        name in the VAE folder (or, outside a server, a path)."""
+        if vaes.is_none(name):
+            return None
+        if vaes.is_default(name):
+            if not self.options.vae:
+                return None
+            name, catalog_only = self.options.vae, False  # the operator's choice may be a path
+        assert name is not None
+        looks_like_path = any(c in name for c in "/\\~") or Path(name).exists()
+        if not catalog_only and looks_like_path:  # the library and the CLI may name a file or folder
+            return vaes.vae_file(Path(name))
+        return self.vae_folder.get(name, "vae")  # type: ignore[return-value]
+
+    def vae_files(self) -> list[vaes.VaeFile]:
+        """The VAE files and folders of this engine's VAE folder."""
+        return list(self.vae_folder.files().values())  # type: ignore[arg-type]
 
     def model_spec(self, name: str | None, catalog_only: bool = False) -> ModelSpec:
         """The spec of a model name (catalog_only: listed models only, no paths or hub ids)."""
@@ -211,16 +254,65 @@ class Engine:
         batches = [items[i : i + size] for i in range(0, len(items), size)]
         prepared = [prepare_input(p.request) for p in plans] if req.init_image is not None else None
         refiner = self._refiner(first)
-        with lora_applied(loaded.pipe, list(first.loras), first.family.label):
+        inversions = self._inversions(first, loaded)
+        vae = self._vae(first, loaded)
+        pipes = [loaded.pipe] + ([refiner.pipe] if refiner is not None else [])
+        with lora_applied(loaded.pipe, list(first.loras), first.family.label), vaes.swapped(pipes, vae):
             outputs = [
                 run_batch(loaded, first, b, on_step, n, len(batches), [prepared[i.owner] for i in b] if prepared
-                          else None, refiner)
+                          else None, refiner, inversions)
                 for n, b in enumerate(batches)
             ]  # fmt: skip
         results = _split_results([p.request for p in plans], items, outputs, loaded, fresh)
         for result, p in zip(results, plans, strict=True):
             result.metadata |= _addon_metadata(p)
         return results
+
+    def _inversions(self, p: Plan, loaded: LoadedModel) -> Inversions | None:
+        """The vectors of the plan's embeddings, checked against the model's text encoders, on their device."""
+        if not p.embeddings:
+            return None
+        widths = _encoder_widths(loaded.pipe)
+        encoders = [e for e in (loaded.pipe.text_encoder, getattr(loaded.pipe, "text_encoder_2", None)) if e]
+        vectors = {}
+        for file in p.embeddings:
+            emb = self.embedding_library.load(file)
+            ti.check_fits(emb, widths, loaded.family_spec.label)
+            vectors[file.name] = tuple(v.to(e.device, e.dtype) for v, e in zip(emb.vectors, encoders, strict=True))
+        return Inversions(vectors)
+
+    def _vae(self, p: Plan, loaded: LoadedModel) -> Any:
+        """The plan's VAE, loaded once per model, device and dtype (the two most recent stay loaded)."""
+        if p.vae is None:
+            return None
+        own = loaded.pipe.vae
+        key = (p.vae.key, loaded.spec.name, loaded.device.id, str(own.dtype))
+        if key not in self._vaes:
+            while len(self._vaes) >= 2:
+                self._vaes.popitem(last=False)
+            self._vaes[key] = vaes.load_vae(p.vae, own, allow_pickle=self.options.allow_pickle)
+        self._vaes.move_to_end(key)
+        return self._vaes[key]
+
+
+def _encoder_widths(pipe: Any) -> tuple[int, ...]:
+    encoders = (pipe.text_encoder, getattr(pipe, "text_encoder_2", None))
+    return tuple(int(e.config.hidden_size) for e in encoders if e is not None)
+
+
+def _config_widths(spec: ModelSpec) -> tuple[int, ...] | None:
+    """Text encoder widths from a model's configs (None if it has none here, e.g. a hub id not yet fetched)."""
+    import json
+
+    folder = spec.config_dir
+    if folder is None:
+        return None
+    widths = []
+    for name in ("text_encoder", "text_encoder_2"):
+        file = folder / name / "config.json"
+        if file.is_file():
+            widths.append(int(json.loads(file.read_text()).get("hidden_size", 0)))
+    return tuple(widths) or None
 
 
 def _check_refiner(base: LoadedModel, refiner: LoadedModel) -> None:
@@ -286,10 +378,16 @@ def _metadata(req: GenerationRequest, loaded: LoadedModel, timings: PhaseTimings
 
 
 def _addon_metadata(p: Plan) -> dict[str, Any]:
-    """LoRAs and clip skip of a plan, for the metadata and A1111's infotext (`Lora hashes`, `Clip skip`)."""
+    """LoRAs, embeddings, VAE and clip skip of a plan, for the metadata and A1111's infotext (`Lora hashes`,
+    `TI hashes`, `VAE`, `VAE hash`, `Clip skip`)."""
     loras = [{"name": lo.ref.name, "weight": lo.ref.weight, "te_weight": lo.ref.text_weight, "hash": lo.file.hash}
              for lo in p.loras]  # fmt: skip
-    return {"loras": loras, "lora_hashes": lora_infotext(list(p.loras)), "clip_skip": p.request.clip_skip or 1}
+    embeddings = [{"name": f.name, "hash": f.sha256[:10], "file": f.path.name} for f in p.embeddings]
+    vae = p.vae
+    return {"loras": loras, "lora_hashes": lora_infotext(list(p.loras)), "clip_skip": p.request.clip_skip or 1,
+            "embeddings": embeddings, "ti_hashes": ti.infotext(p.embeddings),
+            "vae": vae.name if vae else None, "vae_hash": vae.hash if vae else None,
+            "vae_file": vae.path.name if vae else None}  # fmt: skip
 
 
 def model_bytes(pipe: Any) -> int:
