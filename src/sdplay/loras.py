@@ -141,7 +141,8 @@ class Folder:
             found = self._lookup(self.files(), name)
         if found is None:
             files = self.files()
-            close = difflib.get_close_matches(name, files, n=5, cutoff=0.5)
+            stems = {self._stem(key): key for key in files}  # "crisp.safetensors" is close to "crips"
+            close = [stems[k] for k in difflib.get_close_matches(self._stem(name), stems, n=5, cutoff=0.5)]
             listed = close or sorted(files)[:10]
             kinds = "/".join(self.suffixes)
             raise InvalidRequest(
@@ -154,6 +155,10 @@ class Folder:
 
     def _lookup(self, files: dict[str, AddonFile], name: str) -> AddonFile | None:
         return files.get(name)
+
+    def _stem(self, name: str) -> str:
+        suffix = Path(name).suffix
+        return name[: -len(suffix)] if suffix and suffix.lower() in self.suffixes else name
 
 
 # -- reading and checking a LoRA file ----------------------------------------------------------------

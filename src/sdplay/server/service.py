@@ -116,8 +116,33 @@ class Service:
         return listing() if listing is not None else []
 
     def refresh_loras(self) -> None:
+        self._refresh("lora_folder")
+
+    def embeddings(self, model: str | None) -> dict[str, Any]:
+        """A1111's embeddings listing for `model`: those that fit its text encoders are "loaded"."""
+        listing = getattr(self.engines[0], "embeddings", None)
+        return listing(model) if listing is not None else {"loaded": {}, "skipped": {}}
+
+    def refresh_embeddings(self) -> None:
+        self._refresh("embedding_library")
+
+    def vaes(self) -> list:
+        """The VAE files and folders the engines offer."""
+        listing = getattr(self.engines[0], "vae_files", None)
+        return listing() if listing is not None else []
+
+    def refresh_vaes(self) -> None:
+        self._refresh("vae_folder")
+
+    def check_vae(self, name: str) -> None:
+        """Refuse an unknown VAE name now (listing the close ones), as a request naming it would be."""
+        find = getattr(self.engines[0], "find_vae", None)
+        if find is not None:
+            find(name, catalog_only=True)
+
+    def _refresh(self, attribute: str) -> None:
         for engine in self.engines:
-            folder = getattr(engine, "lora_folder", None)
+            folder = getattr(engine, attribute, None)
             if folder is not None:
                 folder.refresh()
 
