@@ -20,6 +20,7 @@ from sdplay.loading import LoadedModel, LoadOptions, load_pipeline
 from sdplay.loras import AddonFile, Folder
 from sdplay.loras import applied as lora_applied
 from sdplay.loras import infotext as lora_infotext
+from sdplay.modelfolder import CheckpointFolder
 from sdplay.plan import Limits, Plan, check_compatible, plan
 from sdplay.prompts import Inversions
 from sdplay.run import BatchOutput, run_batch
@@ -68,6 +69,7 @@ class Engine:
         self.lora_folder = Folder(self.options.lora_dir, "LoRA", folder="Lora")
         self.embedding_library = EmbeddingLibrary(self.options.embeddings_dir, allow_pickle=self.options.allow_pickle)
         self.vae_folder = vaes.VaeFolder(self.options.vae_dir)
+        self.checkpoint_folder = CheckpointFolder(self.options.ckpt_dir, allow_pickle=self.options.allow_pickle)
         self._vaes: OrderedDict[tuple, Any] = OrderedDict()  # loaded VAEs: (file, model, device, dtype) -> module
 
     # -- planning -------------------------------------------------------------------------
@@ -137,15 +139,15 @@ class Engine:
         return list(self.vae_folder.files().values())  # type: ignore[arg-type]
 
     def model_spec(self, name: str | None, catalog_only: bool = False) -> ModelSpec:
-        """The spec of a model name (catalog_only: listed models only, no paths or hub ids)."""
+        """The spec of a model name: built-in, then the checkpoints folder's (catalog_only: only those, no paths or
+        hub ids)."""
+        spec = catalog.builtin(name or catalog.DEFAULT_MODEL) or self.checkpoint_folder.find(name)
+        if spec is not None:
+            return spec
         if not catalog_only:
             return catalog.resolve(name, allow_pickle=self.options.allow_pickle)
-        spec = catalog.builtin(name or catalog.DEFAULT_MODEL)
-        if spec is None:
-            raise ModelNotAvailable(
-                f"Unknown model {name!r}.", field="model", hint=f"Choose one of: {', '.join(catalog.catalog_names())}."
-            )
-        return spec
+        names = [*catalog.catalog_names(), *(s.name for s in self.checkpoint_folder.specs())]
+        raise ModelNotAvailable(f"Unknown model {name!r}.", field="model", hint=f"Choose one of: {', '.join(names)}.")
 
     # -- models ---------------------------------------------------------------------------
     def load(self, model: str | None, device: str = "auto", dtype: str = "auto") -> tuple[LoadedModel, bool]:
@@ -194,7 +196,7 @@ class Engine:
 
     def unload(self, model: str | None = None) -> None:
         with self._lock:
-            name = catalog.resolve(model).name if model else None
+            name = self.model_spec(model).name if model else None
             for key in [k for k in self._models if name is None or k[0] == name]:
                 self._models.move_to_end(key, last=False)
                 self._evict()
@@ -204,7 +206,8 @@ class Engine:
 
     def models(self) -> list[ModelInfo]:
         loaded = set(self.loaded_models())
-        return [_model_info(spec, spec.name in loaded, self.options.random_weights) for spec in catalog.BUILTIN]
+        specs = [*catalog.BUILTIN, *self.checkpoint_folder.specs()]
+        return [_model_info(spec, spec.name in loaded, self.options.random_weights) for spec in specs]
 
     def samplers(self) -> list[str]:
         return sampler_names()

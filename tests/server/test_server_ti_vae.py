@@ -1,4 +1,5 @@
-"""Textual inversion and VAE choice over the A1111 API: the real `webuiapi` client against the real engine."""
+"""Textual inversion, VAE choice and the checkpoints folder over the A1111 API: the real `webuiapi` client against
+the real engine."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ def served(tmp_path_factory):
     xl = {"clip_l": torch.randn(2, 768), "clip_g": torch.randn(2, 1280)}
     save_file(xl, str(root / "embeddings" / "xl.safetensors"))
     make_vae_file(EMOJI, root / "VAE" / "crisp.safetensors")
-    engine = Engine(device="cpu", embeddings_dir=str(root / "embeddings"), vae_dir=str(root / "VAE"))
+    engine = Engine(device="cpu", embeddings_dir=str(root / "embeddings"), vae_dir=str(root / "VAE"),
+                    ckpt_dir=str(root / "Stable-diffusion"))  # fmt: skip
     with live_server(root, engine) as server:
         yield server, root
 
@@ -94,3 +96,23 @@ def test_bad_vae_names_are_clear_400s(served):
     r = httpx.post(f"{url}/options", json={"sd_vae": "crips"}, timeout=30)
     assert r.status_code == 400 and "Close ones: crisp.safetensors" in r.text
     assert httpx.get(f"{url}/options", timeout=30).json()["sd_vae"] == "Automatic"
+
+
+def test_refresh_checkpoints_lists_a_model_added_to_the_folder(served, api):
+    import shutil
+
+    server, root = served
+    assert [m["model_name"] for m in api.get_sd_models()] == ["sdplay-emoji"]
+    shutil.copytree(EMOJI, root / "Stable-diffusion" / "emoji-copy")
+    api.refresh_checkpoints()
+    assert [m["model_name"] for m in api.get_sd_models()] == ["sdplay-emoji", "emoji-copy"]
+    args = {**ARGS, "width": 64, "height": 64, "sampler_name": "Euler", "cfg_scale": 4}
+    copy = api.txt2img(prompt="red heart", override_settings={"sd_model_checkpoint": "emoji-copy"}, **args)
+    own = api.txt2img(prompt="red heart", **args)
+    assert copy.info["sd_model_name"] == "emoji-copy" and np.array_equal(pixels(copy), pixels(own))
+    r = httpx.post(
+        f"{server.url}/sdapi/v1/txt2img",
+        timeout=60,
+        json={"prompt": "x", "override_settings": {"sd_model_checkpoint": "../emoji-copy"}, **ARGS},
+    )
+    assert r.status_code in (400, 404) and "emoji-copy" in r.text

@@ -48,6 +48,12 @@ def add_load_options(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--vae-dir", default=None, metavar="DIR", help="VAE files and folders (default: VAE/ there)")
     g.add_argument(
+        "--ckpt-dir",
+        default=None,
+        metavar="DIR",
+        help="checkpoints and diffusers folders usable by name (default: Stable-diffusion/ there)",
+    )
+    g.add_argument(
         "--vae",
         default=None,
         metavar="FILE|NAME",
@@ -79,6 +85,7 @@ def load_options(args: argparse.Namespace):
         embeddings_dir=args.embeddings_dir,
         vae_dir=args.vae_dir,
         vae=args.vae,
+        ckpt_dir=args.ckpt_dir,
     )
 
 

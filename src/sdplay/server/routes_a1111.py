@@ -378,8 +378,8 @@ def realesrgan_models() -> list:
 
 @router.post("/refresh-checkpoints")
 def refresh_checkpoints(service: Service = Depends(get_service)) -> None:
-    """Re-read the model list (it is refreshed after every job as well)."""
-    service.refresh_catalog()
+    """Re-read the checkpoints folder and the model list (they are refreshed after every job as well)."""
+    service.refresh_checkpoints()
 
 
 @router.post("/unload-checkpoint")

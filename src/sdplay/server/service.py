@@ -115,6 +115,11 @@ class Service:
         listing = getattr(self.engines[0], "loras", None)
         return listing() if listing is not None else []
 
+    def refresh_checkpoints(self) -> None:
+        """Re-read the checkpoints folders, then the catalog (which models exist and which are here)."""
+        self._refresh("checkpoint_folder")
+        self.refresh_catalog()
+
     def refresh_loras(self) -> None:
         self._refresh("lora_folder")
 
