@@ -87,7 +87,7 @@ def _context(service: Service) -> plan.Context:
         except files.FileRefused as exc:
             raise InvalidRequest(exc.args[0], field="image") from exc
 
-    return plan.Context(list(service.catalog.samplers), service.plan, open_input)
+    return plan.Context(list(service.catalog.samplers), service.plan, open_input, service.find_embedding)
 
 
 def _refused(err: dict[str, Any], node_errors: dict[str, Any] | None = None, status: int = 400) -> JSONResponse:

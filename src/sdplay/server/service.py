@@ -14,7 +14,7 @@ from typing import Any
 
 from sdplay import catalog
 from sdplay.availability import how_to_get_on_server
-from sdplay.errors import ModelNotAvailable, SdplayError
+from sdplay.errors import InvalidRequest, ModelNotAvailable, SdplayError
 from sdplay.limits import SpeedMeter, WorkLimits, check_work, device_kind, limits_for
 from sdplay.plan import Limits, Plan
 from sdplay.protocol import EngineProtocol
@@ -127,6 +127,14 @@ class Service:
         """A1111's embeddings listing for `model`: those that fit its text encoders are "loaded"."""
         listing = getattr(self.engines[0], "embeddings", None)
         return listing(model) if listing is not None else {"loaded": {}, "skipped": {}}
+
+    def find_embedding(self, name: str) -> Any:
+        """An embedding file by name (InvalidRequest listing the close ones if there is none)."""
+        library = getattr(self.engines[0], "embedding_library", None)
+        if library is None:
+            raise InvalidRequest(f"This server has no embedding {name!r}.", field="prompt",
+                                 hint="Its engine has no embeddings folder.")  # fmt: skip
+        return library.get(name)
 
     def refresh_embeddings(self) -> None:
         self._refresh("embedding_library")
