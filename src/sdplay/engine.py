@@ -114,7 +114,7 @@ class Engine:
     def text_widths(self, model: str | None) -> tuple[int, ...] | None:
         """The width of each text encoder of a model (SDXL: two), from the loaded model or its configs."""
         spec = self.model_spec(model)
-        for (name, _, _), loaded in self._models.items():
+        for (name, _, _), loaded in list(self._models.items()):  # read from HTTP threads too
             if name == spec.name:
                 return _encoder_widths(loaded.pipe)
         return _config_widths(spec)
