@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import webuiapi
-from live import live_server
+from live import live_server, wait_job
 from safetensors.torch import save_file
 from tiny import make_embedding, make_vae_file
 
@@ -96,6 +96,11 @@ def test_bad_vae_names_are_clear_400s(served):
     r = httpx.post(f"{url}/options", json={"sd_vae": "crips"}, timeout=30)
     assert r.status_code == 400 and "Close ones: crisp.safetensors" in r.text
     assert httpx.get(f"{url}/options", timeout=30).json()["sd_vae"] == "Automatic"
+    with server.client() as native:  # the native job API takes the same names
+        r = native.post("/api/v1/jobs", json={"prompt": "red heart", "steps": 2, "vae": "crips"})
+        assert r.status_code == 400 and "crisp.safetensors" in r.text
+        r = native.post("/api/v1/jobs", json={"prompt": "red heart", "steps": 2, "vae": "crisp"})
+        assert r.status_code == 202 and wait_job(native, r.json()["id"])["status"] == "done"
 
 
 def test_refresh_checkpoints_lists_a_model_added_to_the_folder(served, api):
