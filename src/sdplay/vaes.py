@@ -109,10 +109,11 @@ def load_vae(vae: VaeFile, like: Any, *, allow_pickle: bool = False) -> Any:
 
     try:
         if vae.path.is_dir():
-            model = AutoencoderKL.from_pretrained(str(vae.path), local_files_only=True)
+            model = AutoencoderKL.from_pretrained(str(vae.path), local_files_only=True, dtype=like.dtype)
         else:
             state = _state_dict(vae, allow_pickle)
-            model = AutoencoderKL.from_single_file(state, config=str(_config_dir(like)), local_files_only=True)
+            config = str(_config_dir(like))
+            model = AutoencoderKL.from_single_file(state, config=config, local_files_only=True, dtype=like.dtype)
     except (InvalidRequest, ModelNotAvailable, UnsafeCheckpoint):
         raise
     except Exception as exc:  # diffusers raises many kinds (shape mismatch, missing weights, bad config)
@@ -122,7 +123,7 @@ def load_vae(vae: VaeFile, like: Any, *, allow_pickle: bool = False) -> Any:
             hint="Choose a VAE made for this model's family (a .safetensors VAE file or a diffusers VAE folder).",
         ) from exc
     _check(vae, model, like)
-    model.to(device=like.device, dtype=like.dtype).eval().requires_grad_(False)
+    model.to(device=like.device).eval().requires_grad_(False)
     for flag in ("use_slicing", "use_tiling"):
         if hasattr(like, flag):
             setattr(model, flag, getattr(like, flag))
