@@ -150,3 +150,60 @@ def make_kohya_lora(folder: Path, out: Path, rank: int = 4, scale: float = 0.5, 
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out))
     return out
+
+
+def text_widths(folder: Path) -> list[int]:
+    """The hidden size of each text encoder of a model folder (SDXL: two)."""
+    return [_json(folder / sub / "config.json")["hidden_size"] for sub in ("text_encoder", "text_encoder_2")
+            if (folder / sub / "config.json").is_file()]  # fmt: skip
+
+
+def embedding_vectors(folder: Path, count: int = 2, seed: int = 3, scale: float = 1.0) -> list[torch.Tensor]:
+    """Random textual-inversion vectors for the text encoders of `folder`: one (count, width) tensor each."""
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(count, w, generator=gen) * scale for w in text_widths(folder)]
+
+
+def make_embedding(folder: Path, out: Path, count: int = 2, seed: int = 3, scale: float = 1.0, fmt: str = "") -> Path:
+    """A textual-inversion file for the model in `folder`: SDXL's clip_l/clip_g, else `fmt` = "emb_params"
+    (.safetensors, the default), "a1111" (.pt with string_to_param) or "diffusers" (.bin, {"<token>": tensor})."""
+    from safetensors.torch import save_file
+
+    vectors = embedding_vectors(folder, count, seed, scale)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if len(vectors) == 2:
+        save_file({"clip_l": vectors[0], "clip_g": vectors[1]}, str(out))
+    elif fmt == "a1111":
+        torch.save({"string_to_token": {"*": 265}, "string_to_param": {"*": vectors[0]}, "name": out.stem,
+                    "step": 500, "sd_checkpoint": "abcdef12", "sd_checkpoint_name": "tiny"}, str(out))  # fmt: skip
+    elif fmt == "diffusers":
+        torch.save({f"<{out.stem}>": vectors[0][0]}, str(out))
+    else:
+        save_file({"emb_params": vectors[0]}, str(out))
+    return out
+
+
+def random_vae(folder: Path, seed: int = 5):
+    """A VAE of the architecture of `folder`'s, with other random weights."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae"))
+
+
+def make_vae_file(folder: Path, out: Path, seed: int = 5) -> Path:
+    """A stand-alone VAE .safetensors in the original layout (encoder.down.0…, as A1111's VAE files are)."""
+    from safetensors.torch import save_file
+    from singlefile import VAE_PREFIX, vae_to_original
+
+    vae = random_vae(folder, seed)
+    state = vae_to_original(vae.state_dict(), dict(vae.config))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k.removeprefix(VAE_PREFIX): v.contiguous() for k, v in state.items()}, str(out))
+    return out
+
+
+def make_vae_folder(folder: Path, out: Path, seed: int = 6) -> Path:
+    """A diffusers VAE folder (config.json + diffusion_pytorch_model.safetensors) for the model in `folder`."""
+    random_vae(folder, seed).save_pretrained(out, safe_serialization=True)
+    return out

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sdplay.catalog import ModelSpec
+from sdplay.catalog import ASSETS, ModelSpec
 
 WEIGHT_FILES = ("unet/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.fp16.safetensors")
 # What a diffusers pipeline reads: configs, tokenizer files and the full-precision .safetensors weights, not the
@@ -27,6 +27,8 @@ def download_command(repo_id: str) -> str:
 
 
 def how_to_get(spec: ModelSpec) -> str:
+    if spec.repo_id is None and spec.weights_dir is not None and not spec.weights_dir.is_relative_to(ASSETS):
+        return f"Local weights at {spec.weights_dir}."
     if spec.repo_id is None:
         return "Ships with sdplay." if is_available(spec) else "Missing from this install: reinstall sdplay."
     return (

@@ -6,18 +6,23 @@ import logging
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
-from sdplay import catalog
+from sdplay import catalog, vaes
+from sdplay import embeddings as ti
 from sdplay.catalog import ModelSpec
 from sdplay.devices import DeviceInfo, discover_devices, resolve_device
+from sdplay.embeddings import EmbeddingLibrary
 from sdplay.errors import InvalidRequest, ModelNotAvailable
 from sdplay.inputs import prepare_input
 from sdplay.loading import LoadedModel, LoadOptions, load_pipeline
 from sdplay.loras import AddonFile, Folder
 from sdplay.loras import applied as lora_applied
 from sdplay.loras import infotext as lora_infotext
+from sdplay.modelfolder import CheckpointFolder
 from sdplay.plan import Limits, Plan, check_compatible, plan
+from sdplay.prompts import Inversions
 from sdplay.run import BatchOutput, run_batch
 from sdplay.samplers import sampler_names
 from sdplay.types import Catalog, GenerationRequest, GenerationResult, ModelInfo, PhaseTimings, StepCallback
@@ -61,7 +66,11 @@ class Engine:
         self._models: OrderedDict[tuple[str, str, str], LoadedModel] = OrderedDict()
         self._lock = threading.RLock()
         self._devices: list[DeviceInfo] | None = None
-        self.lora_folder = Folder(self.options.lora_dir, "LoRA")
+        self.lora_folder = Folder(self.options.lora_dir, "LoRA", folder="Lora")
+        self.embedding_library = EmbeddingLibrary(self.options.embeddings_dir, allow_pickle=self.options.allow_pickle)
+        self.vae_folder = vaes.VaeFolder(self.options.vae_dir)
+        self.checkpoint_folder = CheckpointFolder(self.options.ckpt_dir, allow_pickle=self.options.allow_pickle)
+        self._vaes: OrderedDict[tuple, Any] = OrderedDict()  # loaded VAEs: (file, model, device, dtype) -> module
 
     # -- planning -------------------------------------------------------------------------
     @property
@@ -83,7 +92,11 @@ class Engine:
         def models(name: str | None) -> ModelSpec:
             return self.model_spec(name, limits.catalog_only)
 
-        return plan(request, models=models, device=device, limits=limits, loras=self.find_lora)
+        def find_vae(name: str | None) -> vaes.VaeFile | None:
+            return self.find_vae(name, limits.catalog_only)
+
+        return plan(request, models=models, device=device, limits=limits, loras=self.find_lora,
+                    embeddings=self.embedding_library.used, vaes=find_vae)  # fmt: skip
 
     def find_lora(self, name: str) -> AddonFile:
         """A LoRA file of this engine's LoRA folder, by name."""
@@ -97,16 +110,62 @@ class Engine:
         """Forget the folder listing: files added or removed since show up at the next look."""
         self.lora_folder.refresh()
 
+    def embeddings(self, model: str | None = None) -> dict[str, dict[str, Any]]:
+        """The embeddings folder as A1111 lists it: those that fit `model`'s text encoders are "loaded", the others
+        "skipped" (read from the files and the model's configs; the model is not loaded)."""
+        return self.embedding_library.listing(self.text_widths(model))
+
+    def text_widths(self, model: str | None) -> tuple[int, ...] | None:
+        """The width of each text encoder of a model (SDXL: two), from the loaded model or its configs."""
+        spec = self.model_spec(model)
+        for (name, _, _), loaded in list(self._models.items()):  # read from HTTP threads too
+            if name == spec.name:
+                return _encoder_widths(loaded.pipe)
+        return _config_widths(spec)
+
+    def find_vae(self, name: str | None, catalog_only: bool = False) -> vaes.VaeFile | None:
+        """The VAE a request asks for: None/"Automatic" the engine's default (--vae), "None" the model's own, else a
+        name in the VAE folder (or, outside a server, a path)."""
+        if vaes.is_none(name):
+            return None
+        if vaes.is_default(name):
+            if not self.options.vae:
+                return None
+            name, catalog_only = self.options.vae, False  # the operator's choice may be a path
+        assert name is not None
+        looks_like_path = any(c in name for c in "/\\~") or Path(name).exists()
+        if not catalog_only and looks_like_path:  # the library and the CLI may name a file or folder
+            return vaes.vae_file(Path(name))
+        return self.vae_folder.get(name, "vae")  # type: ignore[return-value]
+
+    def vae_files(self) -> list[vaes.VaeFile]:
+        """The VAE files and folders of this engine's VAE folder."""
+        return list(self.vae_folder.files().values())  # type: ignore[arg-type]
+
+    def embedding_names(self) -> list[str]:
+        """The names of the embeddings folder's files (prompts use them as words)."""
+        return sorted(self.embedding_library.files())
+
+    def find_embedding(self, name: str) -> Any:
+        """An embedding file by name (InvalidRequest listing the close ones if there is none)."""
+        return self.embedding_library.get(name)
+
+    def refresh_folder(self, kind: str) -> None:
+        """Forget one add-on folder's listing ("lora", "embeddings", "vae" or "checkpoints")."""
+        folders = {"lora": self.lora_folder, "embeddings": self.embedding_library, "vae": self.vae_folder,
+                   "checkpoints": self.checkpoint_folder}  # fmt: skip
+        folders[kind].refresh()
+
     def model_spec(self, name: str | None, catalog_only: bool = False) -> ModelSpec:
-        """The spec of a model name (catalog_only: listed models only, no paths or hub ids)."""
+        """The spec of a model name: built-in, then the checkpoints folder's (catalog_only: only those, no paths or
+        hub ids)."""
+        spec = catalog.builtin(name or catalog.DEFAULT_MODEL) or self.checkpoint_folder.find(name)
+        if spec is not None:
+            return spec
         if not catalog_only:
             return catalog.resolve(name, allow_pickle=self.options.allow_pickle)
-        spec = catalog.builtin(name or catalog.DEFAULT_MODEL)
-        if spec is None:
-            raise ModelNotAvailable(
-                f"Unknown model {name!r}.", field="model", hint=f"Choose one of: {', '.join(catalog.catalog_names())}."
-            )
-        return spec
+        names = [*catalog.catalog_names(), *(s.name for s in self.checkpoint_folder.specs())]
+        raise ModelNotAvailable(f"Unknown model {name!r}.", field="model", hint=f"Choose one of: {', '.join(names)}.")
 
     # -- models ---------------------------------------------------------------------------
     def load(self, model: str | None, device: str = "auto", dtype: str = "auto") -> tuple[LoadedModel, bool]:
@@ -155,7 +214,7 @@ class Engine:
 
     def unload(self, model: str | None = None) -> None:
         with self._lock:
-            name = catalog.resolve(model).name if model else None
+            name = self.model_spec(model).name if model else None
             for key in [k for k in self._models if name is None or k[0] == name]:
                 self._models.move_to_end(key, last=False)
                 self._evict()
@@ -165,7 +224,8 @@ class Engine:
 
     def models(self) -> list[ModelInfo]:
         loaded = set(self.loaded_models())
-        return [_model_info(spec, spec.name in loaded, self.options.random_weights) for spec in catalog.BUILTIN]
+        specs = [*catalog.BUILTIN, *self.checkpoint_folder.specs()]
+        return [_model_info(spec, spec.name in loaded, self.options.random_weights) for spec in specs]
 
     def samplers(self) -> list[str]:
         return sampler_names()
@@ -215,16 +275,65 @@ class Engine:
         batches = [items[i : i + size] for i in range(0, len(items), size)]
         prepared = [prepare_input(p.request) for p in plans] if req.init_image is not None else None
         refiner = self._refiner(first)
-        with lora_applied(loaded.pipe, list(first.loras), loaded.family_spec):
+        inversions = self._inversions(first, loaded)
+        vae = self._vae(first, loaded)
+        pipes = [loaded.pipe] + ([refiner.pipe] if refiner is not None else [])
+        with lora_applied(loaded.pipe, list(first.loras), loaded.family_spec), vaes.swapped(pipes, vae):
             outputs = [
                 run_batch(loaded, first, b, on_step, n, len(batches), [prepared[i.owner] for i in b] if prepared
-                          else None, refiner)
+                          else None, refiner, inversions)
                 for n, b in enumerate(batches)
             ]  # fmt: skip
         results = _split_results([p.request for p in plans], items, outputs, loaded, fresh)
         for result, p in zip(results, plans, strict=True):
             result.metadata |= _addon_metadata(p)
         return results
+
+    def _inversions(self, p: Plan, loaded: LoadedModel) -> Inversions | None:
+        """The vectors of the plan's embeddings, checked against the model's text encoders, on their device."""
+        if not p.embeddings:
+            return None
+        widths = _encoder_widths(loaded.pipe)
+        encoders = [e for e in (loaded.pipe.text_encoder, getattr(loaded.pipe, "text_encoder_2", None)) if e]
+        vectors = {}
+        for file in p.embeddings:
+            emb = self.embedding_library.load(file)
+            ti.check_fits(emb, widths, loaded.family_spec.label)
+            vectors[file.name] = tuple(v.to(e.device, e.dtype) for v, e in zip(emb.vectors, encoders, strict=True))
+        return Inversions(vectors)
+
+    def _vae(self, p: Plan, loaded: LoadedModel) -> Any:
+        """The plan's VAE, loaded once per model, device and dtype (the two most recent stay loaded)."""
+        if p.vae is None:
+            return None
+        own = loaded.pipe.vae
+        key = (p.vae.key, loaded.spec.name, loaded.device.id, str(own.dtype))
+        if key not in self._vaes:
+            while len(self._vaes) >= 2:
+                self._vaes.popitem(last=False)
+            self._vaes[key] = vaes.load_vae(p.vae, own, allow_pickle=self.options.allow_pickle)
+        self._vaes.move_to_end(key)
+        return self._vaes[key]
+
+
+def _encoder_widths(pipe: Any) -> tuple[int, ...]:
+    encoders = (pipe.text_encoder, getattr(pipe, "text_encoder_2", None))
+    return tuple(int(e.config.hidden_size) for e in encoders if e is not None)
+
+
+def _config_widths(spec: ModelSpec) -> tuple[int, ...] | None:
+    """Text encoder widths from a model's configs (None if it has none here, e.g. a hub id not yet fetched)."""
+    import json
+
+    folder = spec.config_dir
+    if folder is None:
+        return None
+    widths = []
+    for name in ("text_encoder", "text_encoder_2"):
+        file = folder / name / "config.json"
+        if file.is_file():
+            widths.append(int(json.loads(file.read_text()).get("hidden_size", 0)))
+    return tuple(widths) or None
 
 
 def _check_refiner(base: LoadedModel, refiner: LoadedModel) -> None:
@@ -290,10 +399,16 @@ def _metadata(req: GenerationRequest, loaded: LoadedModel, timings: PhaseTimings
 
 
 def _addon_metadata(p: Plan) -> dict[str, Any]:
-    """LoRAs and clip skip of a plan, for the metadata and A1111's infotext (`Lora hashes`, `Clip skip`)."""
+    """LoRAs, embeddings, VAE and clip skip of a plan, for the metadata and A1111's infotext (`Lora hashes`,
+    `TI hashes`, `VAE`, `VAE hash`, `Clip skip`)."""
     loras = [{"name": lo.ref.name, "weight": lo.ref.weight, "te_weight": lo.ref.text_weight, "hash": lo.file.hash}
              for lo in p.loras]  # fmt: skip
-    return {"loras": loras, "lora_hashes": lora_infotext(list(p.loras)), "clip_skip": p.request.clip_skip or 1}
+    embeddings = [{"name": f.name, "hash": f.sha256[:10], "file": f.path.name} for f in p.embeddings]
+    vae = p.vae
+    return {"loras": loras, "lora_hashes": lora_infotext(list(p.loras)), "clip_skip": p.request.clip_skip or 1,
+            "embeddings": embeddings, "ti_hashes": ti.infotext(p.embeddings),
+            "vae": vae.name if vae else None, "vae_hash": vae.hash if vae else None,
+            "vae_file": vae.path.name if vae else None}  # fmt: skip
 
 
 def model_bytes(pipe: Any) -> int:

@@ -42,9 +42,12 @@ def parameters_for(result: GenerationResult, index: int) -> str:
         "Seed": result.seeds[index],
         "Size": f"{req.width}x{req.height}",
         "Model": meta.get("model"),
+        "VAE hash": meta.get("vae_hash"),
+        "VAE": meta.get("vae"),
         **image_input_fields(req),
         "Clip skip": meta.get("clip_skip") if (meta.get("clip_skip") or 1) > 1 else None,
         "Lora hashes": meta.get("lora_hashes"),
+        "TI hashes": meta.get("ti_hashes"),
         "Random weights": "True" if meta.get("random_weights") else None,
         "Version": f"sdplay {meta.get('versions', {}).get('sdplay', '')}".strip(),
     }

@@ -41,6 +41,10 @@ class LoadOptions:
     fast_options: str = ""  # fast-path options, e.g. "deepcache=3,compile=regional" (the edges read $SDPLAY_FAST)
     seed: int = 0  # seed of random weights
     lora_dir: str | None = None  # LoRA .safetensors files (None: the Lora folder under sdplay's model folder)
+    embeddings_dir: str | None = None  # textual-inversion files (None: the embeddings folder there)
+    vae_dir: str | None = None  # VAE files and folders (None: the VAE folder there)
+    ckpt_dir: str | None = None  # checkpoints listed beside the built-in models (None: Stable-diffusion there)
+    vae: str | None = None  # the default VAE (a path, or a name in the VAE folder); None: each model's own
 
 
 @dataclass

@@ -49,8 +49,25 @@ class AddonFile:
         """A1111's short hash of add-on files: the first 12 hex digits of the sha256 of the tensor data."""
         return file_hash(self.path, self.size, self.mtime)
 
+    @property
+    def sha256(self) -> str:
+        """The sha256 of the whole file (of a folder's weights file), as A1111 hashes embeddings and VAEs."""
+        return full_hash(self.path, self.size, self.mtime)
+
 
 _HASHES: dict[tuple[str, int, float], str] = {}
+_FULL_HASHES: dict[tuple[str, int, float], str] = {}
+
+
+def full_hash(path: Path, size: int, mtime: float) -> str:
+    key = (str(path), size, mtime)
+    if key not in _FULL_HASHES:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        _FULL_HASHES[key] = digest.hexdigest()
+    return _FULL_HASHES[key]
 
 
 def file_hash(path: Path, size: int, mtime: float) -> str:
@@ -69,11 +86,14 @@ def file_hash(path: Path, size: int, mtime: float) -> str:
 class Folder:
     """The `.safetensors` files of one folder (and its subfolders), by file name without the suffix."""
 
-    def __init__(self, root: Path | str | None, kind: str, suffixes: tuple[str, ...] = (SUFFIX,)):
-        self.root = Path(root) if root else default_folder(kind)
+    def __init__(self, root: Path | str | None, kind: str, suffixes: tuple[str, ...] = (SUFFIX,), *,
+                 folder: str | None = None, watch: bool = False):  # fmt: skip
+        self.root = Path(root).expanduser() if root else default_folder(folder or kind)
         self.kind = kind
         self.suffixes = suffixes
+        self.watch = watch  # re-read when the folder's modification time changes (a file added or removed)
         self._files: dict[str, AddonFile] | None = None
+        self._stamp: int | None = None
         self._lock = threading.Lock()
 
     def refresh(self) -> None:
@@ -82,9 +102,17 @@ class Folder:
 
     def files(self) -> dict[str, AddonFile]:
         with self._lock:
-            if self._files is None:
-                self._files = self._scan()
+            stamp = self._root_stamp() if self.watch else None
+            if self._files is None or stamp != self._stamp:
+                self._files, self._stamp = self._scan(), stamp
             return self._files
+
+    def _root_stamp(self) -> int | None:
+        """The latest modification time of the folder and its subfolders (a file added or removed changes it)."""
+        try:
+            return max(os.stat(d).st_mtime_ns for d, _, _ in os.walk(self.root)) if self.root.is_dir() else None
+        except (OSError, ValueError):
+            return None
 
     def _scan(self) -> dict[str, AddonFile]:
         if not self.root.is_dir():
@@ -105,22 +133,32 @@ class Folder:
             raise InvalidRequest(
                 f"{self.kind} names are file names without folders, got {name!r}.",
                 field=field,
-                hint=f"Put the file in {self.root} and use its name without {SUFFIX}.",
+                hint=f"Put the file in {self.root} and use its name without {self.suffixes[0]}.",
             )
-        files = self.files()
-        if name not in files:
+        found = self._lookup(self.files(), name)
+        if found is None:
             self.refresh()  # a file added since the last look
+            found = self._lookup(self.files(), name)
+        if found is None:
             files = self.files()
-        if name not in files:
-            close = difflib.get_close_matches(name, files, n=5, cutoff=0.5)
+            stems = {self._stem(key): key for key in files}  # "crisp.safetensors" is close to "crips"
+            close = [stems[k] for k in difflib.get_close_matches(self._stem(name), stems, n=5, cutoff=0.5)]
             listed = close or sorted(files)[:10]
+            kinds = "/".join(self.suffixes)
             raise InvalidRequest(
                 f"No {self.kind} named {name!r} in {self.root}.",
                 field=field,
                 hint=(f"Close ones: {', '.join(listed)}." if close else f"Known: {', '.join(listed)}." if listed
-                      else f"The folder has no {SUFFIX} files; put them there."),
+                      else f"The folder has no {kinds} files; put them there."),
             )  # fmt: skip
-        return files[name]
+        return found
+
+    def _lookup(self, files: dict[str, AddonFile], name: str) -> AddonFile | None:
+        return files.get(name)
+
+    def _stem(self, name: str) -> str:
+        suffix = Path(name).suffix
+        return name[: -len(suffix)] if suffix and suffix.lower() in self.suffixes else name
 
 
 # -- reading and checking a LoRA file ----------------------------------------------------------------

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from sdplay.devices import DeviceInfo
     from sdplay.families import FamilySpec
     from sdplay.loras import AddonFile, ResolvedLora
+    from sdplay.vaes import VaeFile
 
 
 # Request fields that must agree for plans to share one UNet batch (prompts and seeds may differ); with `task`.
@@ -76,13 +77,21 @@ class Plan:
     limits: Limits = field(default_factory=Limits)
     task: str = "txt2img"
     loras: tuple[ResolvedLora, ...] = ()  # the prompt's <lora:…> tags and request.loras, found in the LoRA folder
+    embeddings: tuple[AddonFile, ...] = ()  # textual-inversion files whose names the prompts use
+    vae: VaeFile | None = None  # a VAE in place of the model's own
 
     @property
     def batch_key(self) -> tuple:
-        """Plans with equal keys may run as one UNet batch (task kinds, strengths, fills, hires and LoRA sets never
-        mix)."""
+        """Plans with equal keys may run as one UNet batch (task kinds, strengths, fills, hires, LoRA sets,
+        embeddings and VAEs never mix)."""
         return (self.task, *(getattr(self.request, name) for name in BATCH_FIELDS), *self.request.batch_fields(),
-                tuple(lo.key for lo in self.loras))  # fmt: skip
+                *self.addon_key)  # fmt: skip
+
+    @property
+    def addon_key(self) -> tuple:
+        """The LoRAs, embeddings and VAE of the plan, in the order of ADDON_FIELDS."""
+        return (tuple(lo.key for lo in self.loras), tuple((f.name, f.path, f.size, f.mtime) for f in self.embeddings),
+                self.vae.key if self.vae is not None else None)  # fmt: skip
 
     @property
     def seeds(self) -> list[int]:
@@ -92,6 +101,9 @@ class Plan:
 
 ModelResolver = Callable[[str | None], "ModelSpec"]
 LoraResolver = Callable[[str], "AddonFile"]
+EmbeddingFinder = Callable[[list[str], int], "tuple[AddonFile, ...]"]  # (texts, steps) -> the embeddings they use
+VaeResolver = Callable[[str | None], "VaeFile | None"]  # request.vae -> the VAE file, None for the model's own
+ADDON_FIELDS = ("loras", "embeddings", "vae")
 
 
 def plan(
@@ -102,6 +114,8 @@ def plan(
     limits: Limits | None = None,
     task: str | None = None,
     loras: LoraResolver | None = None,
+    embeddings: EmbeddingFinder | None = None,
+    vaes: VaeResolver | None = None,
 ) -> Plan:
     """Validate `request` against the limits, resolve its model with `models`, pin it to `device`, fill defaults."""
     from sdplay.devices import resolve_device, resolve_dtype
@@ -152,6 +166,8 @@ def plan(
         limits=limits,
         task=task,
         loras=_resolve_loras(resolved, loras),
+        embeddings=_find_embeddings(resolved, embeddings),
+        vae=_resolve_vae(resolved, vaes),
     )
 
 
@@ -179,13 +195,31 @@ def _resolve_loras(request: GenerationRequest, find: LoraResolver | None) -> tup
     return tuple(ResolvedLora(find(name), ref) for name, ref in by_name.items())
 
 
+def _find_embeddings(request: GenerationRequest, find: EmbeddingFinder | None) -> tuple[AddonFile, ...]:
+    """The textual-inversion files whose names the prompt (without its LoRA tags) or the negative prompt use."""
+    if find is None:
+        return ()
+    return find([request.prompt_loras()[0], request.negative_prompt], request.steps or 1)
+
+
+def _resolve_vae(request: GenerationRequest, find: VaeResolver | None) -> VaeFile | None:
+    """The VAE asked for ("Automatic"/None: the engine's default, "None": the model's own)."""
+    if find is None:
+        if request.vae is None or request.vae.strip().lower() in ("automatic", "none", ""):
+            return None
+        raise InvalidRequest("This engine has no VAE folder.", field="vae", hint="Start it with --vae-dir.")
+    return find(request.vae)
+
+
 def check_compatible(plans: list[Plan]) -> None:
     """Refuse to batch plans whose batch keys differ, naming the first field that differs."""
     keys = {p.batch_key for p in plans}
     if len(keys) <= 1:
         return
-    if len({k[-1] for k in keys}) > 1:
-        raise InvalidRequest("Requests in one batch must share loras (their LoRA sets differ).", field="loras")
+    n = len(ADDON_FIELDS)
+    for i, name in enumerate(ADDON_FIELDS):
+        if len({k[-n + i] for k in keys}) > 1:
+            raise InvalidRequest(f"Requests in one batch must share {name} (theirs differ).", field=name)
     for i, name in enumerate(("task", *BATCH_FIELDS)):
         values = {k[i] for k in keys}
         if len(values) > 1:

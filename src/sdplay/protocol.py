@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from sdplay.plan import Limits, Plan
 from sdplay.types import Catalog, GenerationRequest, GenerationResult, StepCallback
@@ -21,7 +21,8 @@ class EngineProtocol(Protocol):
     `batch_key`, as one UNet batch; each keeps its prompts and seeds) and raise SdplayError subclasses
     (InvalidRequest, ModelNotAvailable, Cancelled, ...); `on_step` is called after every denoising step and raising
     `Cancelled` from it stops the run. `loras` lists the LoRA files plans can name (`refresh_loras` re-reads the
-    folder).
+    folder); `embeddings`, `embedding_names`, `vae_files` and `find_vae` do the same for textual-inversion embeddings
+    and VAEs, and `refresh_folder` re-reads one add-on folder ("lora", "embeddings", "vae" or "checkpoints").
     """
 
     device: str
@@ -44,3 +45,15 @@ class EngineProtocol(Protocol):
     def loras(self) -> list[AddonFile]: ...
 
     def refresh_loras(self) -> None: ...
+
+    def embeddings(self, model: str | None = None) -> dict[str, dict[str, Any]]: ...
+
+    def embedding_names(self) -> list[str]: ...
+
+    def find_embedding(self, name: str) -> object: ...
+
+    def vae_files(self) -> list[Any]: ...
+
+    def find_vae(self, name: str | None, catalog_only: bool = False) -> object | None: ...
+
+    def refresh_folder(self, kind: str) -> None: ...

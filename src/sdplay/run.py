@@ -11,7 +11,7 @@ from sdplay.devices import empty_cache, peak_memory, reset_peak_memory, synchron
 from sdplay.errors import DeviceOutOfMemory
 from sdplay.hires import LATENT_UPSCALERS, target_size, upscale_latents, upscale_pixels
 from sdplay.passes import PassArgs
-from sdplay.prompts import encode, execution_device
+from sdplay.prompts import Inversions, encode, execution_device
 from sdplay.types import DEFAULT_STRENGTH, MAX_PIXELS, MAX_SIDE, GenerationRequest, StepCallback
 
 if TYPE_CHECKING:
@@ -45,15 +45,16 @@ def run_batch(
     count: int,
     inputs: list[InpaintInput] | None = None,
     refiner: LoadedModel | None = None,
+    inversions: Inversions | None = None,
 ) -> BatchOutput:
     """Generate the images of `items` (prompt, negative, seed each) with the settings of `plan`; `inputs` are the
-    prepared images of image-to-image and inpainting, one per item."""
+    prepared images of image-to-image and inpainting, one per item; `inversions` the embeddings' vectors."""
     import torch
 
     req = plan.request
     try:
         with torch.inference_mode():
-            return _run(loaded, plan, items, on_step, index, count, inputs, refiner)
+            return _run(loaded, plan, items, on_step, index, count, inputs, refiner, inversions)
     except torch.OutOfMemoryError as exc:
         empty_cache(loaded.device)
         raise DeviceOutOfMemory(
@@ -62,7 +63,7 @@ def run_batch(
         ) from exc
 
 
-def _run(loaded: LoadedModel, plan: Plan, items: list, on_step, index, count, inputs, refiner) -> BatchOutput:
+def _run(loaded: LoadedModel, plan: Plan, items: list, on_step, index, count, inputs, refiner, inv) -> BatchOutput:
     import torch
 
     req = plan.request
@@ -72,7 +73,7 @@ def _run(loaded: LoadedModel, plan: Plan, items: list, on_step, index, count, in
     reset_peak_memory(dev)
     # 1. Encode the prompts (chunked beyond 75 tokens, A1111 emphasis, one conditioning per range of steps).
     emb = encode(pipe, loaded.family_spec, [i.prompt for i in items], [i.negative for i in items], req.steps,
-                 req.clip_skip or 1)  # fmt: skip
+                 req.clip_skip or 1, inv)  # fmt: skip
     t_text = clock.lap()
     # 2. One CPU generator per image (same seed, same image on any device); a fresh scheduler for every pass.
     seeds = [i.seed for i in items]

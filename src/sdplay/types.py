@@ -89,6 +89,8 @@ class GenerationRequest:
     refiner_switch_at: float = 0.8
     loras: tuple[LoraRef, ...] = ()  # besides the prompt's <lora:name:weight> tags
     clip_skip: int | None = None  # A1111's: 1 = the text encoder's last layer, 2 = the one before, ...
+    vae: str | None = None  # a VAE of the VAE folder (library: or a path); None/"Automatic": the engine's default,
+    # "None": the model's own
 
     @property
     def task(self) -> str:
@@ -134,6 +136,8 @@ class GenerationRequest:
         if self.clip_skip is not None:
             _check_int(self.clip_skip, "clip_skip", 1, MAX_CLIP_SKIP)
         _check_loras(self.loras)
+        if self.vae is not None:
+            _check_text(self.vae, "vae")
         return self
 
     def _validate_images(self) -> None:

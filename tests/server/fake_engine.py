@@ -79,6 +79,33 @@ class FakeEngine:
     def refresh_loras(self) -> None:
         pass
 
+    def embeddings(self, model: str | None = None) -> dict:
+        return {"loaded": {}, "skipped": {}}  # no embeddings folder
+
+    def embedding_names(self) -> list[str]:
+        return []
+
+    def find_embedding(self, name: str) -> object:
+        from sdplay.errors import InvalidRequest
+
+        raise InvalidRequest(
+            f"There is no embedding {name!r} here.", field="prompt", hint="This engine has no embeddings folder."
+        )
+
+    def vae_files(self) -> list:
+        return []
+
+    def find_vae(self, name: str | None, catalog_only: bool = False) -> object | None:
+        from sdplay import vaes
+        from sdplay.errors import InvalidRequest
+
+        if vaes.is_none(name) or vaes.is_default(name):
+            return None
+        raise InvalidRequest(f"There is no VAE {name!r} here.", field="sd_vae", hint="This engine has no VAE folder.")
+
+    def refresh_folder(self, kind: str) -> None:
+        pass
+
     def generate(self, plan: Plan, on_step=None) -> GenerationResult:
         return self.generate_batch([plan], on_step)[0]
 

@@ -120,3 +120,21 @@ def test_planning_refuses_what_sdplay_cannot_do():
         )
     err = info.value.node_errors["3"]["errors"][0]
     assert err["type"] == "custom_validation_failed" and "denoise 0.5" in err["details"]
+
+
+def test_embedding_syntax_becomes_the_embeddings_name_and_unknown_ones_are_refused():
+    from sdplay.errors import InvalidRequest
+
+    def find(name):
+        if name != "easynegative":
+            raise InvalidRequest(f"No embedding named {name!r}.", hint="Close ones: easynegative.")
+
+    wf = workflow()
+    wf["6"]["inputs"]["text"] = "a cat, (embedding:easynegative.safetensors:1.2), embedding:easynegative"
+    context = plan.Context(ENGINE_SAMPLERS, lambda r: SimpleNamespace(request=r), find_embedding=find)
+    [sampling] = plan.make_plan(wf, graph.check(wf, TABLE), context, EXECUTORS).samplings
+    assert sampling.request.prompt == "a cat, (easynegative:1.2), easynegative"
+    wf["6"]["inputs"]["text"] = "a cat, embedding:easynegativ"
+    with pytest.raises(graph.PromptRefused) as info:
+        plan.make_plan(wf, graph.check(wf, TABLE), context, EXECUTORS)
+    assert "Close ones: easynegative" in info.value.node_errors["6"]["errors"][0]["details"]

@@ -30,7 +30,8 @@ def add_load_options(parser: argparse.ArgumentParser) -> None:
     """Flags that decide how a model is loaded and optimised."""
     g = parser.add_argument_group("loading and memory")
     g.add_argument("--random-weights", action="store_true", help="build the architecture with random weights")
-    g.add_argument("--allow-pickle", action="store_true", help="allow .ckpt/.pt checkpoints (read weights-only)")
+    g.add_argument("--allow-pickle", action="store_true",
+                   help="allow .ckpt/.pt checkpoints, embeddings and VAEs (read weights-only)")  # fmt: skip
     g.add_argument("--no-safety-checker", action="store_true", help="skip the model's safety checker")
     g.add_argument("--attention-slicing", action="store_true", help="less memory, a little slower")
     g.add_argument("--vae-slicing", action="store_true", help="decode one image at a time")
@@ -39,6 +40,25 @@ def add_load_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no-fast", action="store_true", help="turn the compiled fast path off")
     g.add_argument("--lora-dir", default=None, metavar="DIR", help="LoRA .safetensors folder (default: Lora/ "
                    "under sdplay's model folder, $SDPLAY_MODELS or ~/.local/share/sdplay/models)")  # fmt: skip
+    g.add_argument(
+        "--embeddings-dir",
+        default=None,
+        metavar="DIR",
+        help="textual-inversion folder: a file's name in the prompt uses it (default: embeddings/ there)",
+    )
+    g.add_argument("--vae-dir", default=None, metavar="DIR", help="VAE files and folders (default: VAE/ there)")
+    g.add_argument(
+        "--ckpt-dir",
+        default=None,
+        metavar="DIR",
+        help="checkpoints and diffusers folders usable by name (default: Stable-diffusion/ there)",
+    )
+    g.add_argument(
+        "--vae",
+        default=None,
+        metavar="FILE|NAME",
+        help="decode with this VAE: a .safetensors file, a diffusers VAE folder or a --vae-dir name",
+    )
     g.add_argument(
         "--fast-options",
         default="",
@@ -53,7 +73,7 @@ def load_options(args: argparse.Namespace):
 
     return LoadOptions(
         random_weights=args.random_weights,
-        allow_pickle=args.allow_pickle,
+        allow_pickle=args.allow_pickle or os.environ.get("SDPLAY_ALLOW_PICKLE", "").lower() in ("1", "true", "yes"),
         safety_checker=not args.no_safety_checker,
         attention_slicing=args.attention_slicing,
         vae_slicing=args.vae_slicing,
@@ -62,6 +82,10 @@ def load_options(args: argparse.Namespace):
         fast=False if args.no_fast else (True if args.fast_options else None),
         fast_options=args.fast_options or os.environ.get("SDPLAY_FAST", ""),
         lora_dir=args.lora_dir,
+        embeddings_dir=args.embeddings_dir,
+        vae_dir=args.vae_dir,
+        vae=args.vae,
+        ckpt_dir=args.ckpt_dir,
     )
 
 

@@ -109,12 +109,14 @@ def run(args: argparse.Namespace) -> int:
     quiet_libraries()
     from sdplay import catalog
     from sdplay.images import ensure_writable, save_png
+    from sdplay.modelfolder import CheckpointFolder
     from sdplay.samplers import get_sampler
     from sdplay.vocabulary import unknown_prompt_note
 
     request = request_from_args(args).validate()
     # Mistakes in the arguments are told before torch and diffusers are imported (seconds on a small CPU).
-    catalog.resolve(args.model, allow_pickle=args.allow_pickle)
+    if not CheckpointFolder(args.ckpt_dir, allow_pickle=args.allow_pickle).has(args.model):
+        catalog.resolve(args.model, allow_pickle=args.allow_pickle)
     if args.sampler:
         get_sampler(args.sampler)
     out_dir = ensure_writable(Path(args.out))

@@ -75,6 +75,18 @@ def register(sub) -> None:
     p.add_argument(
         "--lora-dir", default=None, help="LoRA .safetensors folder (default: Lora/ under sdplay's model folder)"
     )
+    p.add_argument("--embeddings-dir", default=None, help="textual-inversion folder (default: embeddings/ there)")
+    p.add_argument("--vae-dir", default=None, help="VAE files and folders (default: VAE/ there)")
+    p.add_argument("--ckpt-dir", default=None, help="more models: checkpoints and diffusers folders (default: "
+                   "Stable-diffusion/ there), listed by name")  # fmt: skip
+    p.add_argument("--vae", default=None, metavar="FILE", help="VAE of requests that name none (default: the model's)")
+    p.add_argument(
+        "--allow-pickle",
+        action="store_const",
+        const=True,
+        default=None,
+        help="read pickled embeddings and VAEs (.pt/.ckpt/.bin), with torch.load(weights_only=True)",
+    )
     from sdplay.server.scaleout.cli import add_arguments
 
     add_arguments(p)  # --ray and its options
@@ -121,4 +133,4 @@ _FLAGS = ("host", "port", "api_key", "api_auth", "models_preload", "devices", "o
           "default_model", "max_queue", "max_batch", "batch_window_ms", "cors_origins", "random_weights",
           "allowed_hosts", "public_url", "max_request_s", "max_work", "max_pixels",
           "no_fast", "fast_options", "attention_slicing", "vae_slicing", "vae_tiling", "cpu_offload",
-          "safety_checker", "lora_dir")  # fmt: skip
+          "safety_checker", "lora_dir", "embeddings_dir", "vae_dir", "vae", "allow_pickle", "ckpt_dir")  # fmt: skip

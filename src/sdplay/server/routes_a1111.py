@@ -50,7 +50,7 @@ class A1111State:
     """The options A1111 clients read and write (kept in memory); `sd_model_checkpoint` picks the model."""
 
     def __init__(self) -> None:
-        self.options: dict[str, Any] = {"samples_format": "png", "sd_checkpoint_hash": None}
+        self.options: dict[str, Any] = {"samples_format": "png", "sd_checkpoint_hash": None, "sd_vae": "Automatic"}
         self.lock = threading.Lock()
 
 
@@ -126,6 +126,7 @@ def _info(job: Job, body: Txt2ImgRequest) -> dict[str, Any]:
     seeds = out.seeds if out else []
     sampler, schedule = a1111_split(req.sampler or "")
     n = len(seeds)
+    meta = out.metadata if out else {}
     return {
         "prompt": req.prompt, "all_prompts": [req.prompt] * n,
         "negative_prompt": req.negative_prompt, "all_negative_prompts": [req.negative_prompt] * n,
@@ -134,7 +135,8 @@ def _info(job: Job, body: Txt2ImgRequest) -> dict[str, Any]:
         "width": req.width, "height": req.height, "sampler_name": sampler, "scheduler": schedule,
         "cfg_scale": req.guidance, "steps": req.steps, "batch_size": body.batch_size,
         "restore_faces": False, "face_restoration_model": None,
-        "sd_model_name": req.model, "sd_model_hash": None, "sd_vae_name": None, "sd_vae_hash": None,
+        "sd_model_name": req.model, "sd_model_hash": None,
+        "sd_vae_name": meta.get("vae"), "sd_vae_hash": meta.get("vae_hash"),
         "seed_resize_from_w": -1, "seed_resize_from_h": -1,
         "denoising_strength": req.strength if req.strength is not None else (req.hires.strength if req.hires else None),
         "extra_generation_params": {"Schedule type": schedule}, "index_of_first_image": 0,
@@ -205,6 +207,10 @@ def set_options(
                 f"model {body['sd_model_checkpoint']!r} not found", hint=f"Choose one of: {titles}."
             )
         body = {**body, "sd_model_checkpoint": info.name}
+    if "sd_vae" in body:  # an unknown VAE is refused now, listing the close names
+        if not isinstance(body["sd_vae"], str):
+            raise InvalidRequest("sd_vae must be text.", field="sd_vae", hint="Use a name from GET /sdapi/v1/sd-vae.")
+        service.check_vae(body["sd_vae"])
     with state.lock:
         if len(state.options.keys() | body.keys()) > MAX_OPTIONS or any(len(k) > 100 for k in body):
             raise InvalidRequest(f"At most {MAX_OPTIONS} options with names up to 100 characters are kept.")
@@ -274,8 +280,14 @@ def memory() -> MemoryResponse:
 
 
 @router.get("/sd-vae")
-def sd_vae() -> list:
-    return []
+def sd_vae(service: Service = Depends(get_service)) -> list[dict[str, str]]:
+    """The VAE folder's files and diffusers folders, by the names sd_vae takes ("Automatic"/"None" besides)."""
+    return [{"model_name": v.name, "filename": str(v.path)} for v in service.vaes()]
+
+
+@router.post("/refresh-vae")
+def refresh_vae(service: Service = Depends(get_service)) -> None:
+    service.refresh_vaes()
 
 
 @router.get("/upscalers")
@@ -313,8 +325,20 @@ def refresh_loras(service: Service = Depends(get_service)) -> None:
 
 
 @router.get("/embeddings")
-def embeddings() -> dict:
-    return {"loaded": {}, "skipped": {}}
+def embeddings(service: Service = Depends(get_service), state: A1111State = Depends(get_state)) -> dict[str, Any]:
+    """The embeddings folder for the current model: those that fit its text encoders are "loaded", the others (and
+    files that cannot be read) "skipped", as A1111 lists them."""
+    model = checkpoint_name(state.options.get("sd_model_checkpoint"))
+    try:
+        model = model or service.default_model()
+    except ModelNotAvailable:
+        model = None
+    return service.embeddings(model)
+
+
+@router.post("/refresh-embeddings")
+def refresh_embeddings(service: Service = Depends(get_service)) -> None:
+    service.refresh_embeddings()
 
 
 # -- endpoints A1111 clients call when they connect ------------------------------------------------------------
@@ -354,8 +378,8 @@ def realesrgan_models() -> list:
 
 @router.post("/refresh-checkpoints")
 def refresh_checkpoints(service: Service = Depends(get_service)) -> None:
-    """Re-read the model list (it is refreshed after every job as well)."""
-    service.refresh_catalog()
+    """Re-read the checkpoints folder and the model list (they are refreshed after every job as well)."""
+    service.refresh_checkpoints()
 
 
 @router.post("/unload-checkpoint")

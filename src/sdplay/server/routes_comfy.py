@@ -86,7 +86,7 @@ def _context(service: Service) -> plan.Context:
         except files.FileRefused as exc:
             raise InvalidRequest(exc.args[0], field="image") from exc
 
-    return plan.Context(list(service.catalog.samplers), service.plan, open_input)
+    return plan.Context(list(service.catalog.samplers), service.plan, open_input, service.find_embedding)
 
 
 def _refused(err: dict[str, Any], node_errors: dict[str, Any] | None = None, status: int = 400) -> JSONResponse:
@@ -329,9 +329,23 @@ def object_info_class(node_class: str, request: Request) -> dict[str, Any]:
     return {node_class: spec.info()} if spec is not None else {}
 
 
-@router.get("/embeddings", summary="Textual-inversion embeddings (none)")
-def embeddings() -> list[str]:
-    return []
+@router.get("/embeddings", summary="Textual-inversion embeddings")
+def embeddings(request: Request) -> list[str]:
+    """The embeddings folder's names (sdplay uses an embedding wherever its name is a word of the prompt)."""
+    return _addon_names(get_service(request), "embeddings")
+
+
+def _addon_names(service: Service, folder: str) -> list[str]:
+    """The names of one add-on folder as ComfyUI lists them (LoRAs and VAEs with their suffix)."""
+    engine = service.engines[0]
+    try:
+        if folder == "loras":
+            return _lora_names(service)
+        if folder == "vae":
+            return [v.name for v in service.vaes()]
+        return engine.embedding_names()
+    except OSError:
+        return []
 
 
 MODEL_FOLDERS = ("checkpoints", "loras", "vae", "embeddings", "diffusion_models", "upscale_models")
@@ -347,7 +361,11 @@ def models_in(folder: str, request: Request) -> Response:
     if folder not in MODEL_FOLDERS:
         message = f"No model folder {folder!r}; folders: {', '.join(MODEL_FOLDERS)}."
         return _refused(graph.error("not_found", message), status=404)
-    names = [m.name for m in get_service(request).usable_models()] if folder == "checkpoints" else []
+    service = get_service(request)
+    if folder == "checkpoints":
+        names = [m.name for m in service.usable_models()]
+    else:
+        names = _addon_names(service, folder) if folder in ("loras", "vae", "embeddings") else []
     return JSONResponse(names)
 
 

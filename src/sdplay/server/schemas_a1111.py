@@ -130,7 +130,19 @@ class Txt2ImgRequest(BaseModel):
             seed=self.seed,
             sampler=combine_sampler(self.sampler_name or self.sampler_index, self.scheduler),
             clip_skip=self._clip_skip(options or {}),
+            vae=self._vae(options or {}),
         )
+
+    def _vae(self, options: dict[str, Any]) -> str | None:
+        """override_settings' then the saved options' sd_vae ("Automatic": the server's default VAE, "None": the
+        model's own)."""
+        for value in ((self.override_settings or {}).get("sd_vae"), options.get("sd_vae")):
+            if value is not None:
+                if not isinstance(value, str):
+                    hint = 'Use a name from GET /sdapi/v1/sd-vae, "Automatic" or "None".'
+                    raise InvalidRequest(f"sd_vae must be text, got {value!r}.", field="sd_vae", hint=hint)
+                return value
+        return None
 
     def _clip_skip(self, options: dict[str, Any]) -> int | None:
         """clip_skip, else override_settings' then the saved options' CLIP_stop_at_last_layers (1: the default)."""

@@ -71,6 +71,8 @@ class JobCreate(IntegralFloats):
     resize_mode: Literal["just resize", "crop and resize", "resize and fill"] = "just resize"
     outpaint: OutpaintBody | None = None
     hires: HiresBody | None = Field(None, description="Hires fix (text-to-image only).")
+    vae: str | None = Field(None, max_length=255, description="A VAE from GET /sdapi/v1/sd-vae; 'Automatic' (the "
+                            "default): the server's, 'None': the model's own.")  # fmt: skip
 
     def to_request(self, uploads: Uploads | None = None) -> GenerationRequest:
         return self._text_request().with_(**self._image_fields(uploads or Uploads()))
@@ -104,6 +106,7 @@ class JobCreate(IntegralFloats):
             height=self.height,
             seed=self.seed,
             sampler=combine_sampler(self.sampler, self.scheduler),
+            vae=self.vae,
         )
 
 

@@ -9,7 +9,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sdplay import catalog
 from sdplay.availability import how_to_get_on_server
@@ -117,9 +117,39 @@ class Service:
         """The LoRA files the engines offer (one folder scan, no model work)."""
         return self.engines[0].loras()
 
+    def refresh_checkpoints(self) -> None:
+        """Re-read the checkpoints folders, then the catalog (which models exist and which are here)."""
+        self._refresh("checkpoints")
+        self.refresh_catalog()
+
     def refresh_loras(self) -> None:
+        self._refresh("lora")
+
+    def embeddings(self, model: str | None) -> dict[str, Any]:
+        """A1111's embeddings listing for `model`: those that fit its text encoders are "loaded"."""
+        return self.engines[0].embeddings(model)
+
+    def find_embedding(self, name: str) -> Any:
+        """An embedding file by name (InvalidRequest listing the close ones if there is none)."""
+        return self.engines[0].find_embedding(name)
+
+    def refresh_embeddings(self) -> None:
+        self._refresh("embeddings")
+
+    def vaes(self) -> list:
+        """The VAE files and folders the engines offer."""
+        return self.engines[0].vae_files()
+
+    def refresh_vaes(self) -> None:
+        self._refresh("vae")
+
+    def check_vae(self, name: str) -> None:
+        """Refuse an unknown VAE name now (listing the close ones), as a request naming it would be."""
+        self.engines[0].find_vae(name, catalog_only=True)
+
+    def _refresh(self, kind: str) -> None:
         for engine in self.engines:
-            engine.refresh_loras()
+            engine.refresh_folder(kind)
 
     def usable(self, info: ModelInfo) -> bool:
         """True if the model can run here: its weights are present, or models are built with random weights."""

@@ -42,6 +42,11 @@ class Settings:
     cpu_offload: bool = False
     safety_checker: bool = True
     lora_dir: Path | None = None  # None: Lora/ under sdplay's model folder
+    embeddings_dir: Path | None = None  # None: embeddings/ there
+    vae_dir: Path | None = None  # None: VAE/ there
+    ckpt_dir: Path | None = None  # checkpoints listed beside the built-in models; None: Stable-diffusion/ there
+    vae: str | None = None  # the VAE of requests that name none ("Automatic"): a path or a VAE folder name
+    allow_pickle: bool = False  # pickled embeddings and VAEs (.pt, .ckpt, .bin), read with weights_only=True
     max_queue: int = 64
     max_batch: int = 4  # images per cross-request batch
     batch_window_ms: float = 50.0
@@ -116,6 +121,11 @@ class Settings:
             fast=False if self.no_fast else (True if self.fast_options else None),
             fast_options=self.fast_options,
             lora_dir=str(self.lora_dir) if self.lora_dir else None,
+            embeddings_dir=str(self.embeddings_dir) if self.embeddings_dir else None,
+            vae_dir=str(self.vae_dir) if self.vae_dir else None,
+            ckpt_dir=str(self.ckpt_dir) if self.ckpt_dir else None,
+            vae=self.vae or None,
+            allow_pickle=self.allow_pickle,
         )
 
 

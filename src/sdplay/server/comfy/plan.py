@@ -8,12 +8,13 @@ ComfyUI's error shapes, before anything is queued.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from sdplay import samplers
-from sdplay.errors import SdplayError
+from sdplay.errors import InvalidRequest, SdplayError
 from sdplay.plan import Plan as JobPlan
 from sdplay.server.comfy.graph import Checked, PromptRefused, error
 from sdplay.types import MAX_SEED, GenerationRequest
@@ -146,6 +147,7 @@ class Context:
     samplers: list[str]  # sdplay sampler names the engine offers
     plan_job: Callable[[GenerationRequest], JobPlan]  # Service.plan: limits, model, defaults, device
     open_input: Callable[[str], bytes] | None = None  # an uploaded image by LoadImage name
+    find_embedding: Callable[[str], Any] | None = None  # an embedding by name (raises InvalidRequest if unknown)
 
 
 Executor = Callable[..., tuple]
@@ -194,8 +196,30 @@ def _checkpoint(nid, a, plan, ctx) -> tuple:
     return Model(name), Clip(name), Vae(name)
 
 
+# ComfyUI's textual-inversion syntax: `embedding:name` (weighted as `(embedding:name:1.2)`)
+_EMBEDDING = re.compile(r"\bembedding:([^\s,()\[\]:<>|]+)")
+_EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin")
+
+
 def _encode(nid, a, plan, ctx) -> tuple:
-    return (Cond(a["text"], a["clip"]),)
+    return (Cond(_embedding_names(a["text"], ctx), a["clip"]),)
+
+
+def _embedding_names(text: str, ctx: Context) -> str:
+    """`embedding:name` -> `name`, the word sdplay's embeddings folder knows; an unknown name is refused."""
+
+    def name(match: re.Match) -> str:
+        stem = match.group(1)
+        for suffix in _EMBEDDING_SUFFIXES:
+            stem = stem.removesuffix(suffix)
+        if ctx.find_embedding is not None:
+            try:
+                ctx.find_embedding(stem)
+            except InvalidRequest as exc:
+                raise unsupported(exc.message, exc.hint or "", input_name="text") from exc
+        return stem
+
+    return _EMBEDDING.sub(name, text)
 
 
 def _last_layer(nid, a, plan, ctx) -> tuple:

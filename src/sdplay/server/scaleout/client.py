@@ -121,6 +121,40 @@ class RayEngineClient:
     def refresh_loras(self) -> None:
         self.lora_folder.refresh()  # replicas look again by themselves when a plan names a file they lack
 
+    def embeddings(self, model: str | None = None) -> dict:
+        return {"loaded": {}, "skipped": {}}  # replicas apply no embeddings yet
+
+    def embedding_names(self) -> list[str]:
+        return []
+
+    def find_embedding(self, name: str) -> object:
+        from sdplay.errors import InvalidRequest
+
+        raise InvalidRequest(
+            f"There is no embedding {name!r} here.",
+            field="prompt",
+            hint="With Ray scale-out, replicas load no embeddings yet: run `sdplay serve` without --ray to use them.",
+        )
+
+    def vae_files(self) -> list:
+        return []
+
+    def find_vae(self, name: str | None, catalog_only: bool = False) -> object | None:
+        from sdplay import vaes
+        from sdplay.errors import InvalidRequest
+
+        if vaes.is_none(name) or vaes.is_default(name):
+            return None
+        raise InvalidRequest(
+            f"There is no VAE {name!r} here.",
+            field="sd_vae",
+            hint="With Ray scale-out, replicas use each model's own VAE (run `sdplay serve` without --ray).",
+        )
+
+    def refresh_folder(self, kind: str) -> None:
+        if kind == "lora":
+            self.lora_folder.refresh()
+
     def _spec(self, name: str | None) -> ModelSpec:
         """A model the replicas offer: a built-in one, or a local folder or file they preloaded."""
         models = self._fresh_catalog()["models"]
