@@ -11,6 +11,7 @@ from enum import StrEnum
 from typing import Any
 
 RGB = tuple[float, float, float]
+_SD1_CLIP = "cond_stage_model.transformer."
 
 TASKS = ("txt2img", "img2img", "inpaint")
 
@@ -28,7 +29,8 @@ class FamilySpec:
     """Everything sdplay does differently per model family.
 
     - detection: `single_file_keys` (tensor-name prefixes of the original single-file layout, tried in
-      FAMILIES order), `index_class_prefix` (a diffusers model_index.json `_class_name` prefix),
+      FAMILIES order), `single_file_text_encoders` ((module, "clip" or "openclip", key prefix) per text encoder
+      of a single file), `index_class_prefix` (a diffusers model_index.json `_class_name` prefix),
       `prediction_type` (the scheduler's, for folders), `max_unet_sample_size` (a small UNet: the embedded model);
     - `pipelines`: the diffusers pipeline class per task (None: the task is not supported for this family yet);
     - text conditioning: `text_encoders`/`tokenizers` (module names on the pipeline) and `pooled` (a pooled
@@ -46,6 +48,7 @@ class FamilySpec:
     label: str
     base_model: str  # the built-in model whose defaults a folder or file of this family starts from
     single_file_keys: tuple[str, ...] = ()
+    single_file_text_encoders: tuple[tuple[str, str, str], ...] = (("text_encoder", "clip", _SD1_CLIP),)
     index_class_prefix: str = "StableDiffusion"
     prediction_type: str = "epsilon"
     max_unet_sample_size: int | None = None
@@ -110,6 +113,10 @@ SDXL = FamilySpec(
     label="Stable Diffusion XL",
     base_model="sdxl-base-1.0",
     single_file_keys=("conditioner.embedders.1.model.",),
+    single_file_text_encoders=(
+        ("text_encoder", "clip", "conditioner.embedders.0.transformer."),
+        ("text_encoder_2", "openclip", "conditioner.embedders.1.model."),
+    ),
     index_class_prefix="StableDiffusionXL",
     pipelines=_SDXL_PIPELINES,
     text_encoders=("text_encoder", "text_encoder_2"),
@@ -130,6 +137,7 @@ SD2 = FamilySpec(
     label="Stable Diffusion 2.x",
     base_model="sd-v2-1",
     single_file_keys=("cond_stage_model.model.",),
+    single_file_text_encoders=(("text_encoder", "openclip", "cond_stage_model.model."),),
     prediction_type="v_prediction",
     pipelines=_SD_PIPELINES,
     latent_rgb=_SD_VAE_RGB,
