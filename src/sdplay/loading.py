@@ -98,6 +98,7 @@ def load_pipeline(spec: ModelSpec, device: DeviceInfo, dtype: str, opts: LoadOpt
         start = time.perf_counter()
         reading = _start_reading(spec, device, opts)  # in the background, while the libraries import
         _import_schedulers()
+        _import_model_classes(spec)
         times = {"imports": time.perf_counter() - start}
         return _load_pipeline(spec, device, dtype, opts, reading, times, start)
 
@@ -110,6 +111,17 @@ def _import_schedulers() -> None:
 
     for sampler in SAMPLERS:
         getattr(diffusers, sampler.scheduler)
+
+
+def _import_model_classes(spec: ModelSpec) -> None:
+    """The pipeline and module classes a load builds (their lazy imports are most of a first load's time)."""
+    import diffusers
+    import transformers
+
+    for name in (spec.pipeline_class, "UNet2DConditionModel", "AutoencoderKL"):
+        getattr(diffusers, name)
+    for name in ("CLIPTextModel", "CLIPTextModelWithProjection", "CLIPTokenizer"):
+        getattr(transformers, name)
 
 
 def _start_reading(spec: ModelSpec, device: DeviceInfo, opts: LoadOptions) -> fastload.Reading | None:

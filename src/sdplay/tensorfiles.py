@@ -200,13 +200,32 @@ def _read_staged(fds: list[int], group: list, raw: dict, window: int, stream=Non
             if done[slot] is not None:
                 done[slot].synchronize()  # the copies out of this window have finished
             _pread(fds[file], memoryview(stages[slot].numpy())[:length], offset)
-            for key, at, pos, n in pieces:
-                raw[key][at : at + n].copy_(stages[slot][pos : pos + n], non_blocking=cuda)
+            dsts = [raw[key][at : at + n] for key, at, _, n in pieces]
+            _copy_all(dsts, [stages[slot][pos : pos + n] for _, _, pos, n in pieces], cuda)
             if cuda:
                 done[slot] = torch.cuda.Event()
                 done[slot].record(stream)
     if cuda:
         stream.synchronize()
+
+
+def _copy_all(dsts: list, srcs: list, non_blocking: bool) -> None:
+    """All of a window's copies in one call: the reading thread takes the GIL once, not once per tensor (it
+    competes with the imports running meanwhile)."""
+    import torch
+
+    global _FOREACH
+    if _FOREACH and hasattr(torch, "_foreach_copy_"):
+        try:
+            torch._foreach_copy_(dsts, srcs, non_blocking=non_blocking)
+            return
+        except (RuntimeError, TypeError):  # a build that refuses lists across devices: copy one by one (idempotent)
+            _FOREACH = False
+    for dst, src in zip(dsts, srcs, strict=True):
+        dst.copy_(src, non_blocking=non_blocking)
+
+
+_FOREACH = True
 
 
 def save_file(tensors: dict[str, Any], path: str | Path, metadata: dict | None = None, fill=None) -> Path:
