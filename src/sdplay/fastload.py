@@ -44,6 +44,11 @@ class Reading:
     def nbytes(self) -> int:
         return sum(p.stat().st_size for paths in self.files.values() for p in paths)
 
+    def discard(self) -> None:
+        """Wait for the reading and drop what it read (diffusers' loaders read the files instead)."""
+        self.future.exception()
+        self.future = Future()  # the old future, the only holder of the tensors, goes
+
     def tensors(self, times: dict[str, float]) -> dict[str, dict[str, Any]]:
         """component -> its tensors (shards merged), once read; records the wait and the reading's own time."""
         start = time.perf_counter()

@@ -210,6 +210,7 @@ def _load_folder(folder: Path, torch_dtype, reading, target: str, times: dict) -
                 return fastload.build_folder(folder, reading, target, torch_dtype, times), "sdplay"
             except fastload.Unsupported as exc:
                 log.info("diffusers loads %s: %s", folder, exc)
+                reading.discard()
         return DiffusionPipeline.from_pretrained(str(folder), dtype=torch_dtype, local_files_only=True), "diffusers"
     except (OSError, ValueError) as exc:
         raise ModelNotAvailable(
@@ -252,6 +253,7 @@ def _load_single_file(spec: ModelSpec, torch_dtype, reading, target: str, times:
             return fastload.build_single_file(base, family, cls_name, reading, target, torch_dtype, times), "sdplay"
         except fastload.Unsupported as exc:
             log.info("diffusers loads %s: %s", path, exc)
+            reading.discard()
         file = str(reading.files[""][0])
         cls = _pipeline_class(spec.pipeline_class)
         return cls.from_single_file(file, config=str(base), dtype=torch_dtype, local_files_only=True), "diffusers"
