@@ -11,6 +11,7 @@ from enum import StrEnum
 from typing import Any
 
 RGB = tuple[float, float, float]
+_SD1_CLIP = "cond_stage_model.transformer."
 
 
 class Family(StrEnum):
@@ -26,7 +27,8 @@ class FamilySpec:
     """Everything sdplay does differently per model family.
 
     - detection: `single_file_keys` (tensor-name prefixes of the original single-file layout, tried in
-      FAMILIES order), `index_class_prefix` (a diffusers model_index.json `_class_name` prefix),
+      FAMILIES order), `single_file_text_encoders` ((module, "clip" or "openclip", key prefix) per text encoder
+      of a single file), `index_class_prefix` (a diffusers model_index.json `_class_name` prefix),
       `prediction_type` (the scheduler's, for folders), `max_unet_sample_size` (a small UNet: the embedded model);
     - `pipelines`: the diffusers pipeline class per task (None: the task is not supported for this family yet);
     - text conditioning: `text_encoders`/`tokenizers` (module names on the pipeline) and `pooled` (a pooled
@@ -48,6 +50,7 @@ class FamilySpec:
     short_label: str
     base_model: str  # the built-in model whose defaults a folder or file of this family starts from
     single_file_keys: tuple[str, ...] = ()
+    single_file_text_encoders: tuple[tuple[str, str, str], ...] = (("text_encoder", "clip", _SD1_CLIP),)
     index_class_prefix: str = "StableDiffusion"
     prediction_type: str = "epsilon"
     max_unet_sample_size: int | None = None
@@ -118,6 +121,10 @@ SDXL = FamilySpec(
     short_label="SDXL",
     base_model="sdxl-base-1.0",
     single_file_keys=("conditioner.embedders.1.model.",),
+    single_file_text_encoders=(
+        ("text_encoder", "clip", "conditioner.embedders.0.transformer."),
+        ("text_encoder_2", "openclip", "conditioner.embedders.1.model."),
+    ),
     index_class_prefix="StableDiffusionXL",
     pipelines=_SDXL_PIPELINES,
     text_encoders=("text_encoder", "text_encoder_2"),
@@ -141,6 +148,7 @@ SD2 = FamilySpec(
     short_label="SD 2.x",
     base_model="sd-v2-1",
     single_file_keys=("cond_stage_model.model.",),
+    single_file_text_encoders=(("text_encoder", "openclip", "cond_stage_model.model."),),
     prediction_type="v_prediction",
     pipelines=_SD_PIPELINES,
     cross_attention_dim=1024,

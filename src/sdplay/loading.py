@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sdplay import families
+from sdplay import families, fastload
 from sdplay.availability import download_command
 from sdplay.catalog import ASSETS, Family, ModelSpec
 from sdplay.checkpoints import PICKLE_SUFFIXES, pickle_to_safetensors, refuse_pickle
@@ -23,6 +23,7 @@ from sdplay.paths import cache_dir
 log = logging.getLogger(__name__)
 
 TOKENIZER_FILES = ("vocab.json", "merges.txt")
+CHECKER = ("safety_checker", "feature_extractor")
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class LoadedModel:
     choices: dict[str, Any] = field(default_factory=dict)
     load_seconds: float = 0.0
     scheduler_config: dict[str, Any] = field(default_factory=dict)
+    load_times: dict[str, float] = field(default_factory=dict)  # seconds per loading step (reading overlaps)
 
     @property
     def family(self) -> Family:
@@ -97,8 +99,12 @@ _LOADING = threading.Lock()
 def load_pipeline(spec: ModelSpec, device: DeviceInfo, dtype: str, opts: LoadOptions) -> LoadedModel:
     """Load a model by whichever route its spec names, then apply the optimisation step (one load at a time)."""
     with _LOADING:
+        start = time.perf_counter()
+        reading = _start_reading(spec, device, opts)  # in the background, while the libraries import
         _import_schedulers()
-        return _load_pipeline(spec, device, dtype, opts)
+        _import_model_classes(spec)
+        times = {"imports": time.perf_counter() - start}
+        return _load_pipeline(spec, device, dtype, opts, reading, times, start)
 
 
 def _import_schedulers() -> None:
@@ -111,26 +117,85 @@ def _import_schedulers() -> None:
         getattr(diffusers, sampler.scheduler)
 
 
-def _load_pipeline(spec: ModelSpec, device: DeviceInfo, dtype: str, opts: LoadOptions) -> LoadedModel:
+def _import_model_classes(spec: ModelSpec) -> None:
+    """The pipeline and module classes a load builds (their lazy imports are most of a first load's time)."""
+    import diffusers
+    import transformers
+
+    for name in (spec.pipeline_class, "UNet2DConditionModel", "AutoencoderKL"):
+        getattr(diffusers, name)
+    for name in ("CLIPTextModel", "CLIPTextModelWithProjection", "CLIPTokenizer"):
+        getattr(transformers, name)
+
+
+def _start_reading(spec: ModelSpec, device: DeviceInfo, opts: LoadOptions) -> fastload.Reading | None:
+    """Start reading the weights sdplay's own loader can read (None: random weights, hub ids, other layouts)."""
+    path = spec.weights_dir
+    if opts.random_weights or path is None:
+        return None
+    import torch  # noqa: F401  imported here, not first in the reading thread
+
+    target = device.id if device.kind == "cuda" and not opts.cpu_offload else "cpu"
+    if path.is_file():
+        if path.suffix.lower() in PICKLE_SUFFIXES:
+            if not opts.allow_pickle:
+                refuse_pickle(path)
+            path = pickle_to_safetensors(path, cache_dir() / "converted")
+        return fastload.start_reading({"": [path]}, target)
+    _check_folder(path)
+    try:
+        return fastload.start_reading(fastload.folder_files(path, () if opts.safety_checker else CHECKER), target)
+    except fastload.Unsupported as exc:
+        log.info("diffusers loads %s: %s", path, exc)
+        return None
+
+
+def _load_pipeline(
+    spec: ModelSpec, device: DeviceInfo, dtype: str, opts: LoadOptions, reading, times: dict, start: float
+) -> LoadedModel:
     import torch
 
     from sdplay.optimize import optimize_pipeline
 
-    start = time.perf_counter()
     torch_dtype = getattr(torch, dtype)
+    target, loader = (reading.device if reading is not None else "cpu"), "sdplay"
     if opts.random_weights:
         pipe, source = build_random_pipeline(spec, torch_dtype, device.id, opts.seed), "random weights"
     elif spec.weights_dir is not None and spec.weights_dir.is_file():
-        pipe, source = _load_single_file(spec, torch_dtype, opts), f"single file {spec.weights_dir}"
+        pipe, loader = _load_single_file(spec, torch_dtype, reading, target, times)
+        source = f"single file {spec.weights_dir}"
     elif spec.weights_dir is not None:
-        pipe, source = _load_folder(spec, spec.weights_dir, torch_dtype), f"folder {spec.weights_dir}"
+        pipe, loader = _load_folder(spec.weights_dir, torch_dtype, reading, target, times)
+        source = f"folder {spec.weights_dir}"
     else:
-        pipe, source = _load_hub(spec, torch_dtype), f"hub {spec.repo_id}"
+        pipe, source, loader = _load_hub(spec, torch_dtype), f"hub {spec.repo_id}", "diffusers"
+    if opts.random_weights:
+        loader = "sdplay (random weights)"
     family = families.from_pipeline(pipe)
-    choices = {"source": source, "random_weights": opts.random_weights}
+    choices = {"source": source, "random_weights": opts.random_weights, "loader": loader}
+    built = time.perf_counter()
     choices |= optimize_pipeline(pipe, device, torch_dtype, opts, family)
+    if loader == "sdplay" and not opts.safety_checker and _has_checker(spec):  # left unread, not dropped
+        choices["safety_checker"] = "off (turned off by the user)"
+    _synchronize(device)
+    times["optimisation step"] = time.perf_counter() - built
     elapsed = time.perf_counter() - start
-    return LoadedModel(spec, family, pipe, device, dtype, choices, elapsed, dict(pipe.scheduler.config))
+    return LoadedModel(spec, family, pipe, device, dtype, choices, elapsed, dict(pipe.scheduler.config), times)
+
+
+def _has_checker(spec: ModelSpec) -> bool:
+    folder = spec.weights_dir
+    if folder is None or not folder.is_dir():
+        return False
+    return json.loads((folder / "model_index.json").read_text()).get("safety_checker", [None])[0] is not None
+
+
+def _synchronize(device: DeviceInfo) -> None:
+    """Wait for the device's queued copies and casts, so the load time is the time to a usable model."""
+    import torch
+
+    if device.kind == "cuda" and torch.cuda.is_available():
+        torch.cuda.synchronize(device.id)
 
 
 def _pipeline_class(name: str):
@@ -139,12 +204,18 @@ def _pipeline_class(name: str):
     return getattr(diffusers, name)
 
 
-def _load_folder(spec: ModelSpec, folder: Path, torch_dtype) -> Any:
+def _load_folder(folder: Path, torch_dtype, reading, target: str, times: dict) -> tuple[Any, str]:
+    """The folder's pipeline and the loader that read it: sdplay's own where it can, else diffusers'."""
     from diffusers import DiffusionPipeline
 
-    _check_folder(folder)
     try:
-        return DiffusionPipeline.from_pretrained(str(folder), dtype=torch_dtype, local_files_only=True)
+        if reading is not None:
+            try:
+                return fastload.build_folder(folder, reading, target, torch_dtype, times), "sdplay"
+            except fastload.Unsupported as exc:
+                log.info("diffusers loads %s: %s", folder, exc)
+                reading.discard()
+        return DiffusionPipeline.from_pretrained(str(folder), dtype=torch_dtype, local_files_only=True), "diffusers"
     except (OSError, ValueError) as exc:
         raise ModelNotAvailable(
             f"Could not load the model folder {folder}: {exc}",
@@ -175,17 +246,21 @@ def _check_folder(folder: Path) -> None:
             )
 
 
-def _load_single_file(spec: ModelSpec, torch_dtype, opts: LoadOptions) -> Any:
+def _load_single_file(spec: ModelSpec, torch_dtype, reading, target: str, times: dict) -> tuple[Any, str]:
+    """The checkpoint's pipeline (a pickle arrives converted) and the loader that read it."""
     path = spec.weights_dir
-    assert path is not None
-    if path.suffix.lower() in PICKLE_SUFFIXES:
-        if not opts.allow_pickle:
-            refuse_pickle(path)
-        path = pickle_to_safetensors(path, cache_dir() / "converted")
+    assert path is not None and reading is not None
     base = builtin_config(spec)
-    cls = _pipeline_class(spec.pipeline_class)
     try:
-        return cls.from_single_file(str(path), config=str(base), dtype=torch_dtype, local_files_only=True)
+        try:
+            family, cls_name = spec.family_spec, spec.pipeline_class
+            return fastload.build_single_file(base, family, cls_name, reading, target, torch_dtype, times), "sdplay"
+        except fastload.Unsupported as exc:
+            log.info("diffusers loads %s: %s", path, exc)
+            reading.discard()
+        file = str(reading.files[""][0])
+        cls = _pipeline_class(spec.pipeline_class)
+        return cls.from_single_file(file, config=str(base), dtype=torch_dtype, local_files_only=True), "diffusers"
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelNotAvailable(
             f"Could not load the checkpoint {spec.weights_dir}: {exc}",

@@ -44,9 +44,11 @@ for stage in "$@"; do
       --variants "$PEERS,sdplay-fast" --restart-variants "diffusers-compile,sdplay-fast" ;;
     # after `weights`: the same bench on the saved folder (RW= drops --random-weights)
     sdxl-h200-folder) RW= SDXL_MODEL=/tmp/sdplay-weights/sdxl-base-1.0 bash "$0" sdxl-h200 ;;
-    weights) timeout ${LIMIT:-200} python3 benchmarks/weights_loading.py --model ${WEIGHTS_MODEL:-sdxl-base-1.0} \
+    # the random weights saved once in both layouts, then sdplay's loader (cold and warm page cache, a fresh
+    # process's first load) against diffusers' from_pretrained / from_single_file on the same files
+    weights) timeout ${LIMIT:-300} python3 benchmarks/weights_loading.py --model ${WEIGHTS_MODEL:-sdxl-base-1.0} \
       --out /tmp/sdplay-weights --runs 2 --json "$OUT/weights.json" >"$OUT/weights.log" 2>&1
-      echo "== weights: exit $?"; grep -E "median|Error" "$OUT/weights.log" | tail -n 4 ;;
+      echo "== weights: exit $?"; cut -c1-400 "$OUT/weights.log" | grep -E "^(sd|###|\||- |.*Error)" | tail -n 45 ;;
     sd2) bench sd2 235 -m sd-v2-1 --runs 5 --max-batch 4 --large-runs 1 --check --restart-variants sdplay-fast ;;
     sdxl) bench sdxl 300 -m sdxl-base-1.0 --runs 3 --max-batch 2 --large-runs 1 --unet-iters 20 --check \
       --restart-variants sdplay-fast ;;
