@@ -143,3 +143,16 @@ def test_bad_input_is_one_line_that_says_what_to_do(tmp_path, capsys, setup, fla
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err, err
     assert not (tmp_path / "run" / "run.safetensors").exists()
+
+
+def test_sdplay_generate_runs_the_printed_command(zorbo_lora, tmp_path, capsys):
+    from sdplay.cli.main import main
+    from sdplay.images import read_png_info
+
+    file, _ = zorbo_lora
+    args = ["generate", "--model", "sdplay-emoji", "--lora-dir", str(file.parent), f"{CAPTION} <lora:zorbo:1>"]
+    assert main([*args, "--steps", "2", "--seed", "0", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "vocabulary" not in out, "no 'unknown words' note when a LoRA is applied"
+    [png] = tmp_path.glob("*.png")
+    assert 'Lora hashes: "zorbo: ' in read_png_info(png)["parameters"]
