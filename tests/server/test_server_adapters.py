@@ -34,7 +34,7 @@ def test_webuiapi_lists_and_applies_a_lora(served):
     make_kohya_lora(catalog.builtin("sdplay-emoji").weights_dir, loras / "second.safetensors", seed=5)
     httpx.post(f"{server.url}/sdapi/v1/refresh-loras", timeout=30).raise_for_status()
     assert [x["name"] for x in api.get_loras()] == ["inkwash", "second"]
-    args = {"seed": 1, "steps": 2}
+    args = {"seed": 1, "steps": 2, "width": 64, "height": 64}  # webuiapi asks 512x512 unless told
     plain = api.txt2img(prompt="red heart", **args)
     styled = api.txt2img(prompt="red heart <lora:inkwash:1>", **args)
     again = api.txt2img(prompt="red heart", **args)

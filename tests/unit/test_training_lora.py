@@ -45,13 +45,19 @@ def test_the_file_has_kohya_keys_and_ss_metadata(zorbo_lora):
     assert '"zorbo": 6' in meta["ss_tag_frequency"]
 
 
-def test_the_file_round_trips_through_sdplay_loras(zorbo_lora):
+def test_the_file_round_trips_through_sdplay_loras(zorbo_lora, tmp_path):
+    import shutil
+
     from sdplay.loras import Folder, ResolvedLora, ensure_loaded
     from sdplay.prompt_syntax import LoraRef
 
     file, _ = zorbo_lora
     found = Folder(file.parent, "LoRA").get("zorbo", "loras")
     assert found.metadata["ss_network_dim"] == "4" and found.alias == "zorbo"
+    shutil.copy(file, tmp_path / "renamed.safetensors")
+    renamed = Folder(tmp_path, "LoRA")
+    assert renamed.get("zorbo", "loras").name == "renamed", "found by its alias (ss_output_name), as in A1111"
+    assert renamed.get("renamed", "loras").alias == "zorbo"
     assert found.metadata["ss_tag_frequency"] == {"images": {"zorbo": 6}}  # JSON values decoded, as A1111 does
     model = Engine(device="cpu").load("sdplay-emoji")[0]
     lora = ResolvedLora(found, LoraRef("zorbo"))
