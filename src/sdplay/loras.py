@@ -54,6 +54,16 @@ class AddonFile:
         """The sha256 of the whole file (of a folder's weights file), as A1111 hashes embeddings and VAEs."""
         return full_hash(self.path, self.size, self.mtime)
 
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The file's safetensors metadata (kohya's `ss_*` training notes), JSON values decoded as A1111 does."""
+        return file_metadata(self.path, self.size, self.mtime)
+
+    @property
+    def alias(self) -> str:
+        """A1111's alias: the name the trainer gave it (`ss_output_name`), else the file name."""
+        return str(self.metadata.get("ss_output_name") or self.name)
+
 
 _HASHES: dict[tuple[str, int, float], str] = {}
 _FULL_HASHES: dict[tuple[str, int, float], str] = {}
@@ -81,6 +91,36 @@ def file_hash(path: Path, size: int, mtime: float) -> str:
                 digest.update(block)
         _HASHES[key] = digest.hexdigest()[:12]
     return _HASHES[key]
+
+
+_METADATA: dict[tuple[str, int, float], dict[str, Any]] = {}
+MAX_HEADER = 16 << 20  # a safetensors header longer than this is not read for metadata
+
+
+def file_metadata(path: Path, size: int, mtime: float) -> dict[str, Any]:
+    """The `__metadata__` of a .safetensors header ({} when it has none or the file is damaged)."""
+    import json
+
+    key = (str(path), size, mtime)
+    if key not in _METADATA:
+        found: dict[str, Any] = {}
+        with suppress(OSError, ValueError, UnicodeDecodeError), open(path, "rb") as f:
+            length = int.from_bytes(f.read(8), "little")
+            if 0 < length <= min(MAX_HEADER, size - 8):
+                header = json.loads(f.read(length))
+                meta = header.get("__metadata__") if isinstance(header, dict) else None
+                found = {str(k): _decoded(v) for k, v in meta.items()} if isinstance(meta, dict) else {}
+        _METADATA[key] = found
+    return _METADATA[key]
+
+
+def _decoded(value: Any) -> Any:
+    import json
+
+    if isinstance(value, str) and value.startswith(("{", "[")):
+        with suppress(ValueError):
+            return json.loads(value)
+    return value
 
 
 class Folder:
@@ -141,6 +181,9 @@ class Folder:
             found = self._lookup(self.files(), name)
         if found is None:
             files = self.files()
+            aliases = {f.alias: f for f in files.values() if f.alias != f.name}
+            if name in aliases:  # A1111 also finds a LoRA by the name its trainer gave it
+                return aliases[name]
             stems = {self._stem(key): key for key in files}  # "crisp.safetensors" is close to "crips"
             close = [stems[k] for k in difflib.get_close_matches(self._stem(name), stems, n=5, cutoff=0.5)]
             listed = close or sorted(files)[:10]
@@ -270,7 +313,10 @@ def applied(pipe: Any, loras: list[ResolvedLora], family: FamilySpec) -> Iterato
         yield
         return
     ensure_loaded(pipe, active, family)
-    weights = [{"unet": lo.ref.weight} | dict.fromkeys(family.text_encoders, lo.ref.text_weight) for lo in active]
+    present = pipe.get_list_adapters()  # {"unet": [adapters], "text_encoder": [...]}: a LoRA may skip a part
+    parts = [{"unet": lo.ref.weight} | dict.fromkeys(family.text_encoders, lo.ref.text_weight) for lo in active]
+    weights = [{k: w for k, w in p.items() if lo.adapter in present.get(k, ())}
+               for lo, p in zip(active, parts, strict=True)]  # fmt: skip
     pipe.enable_lora()
     pipe.set_adapters([lo.adapter for lo in active], adapter_weights=weights)
     try:

@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
         result = engine.generate(plan, on_step=progress.update, monitor=args.monitor)
     paths = [save_png(result, i, out_dir) for i in range(len(result.images))]
     _report(result, paths, args.json)
-    note = unknown_prompt_note(request.prompt, request.model)
+    note = None if plan.loras else unknown_prompt_note(request.prompt, request.model)  # a LoRA may teach new words
     if note:
         print(f"note: {note}", file=sys.stderr if args.json else sys.stdout)
     return 0

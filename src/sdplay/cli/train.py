@@ -13,6 +13,9 @@ EXAMPLES = """examples:
   sdplay train --init sdplay-emoji --images my_pics/ --out runs/mine --steps 500
                                                        fine-tune on images with a .txt caption beside each;
                                                        then: sdplay generate --model runs/mine/model "..."
+  sdplay train --lora --init sdplay-emoji --images my_pics/ --out runs/zorbo
+                                                       train a LoRA (minutes on a CPU): runs/zorbo/zorbo.safetensors;
+                                                       then: sdplay generate --lora-dir runs/zorbo "zorbo <lora:zorbo>"
 """
 
 
@@ -49,12 +52,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     hp.add_argument("--max-minutes", type=float, default=None, help="shorten the schedule to end in this time")
     hp.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints")
     hp.add_argument("--tiny", action="store_true", help="a toy-sized new model (to try the pipeline quickly)")
+    lo = p.add_argument_group("LoRA (--lora: train adapters on the frozen --init model, export a kohya .safetensors)")
+    lo.add_argument("--lora", action="store_true", help="train a LoRA instead of fine-tuning the whole model")
+    lo.add_argument("--rank", type=int, default=None, help="LoRA rank, kohya's network_dim (default 4)")
+    lo.add_argument("--alpha", type=float, default=None, help="LoRA alpha, kohya's network_alpha (default: the rank)")
+    lo.add_argument("--name", default=None, help="the LoRA's name and file name (default: the --out folder's name)")
+    lo.add_argument("--text-encoder", action=argparse.BooleanOptionalAction, default=None,
+                    help="also put adapters on the text encoder (default: yes)")  # fmt: skip
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1, mps")
     p.add_argument("--eval", type=int, default=0, metavar="N", help="afterwards, evaluate on N emoji prompts")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 FINE_TUNE_DEFAULTS = {"steps": 1000, "lr": 1e-4, "warmup": 100, "batch_size": 16, "checkpoint_every": 250}
+LORA_DEFAULTS = {
+    "steps": 400,
+    "lr": 3e-3,
+    "warmup": 20,
+    "batch_size": 4,
+    "checkpoint_every": 100,
+    "caption_dropout": 0.0,  # the trigger words carry the LoRA; empty captions would spread it to every prompt
+}
 
 
 def config_from_args(args: argparse.Namespace):
@@ -64,10 +82,12 @@ def config_from_args(args: argparse.Namespace):
     from sdplay.training.models import TINY
 
     names = ("data", "images", "init", "steps", "vae_steps", "batch_size", "lr", "warmup", "seed", "device")
-    names += ("token_embedding", "augment")
+    names += ("token_embedding", "augment", "rank", "alpha")
     given = {k: getattr(args, k) for k in (*names, "max_minutes", "checkpoint_every") if getattr(args, k) is not None}
-    if args.freeze_text_encoder:
+    if args.freeze_text_encoder or args.text_encoder is False:
         given["train_text_encoder"] = False
+    if args.name is not None:
+        given["lora_name"] = args.name
     if args.freeze_token_embedding:
         given["freeze_token_embedding"] = True
     given.update(out=args.out, progress=not args.no_progress)
@@ -76,9 +96,30 @@ def config_from_args(args: argparse.Namespace):
         return TrainConfig.from_dict({**saved, **{k: str(v) if isinstance(v, Path) else v for k, v in given.items()}})
     if args.tiny:
         given["arch"] = TINY
-    if args.init:
+    if args.lora:
+        _check_lora_flags(args)
+        given = {**LORA_DEFAULTS, "init": "sdplay-emoji", **given, "lora": True}
+    elif args.init:
         given = {**FINE_TUNE_DEFAULTS, **given}
     return TrainConfig(**given)
+
+
+def _check_lora_flags(args: argparse.Namespace) -> None:
+    """Say which flags a LoRA run cannot use, rather than ignoring them."""
+    from sdplay.errors import InvalidRequest
+
+    unused = [flag for flag, value in (("--tiny", args.tiny), ("--vae-steps", args.vae_steps),
+                                       ("--token-embedding", args.token_embedding)) if value]  # fmt: skip
+    if unused:
+        raise InvalidRequest(
+            f"{', '.join(unused)} cannot be used with --lora (a LoRA trains adapters on an existing model).",
+            hint="Leave them out, or drop --lora to train a new model.",
+        )
+    if args.images is None:
+        raise InvalidRequest(
+            "sdplay train --lora needs your images.",
+            hint="Pass --images DIR: images, each with a caption file of the same name (cat.png + cat.txt).",
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -98,6 +139,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     configure_torch_for_training()  # process-wide, once, by the command that owns the process
     result = train(cfg, resume=args.resume)
+    if result.lora_file is not None:
+        _report_lora(cfg, result)
+        return 0
     sizes = ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in result.parameters.items())
     print(f"model: {result.model_dir} ({sizes} parameters)")
     print(
@@ -112,6 +156,28 @@ def run(args: argparse.Namespace) -> int:
         report, _, _ = evaluate(result.model_dir, n=args.eval, device=device, backend="diffusers")
         print(report.summary())
     return 0
+
+
+def _report_lora(cfg, result) -> None:
+    name = result.lora_file.stem
+    print(f"LoRA: {result.lora_file} ({result.parameters['lora'] / 1e3:.1f}k parameters, rank {cfg.rank}, "
+          f"for {cfg.init})")  # fmt: skip
+    print(f"{result.steps} steps in {result.seconds / 60:.1f} min, loss {result.loss:.4f}")
+    trigger = (cfg.images and _first_caption(cfg.images)) or "your caption"
+    folder = result.lora_file.parent
+    print(f'try it: sdplay generate --model {cfg.init} --lora-dir {folder} "{trigger} <lora:{name}:1>"')
+    print(f"or copy it into your LoRA folder ({_lora_home()}) for `sdplay serve` and the A1111 API.")
+
+
+def _first_caption(folder) -> str | None:
+    captions = sorted(Path(folder).glob("*.txt"))
+    return " ".join(captions[0].read_text(encoding="utf-8", errors="replace").split()) if captions else None
+
+
+def _lora_home() -> Path:
+    from sdplay.loras import default_folder
+
+    return default_folder("Lora")
 
 
 def main(argv: list[str] | None = None) -> int:

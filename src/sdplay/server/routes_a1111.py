@@ -316,7 +316,7 @@ def prompt_styles() -> list:
 def loras(service: Service = Depends(get_service)) -> list:
     """The LoRA folder's files as A1111 lists them (name, alias, path, metadata)."""
     found = service.loras()
-    return [{"name": f.name, "alias": f.name, "path": str(f.path), "metadata": {}} for f in found]
+    return [{"name": f.name, "alias": f.alias, "path": str(f.path), "metadata": f.metadata} for f in found]
 
 
 @router.post("/refresh-loras")

@@ -40,6 +40,10 @@ class TrainConfig:
     checkpoint_every: int = 2_000
     max_minutes: float | None = None  # shorten the schedules (once, early) to end within this time
     progress: bool = True
+    lora: bool = False  # train a LoRA on the frozen `init` model instead of fine-tuning its weights
+    rank: int = 4  # LoRA rank (kohya's network_dim)
+    alpha: float | None = None  # LoRA alpha (kohya's network_alpha); None = rank, a scale of 1
+    lora_name: str | None = None  # the .safetensors name; None = the run folder's name
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -61,12 +65,13 @@ class TrainConfig:
 class TrainResult:
     """What a finished run produced."""
 
-    model_dir: Path
+    model_dir: Path  # the model folder written; for a LoRA, the base model's folder
     steps: int
     vae_steps: int
     seconds: float
     loss: float
     parameters: dict[str, int]
+    lora_file: Path | None = None  # the LoRA .safetensors written by a --lora run
 
 
 def pick_device(name: str) -> torch.device:

@@ -1,5 +1,8 @@
 """The train loop: first the VAE (new models only), then the UNet and text encoder on its latents.
 
+With `lora`, the model stays frozen and only low-rank adapters on its attention are trained (training/lora.py),
+exported as a kohya-format .safetensors instead of a model folder.
+
 Every stage is resumable: a checkpoint holds weights, optimiser, EMA and random-generator state,
 so a run stopped with Ctrl-C and resumed ends with the same weights as one never stopped (on CPU).
 """
@@ -20,6 +23,7 @@ import torch.nn.functional as F
 from sdplay.errors import DataError
 from sdplay.training import captions, export, models
 from sdplay.training import data as datasets
+from sdplay.training import lora as loras
 from sdplay.training.checkpoint import CHECKPOINT_NAME, Ema, load_checkpoint, save_checkpoint
 from sdplay.training.config import TrainConfig, TrainResult, pick_device
 from sdplay.training.control import fit_to_deadline, schedule, stop_on_sigint
@@ -60,6 +64,8 @@ class _Run:
     saved: dict | None = None  # the checkpoint resumed from: optimiser and EMA state for its stage
     noise: Any = None  # the DDPM noise schedule of the UNet stage
     vocabulary: list[str] | None = None  # the texts whose words the model knows (vocabulary.txt)
+    family: str = "embedded"  # the base model's family (LoRA metadata)
+    captions: list[str] | None = None  # the captions of the images (LoRA metadata)
 
 
 def train(cfg: TrainConfig, resume: bool = False, on_step: StepHook | None = None) -> TrainResult:
@@ -79,9 +85,15 @@ def train(cfg: TrainConfig, resume: bool = False, on_step: StepHook | None = Non
         _encode_latents(run)
         if run.stage == "unet":
             _train_unet(run, stop, on_step, ckpt_path)
+    seconds = time.monotonic() - started
+    if cfg.lora:
+        file = write_lora(run, cfg.out / f"{loras.output_name(cfg)}.safetensors", time.time() - seconds)
+        counts = {"lora": sum(p.numel() for p in _trainable(run))}
+        folder = export.model_folder(cfg.init)
+        return TrainResult(folder, run.total, run.vae_total, seconds, run.loss, counts, lora_file=file)
     folder = write(run, cfg.out / "model")
     counts = {n: models.parameter_count(m) for n, m in (("text_encoder", run.te), ("unet", run.unet), ("vae", run.vae))}
-    return TrainResult(folder, run.total, run.vae_total, time.monotonic() - started, run.loss, counts)
+    return TrainResult(folder, run.total, run.vae_total, seconds, run.loss, counts)
 
 
 # 1. Set-up ---------------------------------------------------------------------------------------
@@ -90,6 +102,9 @@ def train(cfg: TrainConfig, resume: bool = False, on_step: StepHook | None = Non
 def _setup(cfg: TrainConfig) -> _Run:
     """Build or load the networks, load the data, tokenize every caption variant."""
     device = pick_device(cfg.device)  # TF32 and cuDNN autotuning: set by `sdplay train` (configure_torch_for_training)
+    family = "embedded"
+    if cfg.lora:
+        family = _lora_base(cfg)
     if cfg.init:
         folder = export.model_folder(cfg.init)
         te, unet, vae, tokenizer, scheduler = export.load_parts(folder)
@@ -123,12 +138,34 @@ def _setup(cfg: TrainConfig) -> _Run:
         empty=tokenize(tokenizer, [""])[0].to(device),
         gen=gen,
         stage="vae" if new_model else "unet",
-        vocabulary=_vocabulary(data, tokenizer_dir, new_model),
+        vocabulary=None if cfg.lora else _vocabulary(data, tokenizer_dir, new_model),
+        family=family,
+        captions=data.captions,
     )
+    if cfg.lora:
+        loras.add_adapters(run.unet, run.te, cfg.rank, loras.alpha_of(cfg), cfg.train_text_encoder)
+        return run
     te.requires_grad_(cfg.train_text_encoder)
     if new_model and cfg.token_embedding:
         _start_token_embedding(te, cfg)
     return run
+
+
+def _lora_base(cfg: TrainConfig) -> str:
+    """The family of the model a LoRA is trained for, refusing what LoRA training does not support."""
+    from sdplay.catalog import resolve
+
+    if not cfg.init:
+        raise DataError("A LoRA is trained on an existing model.", hint="Pass --init sdplay-emoji (or a folder).")
+    if not cfg.images:
+        raise DataError(
+            "LoRA training needs your images.",
+            hint="Pass --images DIR: images, each with a caption file of the same name (cat.png + cat.txt).",
+        )
+    family = resolve(cfg.init).family_spec.name
+    loras.check_base(cfg.init, family)
+    loras.check_rank(cfg.rank)
+    return family
 
 
 def _start_token_embedding(te, cfg: TrainConfig) -> None:
@@ -191,15 +228,16 @@ def _resized(data: datasets.CaptionedImages, size: int) -> datasets.CaptionedIma
 
 
 def _state(run: _Run) -> dict[str, Any]:
-    return {
+    if run.cfg.lora:  # the base model is the --init one, unchanged: only the adapters are saved
+        weights = {"lora": loras.adapter_state(run.unet, run.te)}
+    else:
+        weights = {"te": run.te.state_dict(), "unet": run.unet.state_dict(), "vae": run.vae.state_dict()}
+    return weights | {
         "stage": run.stage,
         "step": run.step,
         "total": run.total,
         "vae_total": run.vae_total,
         "scaling_factor": run.scaling_factor,
-        "te": run.te.state_dict(),
-        "unet": run.unet.state_dict(),
-        "vae": run.vae.state_dict(),
         "ema": run.ema.state_dict() if run.ema else None,
         "opt": run.opt.state_dict() if run.opt else None,
         "gen": run.gen.get_state(),
@@ -210,8 +248,11 @@ def _state(run: _Run) -> dict[str, Any]:
 def _restore(run: _Run, state: dict[str, Any]) -> None:
     """Put a checkpoint's weights, stage, step and generator state back into the run."""
     try:
-        for name in ("te", "unet", "vae"):
-            getattr(run, name).load_state_dict(state[name])
+        if run.cfg.lora:
+            loras.load_adapter_state(run.unet, run.te, state["lora"])
+        else:
+            for name in ("te", "unet", "vae"):
+                getattr(run, name).load_state_dict(state[name])
     except (RuntimeError, KeyError) as exc:
         raise DataError(
             f"The checkpoint in {run.cfg.out} is for another model architecture ({exc}).",
@@ -343,6 +384,8 @@ def _encode_latents(run: _Run) -> None:
 
 
 def _trainable(run: _Run) -> list[torch.nn.Parameter]:
+    if run.cfg.lora:
+        return loras.parameters(run.unet, run.te)
     params = list(run.unet.parameters())
     return params + list(run.te.parameters()) if run.cfg.train_text_encoder else params
 
@@ -362,7 +405,7 @@ def _train_unet(run: _Run, stop: dict, on_step: StepHook | None, ckpt: Path) -> 
     keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "prediction_type")
     run.noise = DDPMScheduler(**{k: run.scheduler[k] for k in keys if k in run.scheduler})
     run.noise.alphas_cumprod = run.noise.alphas_cumprod.to(run.device)
-    _loop(run, "unet", _unet_step, stop, on_step, ckpt, share=0.97)
+    _loop(run, "lora" if cfg.lora else "unet", _unet_step, stop, on_step, ckpt, share=0.97)
     run.stage = "done"
     _save(run, ckpt)
 
@@ -413,6 +456,19 @@ def write(run: _Run, folder: Path) -> Path:
     return export.write_model(
         folder, te, unet, run.vae, run.scheduler, run.tokenizer_dir, readme, vocabulary=run.vocabulary
     )
+
+
+def write_lora(run: _Run, path: Path, started: float) -> Path:
+    """Write the EMA of the adapters as a kohya-format LoRA file with kohya's ss_* metadata."""
+    import copy
+
+    te, unet = copy.deepcopy(run.te), copy.deepcopy(run.unet)
+    if run.ema is not None:
+        run.ema.copy_to(loras.parameters(unet, te))
+    size = 2 ** (len(run.vae.config.block_out_channels) - 1) * run.unet.config.sample_size
+    meta = loras.metadata(run.cfg, base=run.cfg.init or "", family=run.family, size=size,
+                          captions=run.captions or [], steps=run.total, started=started, loss=run.loss)  # fmt: skip
+    return loras.save(path, loras.kohya_tensors(unet, te), meta)
 
 
 def _trainable_of(te, unet, with_text: bool) -> list[torch.nn.Parameter]:
