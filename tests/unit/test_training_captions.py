@@ -44,6 +44,52 @@ def test_augmentation_is_fixed_by_the_seed_and_keeps_colours_true():
     assert captions.augmented_variants(data, 0, seed=3) == data.variants
 
 
+def test_colour_words_stay_true_to_the_picture():
+    data = _heart_set()
+    variants = ["red heart", "heavy black heart", "heart", "red heart, heavy black heart, heart"]
+    assert captions.consistent_names(variants, "red") == ["red heart", "heart"]  # Unicode's "black" for the red heart
+    assert captions.consistent_names(["star", "white medium star"], "yellow") == ["star"]
+    assert captions.consistent_names(["black heart", "black heart, emotion"], "grey") == [
+        "black heart",
+        "black heart, emotion",
+    ]
+    data.variants[0].insert(1, "heavy black heart")
+    red = captions.augmented_variants(data, 40, seed=3)[0]
+    assert "heavy black heart" not in red and not any("black" in c for c in red)
+
+    def swatch(hue: float, sat: float = 0.8, value: float = 1.0) -> np.ndarray:
+        import colorsys
+
+        im = np.full((32, 32, 3), 255, np.uint8)
+        im[4:28, 4:28] = np.array(colorsys.hsv_to_rgb(hue / 360, sat, value)) * 255
+        return im
+
+    assert captions.dominant_colour(swatch(45)) == "yellow"  # Noto's yellow heart
+    assert captions.dominant_colour(swatch(35, 1.0)) == "orange"  # Noto's orange heart (255, 149, 0)
+    assert captions.dominant_colour(swatch(40)) is None  # between the two: no colour word rather than a wrong one
+    assert captions.dominant_colour(swatch(15, 0.54, 0.72)) is None  # Noto's brown heart: reddish, but dark
+
+
+def test_colour_families_are_drawn_more_often():
+    names = ["red heart", "yellow heart", "red apple", "green apple", "blue book", "cat face", "red envelope"]
+    assert captions.colour_families(names) == ["heart", "heart", "apple", "apple", None, None, None]
+    assert captions.sample_weights(names, 3.0).tolist() == [3, 3, 3, 3, 1, 1, 1]
+    assert captions.sample_weights(names, 1.0) is None
+    assert captions.sample_weights(["cat face", "dog face"], 3.0) is None
+
+
+def test_extra_unknown_words_and_colour_word_orders():
+    data = _heart_set()
+    red = captions.augmented_variants(data, 400, seed=0, distractors=["zebra"])[0]
+    with_extra = [c for c in red if "zebra" in c]
+    assert 0.15 < len(with_extra) / len(red) < 0.5
+    assert any(c.startswith("zebra ") for c in with_extra) and any(c.endswith(" zebra") for c in with_extra)
+    assert any("zebra zebra" in c for c in with_extra)  # sometimes more than one
+    assert any(c in red for c in ("heart in red", "red coloured heart", "red colored heart"))
+    assert not any(c.endswith(("reds", "redses")) for c in red)
+    assert captions.plural("cherries") == "cherries" and captions.plural("bus") == "buses"
+
+
 def test_heldout_phrasing_shares_no_word_with_the_training_augmentation():
     assert not heldout.HELDOUT_WORDS & captions.TRAINING_WORDS - {"a", "an", "the"}  # articles are shared
     prompts = heldout.load()

@@ -47,6 +47,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     hp.add_argument("--seed", type=int, default=None)
     hp.add_argument("--freeze-text-encoder", action="store_true", help="train the UNet only")
     hp.add_argument("--augment", type=int, default=None, help="phrasings per image (default: 48 new, 0 fine-tuning)")
+    hp.add_argument(
+        "--colour-weight", type=float, default=None, help="draw emoji that differ only by colour this much more (3)"
+    )
+    hp.add_argument("--main-caption", type=float, default=None, help="share of samples with the main caption (0.3)")
     hp.add_argument("--token-embedding", type=Path, default=None, help="start the token embedding from this .npy")
     hp.add_argument("--freeze-token-embedding", action="store_true", help="keep that token embedding fixed")
     hp.add_argument("--max-minutes", type=float, default=None, help="shorten the schedule to end in this time")
@@ -82,7 +86,7 @@ def config_from_args(args: argparse.Namespace):
     from sdplay.training.models import TINY
 
     names = ("data", "images", "init", "steps", "vae_steps", "batch_size", "lr", "warmup", "seed", "device")
-    names += ("token_embedding", "augment", "rank", "alpha")
+    names += ("token_embedding", "augment", "rank", "alpha", "colour_weight", "main_caption")
     given = {k: getattr(args, k) for k in (*names, "max_minutes", "checkpoint_every") if getattr(args, k) is not None}
     if args.freeze_text_encoder or args.text_encoder is False:
         given["train_text_encoder"] = False

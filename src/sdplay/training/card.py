@@ -41,9 +41,12 @@ AutoencoderKL, DPM++ 2M scheduler) and loads with `StableDiffusionPipeline.from_
 - Training: `sdplay train` with seed {config.get("seed")}: {vae_steps} VAE steps (batch
   {config.get("vae_batch_size")}), then {steps} UNet + text-encoder steps (batch {config.get("batch_size")},
   lr {config.get("lr")}, EMA {config.get("ema_decay")}), final loss {loss:.4f}. Captions: each emoji's
-  names, plus {config.get("augment") if config.get("augment") is not None else 48} everyday phrasings per
-  image made from its names and keywords (templates, articles, plurals, size, style and colour words,
-  word order; `sdplay.training.captions`).
+  names (its main name in {config.get("main_caption", 0.4):.0%} of samples; old names that contradict its
+  colour, such as "heavy black heart" for the red heart, left out), plus
+  {config.get("augment") if config.get("augment") is not None else 48} everyday phrasings per image made from
+  its names and keywords (templates, articles, plurals, size, style and colour words, word order, unknown
+  extra words; `sdplay.training.captions`). Emoji that differ only by colour (hearts, circles, squares,
+  books, apples) are drawn {config.get("colour_weight", 1)}x as often as the others.
 - Weights are stored as fp16 safetensors.
 
 {LICENCES}"""

@@ -30,7 +30,8 @@ class TrainConfig:
     weight_decay: float = 0.01
     ema_decay: float = 0.999
     caption_dropout: float = 0.1
-    main_caption: float = 0.4  # share of samples that take the image's main caption
+    main_caption: float = 0.3  # share of samples that take the image's main caption
+    colour_weight: float = 3.0  # emoji that differ only by colour (hearts, circles, squares) are drawn this much more
     augment: int | None = None  # phrasings made per image (captions.py); None: 48 for a new model, 0 to fine-tune
     train_text_encoder: bool = True
     token_embedding: Path | None = None  # .npy (vocab, text_hidden) to start the token embedding from (new models)

@@ -50,6 +50,7 @@ class _Run:
     var_count: torch.Tensor  # (N,)
     empty: torch.Tensor  # (77,) the empty caption, for classifier-free guidance
     gen: torch.Generator
+    weights: torch.Tensor | None = None  # (N,) how often each image is drawn in the UNet stage; None: uniformly
     stage: str = "vae"
     step: int = 0
     total: int = 0
@@ -141,6 +142,7 @@ def _setup(cfg: TrainConfig) -> _Run:
         vocabulary=None if cfg.lora else _vocabulary(data, tokenizer_dir, new_model),
         family=family,
         captions=data.captions,
+        weights=None if cfg.lora else _weights(cfg, data, device),
     )
     if cfg.lora:
         loras.add_adapters(run.unet, run.te, cfg.rank, loras.alpha_of(cfg), cfg.train_text_encoder)
@@ -166,6 +168,12 @@ def _lora_base(cfg: TrainConfig) -> str:
     loras.check_base(cfg.init, family)
     loras.check_rank(cfg.rank)
     return family
+
+
+def _weights(cfg: TrainConfig, data: datasets.CaptionedImages, device: torch.device) -> torch.Tensor | None:
+    """Sampling weights of the emoji set's images (colour families drawn more); None for a folder of images."""
+    weights = None if cfg.images else captions.sample_weights(data.captions, cfg.colour_weight)
+    return None if weights is None else torch.from_numpy(weights).float().to(device)
 
 
 def _start_token_embedding(te, cfg: TrainConfig) -> None:
@@ -308,7 +316,8 @@ def _loop(run: _Run, stage: str, step_fn, stop: dict, on_step: StepHook | None, 
 
 
 def _optimizer(run: _Run, params: list, lr: float, state_key: str) -> torch.optim.Optimizer:
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=run.cfg.weight_decay, betas=(0.9, 0.99))
+    fused = run.device.type == "cuda"  # one kernel for the whole update instead of a few per tensor group
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=run.cfg.weight_decay, betas=(0.9, 0.99), fused=fused)
     for group in opt.param_groups:
         group["initial_lr"] = lr
     saved = run.saved
@@ -413,7 +422,10 @@ def _train_unet(run: _Run, stop: dict, on_step: StepHook | None, ckpt: Path) -> 
 def _unet_step(run: _Run) -> torch.Tensor:
     cfg, g, dev = run.cfg, run.gen, run.device
     b = cfg.batch_size
-    idx = torch.randint(len(run.pixels), (b,), generator=g, device=dev)
+    if run.weights is None:
+        idx = torch.randint(len(run.pixels), (b,), generator=g, device=dev)
+    else:
+        idx = torch.multinomial(run.weights, b, replacement=True, generator=g)
     # `main_caption` of the time the main caption, otherwise any variant; `caption_dropout` of them empty
     any_variant = (torch.rand(b, generator=g, device=dev) * run.var_count[idx]).long()
     main = torch.rand(b, generator=g, device=dev) < cfg.main_caption
