@@ -101,12 +101,12 @@ class Playground:
 
     def refresh_loras(self, rescan: bool = False) -> list[str]:
         """Fill the LoRA dropdown from the engine's LoRA folder (`rescan`: read the folder again); the names."""
-        folder = getattr(self.engine, "lora_folder", None)
-        if rescan and folder is not None:
-            folder.refresh()
-        listing = getattr(self.engine, "loras", None)
-        names = sorted(f.name for f in listing()) if listing is not None else []
-        where = f" in {folder.root}" if folder is not None else ""
+        from sdplay.loras import default_folder
+
+        if rescan:
+            self.engine.refresh_loras()
+        names = sorted(f.name for f in self.engine.loras())
+        where = f" in {self.engine.options.lora_dir or default_folder('Lora')}"
         first = ("Add a LoRA…", "") if names else (f"No LoRA files{where}", "")
         self.lora.options = [first, *((n, n) for n in names)]
         self.lora.value = ""

@@ -148,7 +148,7 @@ def test_accelerated_pipeline_matches_eager_images(engine, tiny_models):
     eager = engine.generate(req(tiny_models["sdxl"]))
     fast_engine = Engine(fast=False)
     loaded, _ = fast_engine.load(str(tiny_models["sdxl"]))
-    config = FastConfig(backend="eager", vae="graph")
+    config = FastConfig(backend="eager", vae="graph", text="graph")
     choices = accelerate(loaded.pipe, loaded.device, config, recorder=eager_recorder)
     assert choices["cuda_graphs"] == ["text_encoder", "text_encoder_2", "unet", "vae.decoder"]
     assert choices["host_timesteps"] and choices["compiled"] == ["unet: 4 blocks (BasicTransformerBlock)"]

@@ -61,7 +61,7 @@ def test_the_file_round_trips_through_sdplay_loras(zorbo_lora, tmp_path):
     assert found.metadata["ss_tag_frequency"] == {"images": {"zorbo": 6}}  # JSON values decoded, as A1111 does
     model = Engine(device="cpu").load("sdplay-emoji")[0]
     lora = ResolvedLora(found, LoraRef("zorbo"))
-    ensure_loaded(model.pipe, [lora], model.family_spec.label)
+    ensure_loaded(model.pipe, [lora], model.family_spec)
     tensors = load_file(str(file))
     checked = 0
     for prefix, net in (("lora_unet_", model.pipe.unet), ("lora_te_text_model_", model.pipe.text_encoder)):
