@@ -12,11 +12,12 @@ from sdplay import catalog
 from sdplay.catalog import ModelSpec
 from sdplay.devices import DeviceInfo, discover_devices, resolve_device
 from sdplay.errors import InvalidRequest, ModelNotAvailable
-from sdplay.inputs import prepare_input
+from sdplay.inputs import prepare_inputs
 from sdplay.loading import LoadedModel, LoadOptions, load_pipeline
 from sdplay.loras import AddonFile, Folder
 from sdplay.loras import applied as lora_applied
 from sdplay.loras import infotext as lora_infotext
+from sdplay.masking import InpaintInput
 from sdplay.plan import Limits, Plan, check_compatible, plan
 from sdplay.run import BatchOutput, run_batch
 from sdplay.samplers import sampler_names
@@ -33,6 +34,7 @@ class Item:
     prompt: str
     negative: str
     seed: int
+    index: int = 0  # the image's place in its request (which of the request's init images it starts from)
 
 
 class Engine:
@@ -202,18 +204,18 @@ class Engine:
         first = plans[0]
         loaded, fresh = self._load(first)
         items = [
-            Item(i, p.request.prompt_loras()[0], p.request.negative_prompt, seed)
+            Item(i, p.request.prompt_loras()[0], p.request.negative_prompt, seed, k)
             for i, p in enumerate(plans)
-            for seed in p.seeds
+            for k, seed in enumerate(p.seeds)
         ]
         req = first.request
         size = (req.batch_size or req.n_images) if len(plans) == 1 else len(items)
         batches = [items[i : i + size] for i in range(0, len(items), size)]
-        prepared = [prepare_input(p.request) for p in plans] if req.init_image is not None else None
+        prepared = [prepare_inputs(p.request) for p in plans] if req.init_image is not None else None
         refiner = self._refiner(first)
         with lora_applied(loaded.pipe, list(first.loras), first.family.label):
             outputs = [
-                run_batch(loaded, first, b, on_step, n, len(batches), [prepared[i.owner] for i in b] if prepared
+                run_batch(loaded, first, b, on_step, n, len(batches), [_input_of(prepared, i) for i in b] if prepared
                           else None, refiner)
                 for n, b in enumerate(batches)
             ]  # fmt: skip
@@ -221,6 +223,12 @@ class Engine:
         for result, p in zip(results, plans, strict=True):
             result.metadata |= _addon_metadata(p)
         return results
+
+
+def _input_of(prepared: list[list[InpaintInput]], item: Item) -> InpaintInput:
+    """The prepared init image of an item: its request's init images cycle over the request's images."""
+    mine = prepared[item.owner]
+    return mine[item.index % len(mine)]
 
 
 def _check_refiner(base: LoadedModel, refiner: LoadedModel) -> None:
