@@ -162,3 +162,16 @@ def test_native_jobs_take_uploaded_or_inline_images(real):
         assert bomb.status_code == 400 and "PNG, JPEG or WebP" in bomb.text
         gone = c.post("/api/v1/jobs", json={"prompt": "x", "init_image": "upload:" + "0" * 32})
         assert gone.status_code == 404 and "Upload the image again" in gone.text
+
+
+def test_a1111_img2img_fields_reach_the_core_request():
+    from sdplay.server.schemas_a1111 import Img2ImgRequest
+
+    one = base64.b64encode(_png(heart())).decode()
+    two = base64.b64encode(_png(heart().transpose(Image.Transpose.FLIP_LEFT_RIGHT))).decode()
+    body = Img2ImgRequest(prompt="x", init_images=[one, two], batch_size=3, n_iter=2,
+                          refiner_checkpoint="sdxl-refiner.safetensors [abc123]", refiner_switch_at=0.7)  # fmt: skip
+    req = body.to_request(None)
+    assert (req.n_images, req.batch_size, len(req.init_images)) == (4, 2, 2)  # batch_size becomes the image count
+    assert (req.refiner, req.refiner_switch_at) == ("sdxl-refiner", 0.7)
+    assert Img2ImgRequest(prompt="x", init_images=[one], refiner_checkpoint="None").to_request(None).refiner is None

@@ -87,12 +87,15 @@ class Txt2ImgRequest(BaseModel):
     def to_request(self, model: str | None, options: dict[str, Any] | None = None) -> GenerationRequest:
         """The core request; `model` is the checkpoint chosen by options or override_settings."""
         self._refuse_unsupported()
-        refiner = {}
-        if self.refiner_checkpoint and self.refiner_checkpoint.strip().lower() not in ("", "none"):
-            switch = 0.8 if self.refiner_switch_at is None else self.refiner_switch_at
-            name = self.refiner_checkpoint.split(" [")[0].strip().removesuffix(".safetensors")  # A1111 titles
-            refiner = {"refiner": name, "refiner_switch_at": switch}
-        return self._common(model, options).with_(hires=self._hires(), **refiner)
+        return self._common(model, options).with_(hires=self._hires(), **self._refiner())
+
+    def _refiner(self) -> dict[str, Any]:
+        """refiner_checkpoint (an A1111 title or a name; "None" is none) and refiner_switch_at (default 0.8)."""
+        if not self.refiner_checkpoint or self.refiner_checkpoint.strip().lower() in ("", "none"):
+            return {}
+        switch = 0.8 if self.refiner_switch_at is None else self.refiner_switch_at
+        name = self.refiner_checkpoint.split(" [")[0].strip().removesuffix(".safetensors")  # A1111 titles
+        return {"refiner": name, "refiner_switch_at": switch}
 
     def _hires(self) -> HiresFix | None:
         """enable_hr and the hr_* fields -> the hires fix (A1111 takes the size from hr_resize_x/y if set)."""
@@ -193,7 +196,8 @@ class Img2ImgRequest(Txt2ImgRequest):
         if self.mask:
             mask = decode_mask(decode_base64(self.mask, "mask"), "mask", size=image.size)
         return self._common(model, options).with_(
-            **self._batch_of(len(images)), init_image=image, extra_init_images=tuple(images[1:]), mask=mask,
+            **self._batch_of(len(images)), **self._refiner(), init_image=image, extra_init_images=tuple(images[1:]),
+            mask=mask,
             strength=self.denoising_strength,
             mask_blur=self.mask_blur if self.mask_blur is not None else max(self.mask_blur_x, self.mask_blur_y),
             mask_invert=bool(self.inpainting_mask_invert), inpaint_fill=fill_mode(self.inpainting_fill),
