@@ -125,7 +125,7 @@ def test_inpainting_the_heart_follows_the_prompt_and_keeps_the_rest(engine, hear
     mask = Image.fromarray((shape(heart) * 255).astype(np.uint8)).filter(ImageFilter.MaxFilter(9))
     res = edit(engine, heart, mask=mask, strength=1.0, mask_blur=2, n_images=SEEDS)
     blue = sum(mostly_blue(img) for img in res.images)
-    assert blue >= SEEDS // 2, f"{blue} of {SEEDS} seeds blue"  # measured 5 (diffusers' inpainting pipeline: 7)
+    assert blue >= 3, f"{blue} of {SEEDS} seeds blue"  # measured 5 (diffusers' inpainting pipeline: 7)
     outside = np.asarray(prepare_mask(mask, blur=2)) == 0  # beyond the mask and its blurred edge
     assert outside.mean() > 0.05  # the corners (8% of the image)
     for img in res.images:
