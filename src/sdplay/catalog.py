@@ -33,6 +33,7 @@ class ModelSpec:
     weights_dir: Path | None = None
     description: str = ""
     size_presets: tuple[tuple[int, int], ...] = ()
+    inpainting: bool = False  # a dedicated inpainting model (9-channel UNet) in a single file
 
     @property
     def family(self) -> Family:
@@ -40,8 +41,9 @@ class ModelSpec:
 
     @property
     def pipeline_class(self) -> str:
-        """The text-to-image pipeline class (other tasks: `family_spec.pipeline_class(task)`)."""
-        return self.family_spec.pipeline_class("txt2img")
+        """The pipeline class it loads as: text-to-image, or inpainting for a dedicated inpainting model (other
+        tasks: `family_spec.pipeline_class(task)`)."""
+        return self.family_spec.pipeline_class("inpaint" if self.inpainting else "txt2img")
 
     @property
     def sizes(self) -> tuple[tuple[int, int], ...]:
@@ -196,13 +198,31 @@ def _base_for_index(info: dict, path: Path) -> ModelSpec:
 
 def spec_for_file(path: Path, *, allow_pickle: bool = False) -> ModelSpec:
     """A spec for a single-file checkpoint; the family comes from its tensor names."""
-    from sdplay.checkpoints import detect_family_spec
+    from sdplay.checkpoints import INPAINTING_IN_CHANNELS, inspect_checkpoint
 
-    spec = builtin(detect_family_spec(path, allow_pickle=allow_pickle).base_model)
+    family, in_channels = inspect_checkpoint(path, allow_pickle=allow_pickle)
+    spec = builtin(family.base_model)
     own = path.with_suffix("")  # x.safetensors + x/model_index.json: the configs of a non-standard architecture
     config_dir = own if (own / "model_index.json").is_file() else spec.config_dir  # type: ignore[union-attr]
     fields = {"name": str(path), "aliases": (), "repo_id": None, "config_dir": config_dir, "weights_dir": path}
+    if in_channels == INPAINTING_IN_CHANNELS:
+        fields |= _inpainting_fields(spec, own_configs=config_dir == own)  # type: ignore[arg-type]
     return ModelSpec(**{**spec.__dict__, **fields})  # type: ignore[union-attr]
+
+
+# The published SD 2.x inpainting model (stabilityai/stable-diffusion-2-inpainting, and A1111's
+# v2-inpainting-inference.yaml) predicts noise at 512x512, unlike SD 2.1's v-prediction at 768.
+SD2_INPAINTING = {"native_size": 512, "prediction_type": "epsilon", "size_presets": ((512, 512), (512, 768),
+                                                                                     (768, 512))}  # fmt: skip
+
+
+def _inpainting_fields(base: ModelSpec, own_configs: bool) -> dict:
+    """A dedicated inpainting model of a family: its inpainting pipeline, and SD 2.x's inpainting defaults
+    (unless configs beside the file say otherwise)."""
+    fields: dict = {"inpainting": True, "description": f"{base.family_spec.label} inpainting (9-channel UNet)"}
+    if base.family is Family.SD2 and not own_configs:
+        fields |= SD2_INPAINTING
+    return fields
 
 
 def spec_for_repo(repo_id: str) -> ModelSpec:

@@ -10,6 +10,8 @@ from sdplay.errors import ModelNotAvailable, UnsafeCheckpoint
 from sdplay.families import Family, FamilySpec
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+UNET_CONV_IN = "model.diffusion_model.input_blocks.0.0.weight"  # (channels, in_channels, 3, 3)
+INPAINTING_IN_CHANNELS = 9  # 4 latent + 1 mask + 4 masked-image latent channels
 
 
 def tensor_names(path: Path) -> list[str]:
@@ -34,14 +36,32 @@ def detect_family(path: Path, *, allow_pickle: bool = False) -> Family:
 
 def detect_family_spec(path: Path, *, allow_pickle: bool = False) -> FamilySpec:
     """The family spec whose single-file keys the checkpoint's tensor names match."""
+    return inspect_checkpoint(path, allow_pickle=allow_pickle)[0]
+
+
+def inspect_checkpoint(path: Path, *, allow_pickle: bool = False) -> tuple[FamilySpec, int | None]:
+    """The family of an original-layout checkpoint and its UNet's input channels (4; 9 for a dedicated
+    inpainting model: latents + mask + masked-image latents; None if the file has no UNet input conv)."""
     if path.suffix.lower() in PICKLE_SUFFIXES:
-        keys = load_pickle_state_dict(path, allow_pickle=allow_pickle, only_keys=True)
-        return _family_from_keys(list(keys), path)
+        state = load_pickle_state_dict(path, allow_pickle=allow_pickle)
+        conv = state.get(UNET_CONV_IN)
+        return _family_from_keys(list(state), path), None if conv is None or conv.ndim != 4 else int(conv.shape[1])
     if path.suffix.lower() != ".safetensors":
         raise ModelNotAvailable(
             f"{path} is not a checkpoint sdplay can read.", field="model", hint="Use a .safetensors file."
         )
-    return _family_from_keys(tensor_names(path), path)
+    return _family_from_keys(tensor_names(path), path), unet_in_channels(path)
+
+
+def unet_in_channels(path: Path) -> int | None:
+    """The input channels of the UNet of an original-layout .safetensors file, read from its header only."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        if UNET_CONV_IN not in f.keys():  # noqa: SIM118 (a safetensors handle is not a dict)
+            return None
+        shape = f.get_slice(UNET_CONV_IN).get_shape()
+    return int(shape[1]) if len(shape) == 4 else None
 
 
 def _family_from_keys(keys: list[str], path: Path) -> FamilySpec:

@@ -15,11 +15,12 @@ from sdplay.catalog import ModelSpec
 from sdplay.devices import DeviceInfo, discover_devices, resolve_device
 from sdplay.embeddings import EmbeddingLibrary
 from sdplay.errors import InvalidRequest, ModelNotAvailable
-from sdplay.inputs import prepare_input
+from sdplay.inputs import prepare_inputs
 from sdplay.loading import LoadedModel, LoadOptions, load_pipeline
 from sdplay.loras import AddonFile, Folder
 from sdplay.loras import applied as lora_applied
 from sdplay.loras import infotext as lora_infotext
+from sdplay.masking import InpaintInput
 from sdplay.modelfolder import CheckpointFolder
 from sdplay.plan import Limits, Plan, check_compatible, plan
 from sdplay.prompts import Inversions
@@ -38,6 +39,7 @@ class Item:
     prompt: str
     negative: str
     seed: int
+    index: int = 0  # the image's place in its request (which of the request's init images it starts from)
 
 
 class Engine:
@@ -266,21 +268,21 @@ class Engine:
         first = plans[0]
         loaded, fresh = self._load(first)
         items = [
-            Item(i, p.request.prompt_loras()[0], p.request.negative_prompt, seed)
+            Item(i, p.request.prompt_loras()[0], p.request.negative_prompt, seed, k)
             for i, p in enumerate(plans)
-            for seed in p.seeds
+            for k, seed in enumerate(p.seeds)
         ]
         req = first.request
         size = (req.batch_size or req.n_images) if len(plans) == 1 else len(items)
         batches = [items[i : i + size] for i in range(0, len(items), size)]
-        prepared = [prepare_input(p.request) for p in plans] if req.init_image is not None else None
+        prepared = [prepare_inputs(p.request) for p in plans] if req.init_image is not None else None
         refiner = self._refiner(first)
         inversions = self._inversions(first, loaded)
         vae = self._vae(first, loaded)
         pipes = [loaded.pipe] + ([refiner.pipe] if refiner is not None else [])
         with lora_applied(loaded.pipe, list(first.loras), loaded.family_spec), vaes.swapped(pipes, vae):
             outputs = [
-                run_batch(loaded, first, b, on_step, n, len(batches), [prepared[i.owner] for i in b] if prepared
+                run_batch(loaded, first, b, on_step, n, len(batches), [_input_of(prepared, i) for i in b] if prepared
                           else None, refiner, inversions)
                 for n, b in enumerate(batches)
             ]  # fmt: skip
@@ -334,6 +336,12 @@ def _config_widths(spec: ModelSpec) -> tuple[int, ...] | None:
         if file.is_file():
             widths.append(int(json.loads(file.read_text()).get("hidden_size", 0)))
     return tuple(widths) or None
+
+
+def _input_of(prepared: list[list[InpaintInput]], item: Item) -> InpaintInput:
+    """The prepared init image of an item: its request's init images cycle over the request's images."""
+    mine = prepared[item.owner]
+    return mine[item.index % len(mine)]
 
 
 def _check_refiner(base: LoadedModel, refiner: LoadedModel) -> None:

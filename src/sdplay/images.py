@@ -44,7 +44,7 @@ def parameters_for(result: GenerationResult, index: int) -> str:
         "Model": meta.get("model"),
         "VAE hash": meta.get("vae_hash"),
         "VAE": meta.get("vae"),
-        **image_input_fields(req),
+        **image_input_fields(req, index),
         "Clip skip": meta.get("clip_skip") if (meta.get("clip_skip") or 1) > 1 else None,
         "Lora hashes": meta.get("lora_hashes"),
         "TI hashes": meta.get("ti_hashes"),
@@ -54,14 +54,15 @@ def parameters_for(result: GenerationResult, index: int) -> str:
     return a1111_parameters(req.prompt, req.negative_prompt, fields)
 
 
-def image_input_fields(req: Any) -> dict[str, Any]:
-    """A1111's infotext fields for image-to-image, inpainting, outpainting, hires fix and the refiner."""
+def image_input_fields(req: Any, index: int = 0) -> dict[str, Any]:
+    """A1111's infotext fields for image-to-image, inpainting, outpainting, hires fix and the refiner, of the
+    request's image `index` (its own init image when there are several)."""
     fields: dict[str, Any] = {}
     if req.init_image is not None:
         from sdplay.image_input import image_hash
 
         fields["Denoising strength"] = req.strength
-        fields["Init image hash"] = image_hash(req.init_image)[:10]
+        fields["Init image hash"] = image_hash(req.init_image_for(index))[:10]
         if req.resize_mode != "just resize":
             fields["Resize mode"] = req.resize_mode.capitalize()
     if req.task == "inpaint":

@@ -9,6 +9,8 @@ from sdplay.masking import InpaintInput, fill_mode, outpaint_canvas, prepare_inp
 from sdplay.types import MAX_PIXELS, MAX_SIDE
 
 if TYPE_CHECKING:
+    from PIL import Image
+
     from sdplay.types import GenerationRequest
 
 
@@ -40,11 +42,17 @@ def _multiple_of_8(x: float) -> int:
     return max(8, int(x) // 8 * 8)
 
 
-def prepare_input(req: GenerationRequest) -> InpaintInput:
-    """Outpainting canvas, then A1111's preparation (resize, mask blur/invert, only-masked crop, fill)."""
+def prepare_inputs(req: GenerationRequest) -> list[InpaintInput]:
+    """One prepared input per init image (image k of the request uses input k % count)."""
+    return [prepare_input(req, img) for img in req.init_images]
+
+
+def prepare_input(req: GenerationRequest, init_image: Image.Image | None = None) -> InpaintInput:
+    """Outpainting canvas, then A1111's preparation (resize, mask blur/invert, only-masked crop, fill), of the
+    request's (first) init image or of `init_image`."""
     from PIL import ImageChops, ImageOps
 
-    image, mask = req.init_image.convert("RGB"), req.mask
+    image, mask = (init_image or req.init_image).convert("RGB"), req.mask
     if mask is not None and req.mask_invert:
         mask = ImageOps.invert(mask.convert("L"))
     if req.outpaint is not None:

@@ -172,6 +172,8 @@ def _load_pipeline(
     if opts.random_weights:
         loader = "sdplay (random weights)"
     family = families.from_pipeline(pipe)
+    if spec.inpainting and family.family != spec.family:  # SD 2.x inpainting predicts noise, as SD 1.x does;
+        family = spec.family_spec  # the single file's tensor names said which family it is
     choices = {"source": source, "random_weights": opts.random_weights, "loader": loader}
     built = time.perf_counter()
     choices |= optimize_pipeline(pipe, device, torch_dtype, opts, family)
@@ -251,6 +253,8 @@ def _load_single_file(spec: ModelSpec, torch_dtype, reading, target: str, times:
     path = spec.weights_dir
     assert path is not None and reading is not None
     base = builtin_config(spec)
+    if spec.inpainting:
+        base = inpainting_config(base, spec)
     try:
         try:
             family, cls_name = spec.family_spec, spec.pipeline_class
@@ -279,6 +283,42 @@ def builtin_config(spec: ModelSpec) -> Path:
 
     base = builtin(Path(spec.config_dir).name) if spec.config_dir else None
     return config_folder(base or spec)
+
+
+def inpainting_config(folder: Path, spec: ModelSpec) -> Path:
+    """The configs of a dedicated inpainting model: the family's built-in configs (or the file's own) with a
+    9-channel UNet under the family's inpainting pipeline; from built-in configs also the spec's prediction type
+    and native size (SD 2.x inpainting: epsilon at 512), as the published inpainting models' configs say."""
+    import hashlib
+
+    from sdplay.checkpoints import INPAINTING_IN_CHANNELS
+
+    builtin_configs = spec.config_dir is None or spec.config_dir.parent == ASSETS / "configs"
+    key = f"{folder.resolve()}:{builtin_configs}:{spec.prediction_type}:{spec.native_size}:{spec.pipeline_class}"
+    out = cache_dir() / "configs" / f"{folder.name}-inpainting-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    if (out / "model_index.json").is_file():
+        return out
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    shutil.copytree(folder, tmp, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"), dirs_exist_ok=True)
+    _edit_json(tmp / "model_index.json", _class_name=spec.pipeline_class)
+    unet = {"in_channels": INPAINTING_IN_CHANNELS}
+    if builtin_configs:
+        scale = 2 ** (len(_read_json(tmp / "vae" / "config.json")["block_out_channels"]) - 1)
+        unet["sample_size"] = spec.native_size // scale
+        _edit_json(tmp / "scheduler" / "scheduler_config.json", prediction_type=spec.prediction_type)
+    _edit_json(tmp / "unet" / "config.json", **unet)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _edit_json(path: Path, **changes: Any) -> None:
+    path.write_text(json.dumps(_read_json(path) | changes, indent=2))
 
 
 def _load_hub(spec: ModelSpec, torch_dtype) -> Any:

@@ -86,6 +86,13 @@ def pass_steps(steps: int, strength: float) -> int:
     return max(1, min(int(steps * strength), steps))
 
 
+def refiner_handoff(task: str, strength: float, switch_at: float) -> float:
+    """The fraction of the noise schedule where the refiner takes over (diffusers' denoising_end/start): A1111's
+    "switch at" counts the steps actually run, so after image-to-image, which starts at 1 - strength of the
+    schedule, it hands over at 1 - strength * (1 - switch_at)."""
+    return switch_at if task == "txt2img" else 1.0 - strength * (1.0 - switch_at)
+
+
 def pass_strength(steps: int, strength: float) -> float:
     """A strength that runs at least one step (strength 0 still runs the last, least noisy step)."""
     return max(strength, 1.0 / steps)
@@ -159,12 +166,17 @@ def refine(refiner: LoadedModel, args: PassArgs, progress: Progress, latents: An
     return pipe(**kwargs, prompt=prompts, negative_prompt=negatives, image=image, denoising_start=start).images
 
 
-def img2img(loaded: LoadedModel, args: PassArgs, progress: Progress, latents: Any, strength: float, offset=0) -> Any:
-    """Noise the image latents to `strength` of the schedule and denoise from there (an inpainting UNet does it as
-    inpainting with all of the image masked)."""
+def img2img(
+    loaded: LoadedModel, args: PassArgs, progress: Progress, latents: Any, strength: float, offset=0, end=None
+) -> Any:
+    """Noise the image latents to `strength` of the schedule and denoise from there, up to the fraction `end` of
+    the schedule when a refiner takes over (an inpainting UNet does it as inpainting with all of the image
+    masked)."""
     import torch
 
     kwargs = _common(args, progress, offset) | {"strength": pass_strength(args.steps, strength)}
+    if end is not None:
+        kwargs["denoising_end"] = end
     if is_inpainting_model(loaded.pipe):
         pipe = task_pipe(loaded, "inpaint")
         progress.scheduler = new_scheduler(loaded, pipe, args)
@@ -183,10 +195,17 @@ def img2img(loaded: LoadedModel, args: PassArgs, progress: Progress, latents: An
 
 
 def inpaint(
-    loaded: LoadedModel, args: PassArgs, progress: Progress, images: list, masks: list, strength: float, fill: str
+    loaded: LoadedModel,
+    args: PassArgs,
+    progress: Progress,
+    images: list,
+    masks: list,
+    strength: float,
+    fill: str,
+    end: float | None = None,
 ) -> Any:
     """Repaint the white of each mask: latent masking keeps the rest on a 4-channel UNet at every step; a 9-channel
-    UNet also sees the mask and the masked image."""
+    UNet also sees the mask and the masked image (`end`: stop there for a refiner, SDXL only)."""
     import torch
 
     from sdplay.masking import latent_fill
@@ -207,6 +226,7 @@ def inpaint(
         mask_image=mask.to(dtype),
         masked_image_latents=masked.to(dtype),
         strength=pass_strength(args.steps, strength),
+        **({"denoising_end": end} if end is not None else {}),
     ).images
 
 

@@ -82,9 +82,10 @@ def _run(loaded: LoadedModel, plan: Plan, items: list, on_step, index, count, in
     progress = passes.Progress(on_step, index, count, loaded.family.value, _planned_steps(req))
     # 3. Denoise as the task asks (the step callback may raise Cancelled); the refiner takes the last steps.
     if refiner is not None:
-        latents = passes.txt2img(loaded, args, progress, end=req.refiner_switch_at)
+        handoff = _handoff(req)
+        latents = _denoise(loaded, req, args, progress, inputs, end=handoff)
         prompts, negatives = [i.prompt for i in items], [i.negative for i in items]
-        latents = passes.refine(refiner, args, progress, latents, prompts, negatives, req.refiner_switch_at)
+        latents = passes.refine(refiner, args, progress, latents, prompts, negatives, handoff)
         pipe = refiner.pipe  # decode with the refiner's VAE
     else:
         latents = _denoise(loaded, req, args, progress, inputs)
@@ -105,7 +106,13 @@ def _run(loaded: LoadedModel, plan: Plan, items: list, on_step, index, count, in
                        progress.scheduler, emb.chunks, warnings)  # fmt: skip
 
 
-def _denoise(loaded: LoadedModel, req: GenerationRequest, args: PassArgs, progress, inputs) -> Any:
+def _handoff(req: GenerationRequest) -> float:
+    strength = DEFAULT_STRENGTH if req.strength is None else req.strength
+    return passes.refiner_handoff(req.task, passes.pass_strength(req.steps, strength), req.refiner_switch_at)
+
+
+def _denoise(loaded: LoadedModel, req: GenerationRequest, args: PassArgs, progress, inputs, end=None) -> Any:
+    """The first pass as the task asks; `end`: stop at that fraction of the schedule (a refiner finishes)."""
     strength = DEFAULT_STRENGTH if req.strength is None else req.strength
     if req.task == "inpaint" or (req.task == "txt2img" and passes.is_inpainting_model(loaded.pipe)):
         if inputs is None:  # an inpainting UNet drawing from nothing: a blank image, all of it masked
@@ -113,12 +120,12 @@ def _denoise(loaded: LoadedModel, req: GenerationRequest, args: PassArgs, progre
         else:
             images, masks = [i.init for i in inputs], [i.mask for i in inputs]
         masks = masks or [_white(req) for _ in images]
-        return passes.inpaint(loaded, args, progress, images, masks, strength, _latent_fill(req.inpaint_fill))
+        return passes.inpaint(loaded, args, progress, images, masks, strength, _latent_fill(req.inpaint_fill), end)
     if req.task == "img2img":
         pipe = loaded.pipe
         init = passes.encode_images(pipe, passes.pil_to_tensor([i.init for i in inputs]).to(execution_device(pipe)))
-        return passes.img2img(loaded, args, progress, init, strength)
-    return passes.txt2img(loaded, args, progress)
+        return passes.img2img(loaded, args, progress, init, strength, end=end)
+    return passes.txt2img(loaded, args, progress, end=end)
 
 
 def _hires(loaded: LoadedModel, req: GenerationRequest, args: PassArgs, progress, latents) -> Any:

@@ -75,6 +75,9 @@ class GenerationRequest:
     dtype: str = "auto"
     # Images in (the edge decodes them with sdplay.image_input): image-to-image, inpainting, outpainting.
     init_image: Image.Image | None = None  # RGB
+    # More init images (A1111's init_images beyond the first): image k of the request starts from
+    # init_images[k % len(init_images)]; with a mask or outpainting they must all have the first one's size.
+    extra_init_images: tuple[Image.Image, ...] = ()
     mask: Image.Image | None = None  # L, white = repaint (the init image's size)
     strength: float | None = None  # denoising strength; None: 0.75 (1.0 when outpainting)
     mask_blur: int = 4
@@ -85,12 +88,22 @@ class GenerationRequest:
     resize_mode: str = "just resize"  # just resize / crop and resize / resize and fill
     outpaint: Outpaint | None = None
     hires: HiresFix | None = None  # text-to-image only
-    refiner: str | None = None  # SDXL refiner model: runs the last (1 - refiner_switch_at) of the steps
+    refiner: str | None = None  # SDXL refiner model: runs the last (1 - refiner_switch_at) of the steps run
     refiner_switch_at: float = 0.8
     loras: tuple[LoraRef, ...] = ()  # besides the prompt's <lora:name:weight> tags
     clip_skip: int | None = None  # A1111's: 1 = the text encoder's last layer, 2 = the one before, ...
     vae: str | None = None  # a VAE of the VAE folder (library: or a path); None/"Automatic": the engine's default,
     # "None": the model's own
+
+    @property
+    def init_images(self) -> tuple[Image.Image, ...]:
+        """Every init image: the first, then the extra ones (empty for text-to-image)."""
+        return () if self.init_image is None else (self.init_image, *self.extra_init_images)
+
+    def init_image_for(self, k: int) -> Image.Image | None:
+        """The init image of the request's image k (they cycle, as A1111's init_images over a batch)."""
+        images = self.init_images
+        return images[k % len(images)] if images else None
 
     @property
     def task(self) -> str:
@@ -155,6 +168,7 @@ class GenerationRequest:
             if value is not None and not (hasattr(value, "size") and hasattr(value, "mode")):
                 raise InvalidRequest(f"{name} must be a decoded image.", field=name,
                                      hint="Read it with sdplay.image_input.decode_image.")  # fmt: skip
+        self._validate_extra_images()
         if self.init_image is None:
             for name in ("mask", "outpaint"):
                 if getattr(self, name) is not None:
@@ -167,15 +181,40 @@ class GenerationRequest:
             self.outpaint.validate()
         if self.refiner is not None:
             _check_text(self.refiner, "refiner_checkpoint")
-            if self.init_image is not None or self.hires is not None:
-                raise InvalidRequest("The refiner runs after text-to-image here.", field="refiner_checkpoint",
-                                     hint="Leave out the init image and hires fix, or the refiner.")  # fmt: skip
+            if self.task == "inpaint" or self.hires is not None:
+                raise InvalidRequest("The refiner runs after text-to-image and image-to-image here, not after "
+                                     "inpainting, outpainting or hires fix.", field="refiner_checkpoint",
+                                     hint="Leave out the mask, outpaint and hires fix, or the refiner.")  # fmt: skip
             _check_float(self.refiner_switch_at, "refiner_switch_at", 0.05, 0.95)
         if self.hires is not None:
             if self.init_image is not None:
                 hint = "For an init image, set the size you want and a denoising strength."
                 raise InvalidRequest("hires fix is for text-to-image.", field="enable_hr", hint=hint)
             self.hires.validate()
+
+    def _validate_extra_images(self) -> None:
+        extra = self.extra_init_images
+        if not isinstance(extra, tuple | list):
+            raise InvalidRequest("extra_init_images must be a list of images.", field="init_images")
+        if not extra:
+            return
+        if self.init_image is None:
+            raise InvalidRequest("extra_init_images needs init_image (the first image).", field="init_images",
+                                 hint="Put the first image in init_image.")  # fmt: skip
+        if len(extra) + 1 > MAX_IMAGES:
+            raise InvalidRequest(f"At most {MAX_IMAGES} init images, got {len(extra) + 1}.", field="init_images",
+                                 hint="Send fewer images.")  # fmt: skip
+        same_size = self.mask is not None or self.outpaint is not None
+        for k, img in enumerate(extra, start=2):
+            if not (hasattr(img, "size") and hasattr(img, "mode")):
+                raise InvalidRequest(f"init image {k} must be a decoded image.", field="init_images",
+                                     hint="Read it with sdplay.image_input.decode_image.")  # fmt: skip
+            if same_size and img.size != self.init_image.size:
+                (w, h), (iw, ih) = self.init_image.size, img.size
+                what = "a mask" if self.mask is not None else "outpainting"
+                raise InvalidRequest(f"init image {k} is {iw}x{ih} but the first is {w}x{h}; with {what} every init "
+                                     "image must have the same size.", field="init_images",
+                                     hint=f"Resize the images to {w}x{h}, or send one request per size.")  # fmt: skip
 
     def prompt_loras(self) -> tuple[str, tuple[LoraRef, ...]]:
         """The prompt without its `<lora:…>` tags, and every LoRA asked for (the tags, then `loras`)."""
@@ -189,9 +228,10 @@ class GenerationRequest:
     def to_dict(self) -> dict[str, Any]:
         """Every field as JSON-ready data; images appear as their size and SHA-256."""
         images = {name: getattr(self, name) for name in IMAGE_FIELDS}
-        out = asdict(replace(self, init_image=None, mask=None))
+        out = asdict(replace(self, init_image=None, mask=None, extra_init_images=()))
         for name, img in images.items():
             out[name] = None if img is None else _image_summary(img)
+        out["extra_init_images"] = [_image_summary(img) for img in self.extra_init_images]
         return out
 
 

@@ -1,104 +1,212 @@
 """GPU timing of image-to-image and inpainting at native sizes, sdplay beside diffusers' own pipelines.
 
-Run on a CUDA machine: `python tests/gpu/check_images_in.py [sd-v1-4 sd-v2-1 sdxl-base-1.0]`; writes
-$OUT/images_in.json when OUT is set. Random full-size weights in fp16 (fp32 VAE for SDXL, as sdplay loads it),
-one image, CHECK_STEPS steps (default 20) at strength 0.75 / inpainting strength 1.0. For each task: sdplay's
-per-phase times (text, denoise, decode) over REPEATS runs (median), and diffusers' AutoPipelineForImage2Image /
-AutoPipelineForInpainting created with `from_pipe` over the same modules, timed end to end, in the same process.
-Every output must be finite and of the native size.
+    python tests/gpu/check_images_in.py [MODEL ...] [--steps 20] [--repeats 3] [--fast] [--out DIR]
+    python tests/gpu/check_images_in.py --tiny        # a smoke run on the CPU with tiny random models
+
+Default models: sd-v1-4 (512), sd-v2-1 (768) and sdxl-base-1.0 (1024), random full-size weights in fp16 (the
+SDXL VAE in fp32, as sdplay loads it), one image, 20 steps, image-to-image at strength 0.75 and inpainting (left
+half masked) at strength 1.0. For each model and task, in the same process over the same modules:
+
+- sdplay's per-phase times (text encoding, denoising including the init image's VAE encode, VAE decode, total);
+- diffusers' own StableDiffusion(XL)Img2ImgPipeline / InpaintPipeline made with `from_pipe`: `encode_prompt`,
+  the call with output_type="latent" less the text encoding (denoising), `vae.decode`, and the whole call.
+
+Medians over REPEATS runs after one warm-up. Every output must be finite and of the native size, and sdplay's
+inpainting must keep the unmasked half's pixels. sdplay's compiled fast path is off unless --fast, so both sides
+run the same eager modules (tests/gpu/check_fastpath.py times the fast path). Writes images_in.json and
+images_in.md to --out, else $OUT, else only prints. Meant to finish within about 4 minutes on one H200
+(SDXL dominates); `--tiny` takes about 40 s on 2 CPU cores.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))  # runs from a checkout too
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "src"))  # runs from a checkout too
+sys.path.insert(0, str(ROOT / "tests"))  # tiny.py, for --tiny
 
-import numpy as np
-import torch
-from PIL import Image
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
-from sdplay import catalog
-from sdplay.engine import Engine
-from sdplay.types import GenerationRequest
+from sdplay import catalog  # noqa: E402
+from sdplay.engine import Engine  # noqa: E402
+from sdplay.types import GenerationRequest  # noqa: E402
 
-REPEATS = int(os.environ.get("CHECK_REPEATS", "3"))
-STEPS = int(os.environ.get("CHECK_STEPS", "20"))
+MODELS = ("sd-v1-4", "sd-v2-1", "sdxl-base-1.0")
+PROMPT = "a red heart on a white table"
+PHASES = ("text_encoding", "denoising", "decoding", "total")
 
 
-def inputs(size: int) -> tuple[Image.Image, Image.Image]:
+def inputs(width: int, height: int) -> tuple[Image.Image, Image.Image]:
     rng = np.random.default_rng(0)
-    image = Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8))
-    mask = Image.new("L", (size, size))
-    mask.paste(255, (0, 0, size // 2, size))
+    image = Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
+    mask = Image.new("L", (width, height))
+    mask.paste(255, (0, 0, width // 2, height))
     return image, mask
 
 
-def sdplay_times(engine: Engine, req: GenerationRequest) -> dict:
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def sdplay_times(engine: Engine, req: GenerationRequest, repeats: int, keep: np.ndarray | None) -> dict:
     runs = []
-    for _ in range(REPEATS + 1):  # the first run warms up (and compiles, with the fast path)
+    for _ in range(repeats + 1):  # the first run warms up
         res = engine.generate(req)
+        img = res.images[0]
+        assert img.size == (req.width, req.height), img.size
+        assert not res.metadata["warnings"], res.metadata["warnings"]
+        if keep is not None:  # the unmasked right half (beyond the blurred edge) is the init image's
+            edge = req.width // 2 + 4 * req.mask_blur
+            assert np.array_equal(np.asarray(img)[:, edge:], keep[:, edge:]), "inpainting changed unmasked pixels"
         runs.append(res.timings)
-        assert res.images[0].size == (req.width, req.height)
-    timed = runs[1:]
-    return {
-        phase: statistics.median(getattr(t, phase) for t in timed)
-        for phase in ("text_encoding", "denoising", "decoding", "total")
-    }
+    return {phase: statistics.median(getattr(t, phase) for t in runs[1:]) for phase in PHASES}
 
 
-def diffusers_time(pipe, **kwargs) -> float:
-    times = []
-    for k in range(REPEATS + 1):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        out = pipe(**kwargs, generator=torch.Generator("cpu").manual_seed(k), output_type="np").images
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-        assert np.isfinite(out).all()
-    return statistics.median(times[1:])
+def diffusers_times(pipe, device: str, repeats: int, **kwargs) -> dict:
+    """diffusers' own pipeline: encode_prompt, the latent call less it, vae.decode, and the whole call."""
+    vae = pipe.vae
+    out = {phase: [] for phase in PHASES}
+    for k in range(repeats + 1):
+        sync(device)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            pipe.encode_prompt(prompt=kwargs["prompt"], device=pipe._execution_device, num_images_per_prompt=1,
+                               do_classifier_free_guidance=True)  # fmt: skip
+        sync(device)
+        t1 = time.perf_counter()
+        latents = pipe(**kwargs, generator=torch.Generator("cpu").manual_seed(k), output_type="latent").images
+        sync(device)
+        t2 = time.perf_counter()
+        with torch.inference_mode():
+            decoded = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+        sync(device)
+        t3 = time.perf_counter()
+        images = pipe(**kwargs, generator=torch.Generator("cpu").manual_seed(k), output_type="np").images
+        sync(device)
+        t4 = time.perf_counter()
+        assert np.isfinite(images).all() and torch.isfinite(decoded).all()
+        assert images.shape[1:3] == (kwargs["height"], kwargs["width"]), images.shape
+        if k:  # the first run warms up
+            for phase, value in zip(PHASES, (t1 - t0, max(0.0, t2 - t1 - (t1 - t0)), t3 - t2, t4 - t3), strict=True):
+                out[phase].append(value)
+    return {phase: statistics.median(values) for phase, values in out.items()}
 
 
-def check(model: str) -> dict:
-    from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
+def check(model: str, engine: Engine, device: str, dtype: str, steps: int, repeats: int, size: int | None) -> dict:
+    import diffusers
 
     spec = catalog.resolve(model)
-    size = spec.native_size
-    engine = Engine(random_weights=True, max_models=1)
-    image, mask = inputs(size)
-    base = {"prompt": "a red heart on a white table", "model": model, "steps": STEPS, "seed": 1, "device": "cuda",
-            "dtype": "fp16", "width": size, "height": size}  # fmt: skip
-    report = {"size": size, "steps": STEPS}
-    report["sdplay_img2img"] = sdplay_times(engine, GenerationRequest(**base, init_image=image, strength=0.75))
-    report["sdplay_inpaint"] = sdplay_times(
-        engine, GenerationRequest(**base, init_image=image, mask=mask, strength=1.0)
-    )
-    loaded = engine.load(model, "cuda", "fp16")[0]
-    common = {"prompt": base["prompt"], "num_inference_steps": STEPS, "height": size, "width": size}
-    img2img = AutoPipelineForImage2Image.from_pipe(loaded.pipe)
-    report["diffusers_img2img_total"] = diffusers_time(img2img, image=image, strength=0.75, **common)
-    inpaint = AutoPipelineForInpainting.from_pipe(loaded.pipe)
-    report["diffusers_inpaint_total"] = diffusers_time(inpaint, image=image, mask_image=mask, strength=1.0, **common)
-    report["peak_memory_bytes"] = torch.cuda.max_memory_allocated()
+    width = height = size or spec.native_size
+    image, mask = inputs(width, height)
+    base = {"prompt": PROMPT, "model": model, "steps": steps, "seed": 1, "device": device, "dtype": dtype,
+            "width": width, "height": height, "sampler": "Euler", "guidance": 7.0}  # fmt: skip
+    started = time.perf_counter()
+    loaded = engine.load(model, device, dtype)[0]
+    report: dict = {"family": loaded.family.value, "size": f"{width}x{height}", "steps": steps,
+                    "load_s": round(time.perf_counter() - started, 2)}  # fmt: skip
+    img2img = GenerationRequest(**base, init_image=image, strength=0.75)
+    inpaint = GenerationRequest(**base, init_image=image, mask=mask, strength=1.0)
+    report["sdplay"] = {
+        "img2img": sdplay_times(engine, img2img, repeats, None),
+        "inpaint": sdplay_times(engine, inpaint, repeats, np.asarray(image)),
+    }
+    pipes = {task: getattr(diffusers, loaded.family_spec.pipeline_class(task)).from_pipe(loaded.pipe)
+             for task in ("img2img", "inpaint")}  # fmt: skip
+    for pipe in pipes.values():
+        pipe.set_progress_bar_config(disable=True)
+        pipe.scheduler = diffusers.EulerDiscreteScheduler.from_config(loaded.scheduler_config)
+    common = {"prompt": PROMPT, "num_inference_steps": steps, "guidance_scale": 7.0, "height": height, "width": width}
+    common |= {"image": image}
+    report["diffusers"] = {
+        "img2img": diffusers_times(pipes["img2img"], device, repeats, strength=0.75, **common),
+        "inpaint": diffusers_times(pipes["inpaint"], device, repeats, mask_image=mask, strength=1.0, **common),
+    }
+    for task in ("img2img", "inpaint"):
+        report[f"{task}_total_ratio"] = round(report["sdplay"][task]["total"] / report["diffusers"][task]["total"], 3)
+    if device.startswith("cuda"):
+        report["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        torch.cuda.reset_peak_memory_stats()
     engine.unload()
     return report
 
 
-def main() -> int:
-    models = sys.argv[1:] or ["sd-v1-4", "sd-v2-1", "sdxl-base-1.0"]
-    report = {}
-    for name in models:  # each model's figures are printed as soon as they exist
-        report[name] = check(name)
-        print(json.dumps({name: report[name]}), flush=True)
+def markdown(report: dict) -> str:
+    meta = report["meta"]
+    lines = [f"# Images in: sdplay beside diffusers ({meta['device']}, {meta['dtype']}, {meta['steps']} steps)", "",
+             f"`{meta['command']}`; medians of {meta['repeats']} runs after a warm-up; wall {meta['wall_s']} s; "
+             f"fast path {'on' if meta['fast'] else 'off'}; torch {meta['torch']}, diffusers {meta['diffusers']}.", "",
+             "| model | size | task | sdplay text / denoise / decode / total (s) | "
+             "diffusers text / denoise / decode / total (s) | sdplay / diffusers |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for name, r in report["models"].items():
+        for task in ("img2img", "inpaint"):
+            ours, theirs = r["sdplay"][task], r["diffusers"][task]
+            fmt = lambda t: " / ".join(f"{t[p]:.3f}" for p in PHASES)  # noqa: E731
+            lines.append(f"| {name} | {r['size']} | {task} | {fmt(ours)} | {fmt(theirs)} | "
+                         f"{r[f'{task}_total_ratio']:.2f} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def tiny_models(root: Path) -> list[str]:
+    from tiny import make_tiny_folder
+
+    return [str(make_tiny_folder(family, root / family)) for family in ("sd1", "sd2", "sdxl")]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("models", nargs="*", help=f"models (default: {' '.join(MODELS)})")
+    ap.add_argument("--tiny", action="store_true", help="tiny random SD1/SD2/SDXL folders on the CPU, 64x64")
+    ap.add_argument("--steps", type=int, default=None, help="steps (default 20; --tiny: 2)")
+    ap.add_argument("--repeats", type=int, default=None, help="timed runs after the warm-up (default 3; --tiny: 1)")
+    ap.add_argument("--fast", action="store_true", help="sdplay's compiled fast path on (CUDA)")
+    ap.add_argument("--out", default=os.environ.get("OUT"), help="folder for images_in.json and images_in.md")
+    args = ap.parse_args(argv)
+    started = time.perf_counter()
+    tmp = tempfile.TemporaryDirectory()
+    if args.tiny:
+        os.environ.setdefault("SDPLAY_CACHE", str(Path(tmp.name) / "cache"))
+        device, dtype, size = "cpu", "fp32", 64
+        models, engine = args.models or tiny_models(Path(tmp.name)), Engine(max_models=1, fast=False)
+        steps, repeats = args.steps or 2, args.repeats or 1
+    else:
+        if not torch.cuda.is_available():
+            print("No CUDA device: run with --tiny for a CPU smoke run.", file=sys.stderr)
+            return 2
+        device, dtype, size = "cuda", "fp16", None
+        models = args.models or list(MODELS)
+        engine = Engine(random_weights=True, max_models=1, fast=bool(args.fast))
+        steps, repeats = args.steps or 20, args.repeats or 3
+    import diffusers
+
+    results = {Path(m).name: check(m, engine, device, dtype, steps, repeats, size) for m in models}
+    name = torch.cuda.get_device_name(0) if device == "cuda" else "CPU"
+    report = {"meta": {"device": name, "dtype": dtype, "steps": steps, "repeats": repeats, "fast": bool(args.fast),
+                       "torch": torch.__version__, "diffusers": diffusers.__version__,
+                       "command": "python tests/gpu/check_images_in.py " + " ".join(sys.argv[1:] if argv is None
+                                                                                     else argv),
+                       "wall_s": round(time.perf_counter() - started, 1)},
+              "models": results}  # fmt: skip
     text = json.dumps(report, indent=2)
     print(text)
-    if os.environ.get("OUT"):
-        Path(os.environ["OUT"], "images_in.json").write_text(text)
+    print(markdown(report))
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "images_in.json").write_text(text)
+        (out / "images_in.md").write_text(markdown(report))
+    tmp.cleanup()
     return 0
 
 

@@ -66,6 +66,28 @@ def test_webuiapi_img2img_and_inpainting(real):
     assert "Mask blur: 2" in masked.info["infotexts"][0]
 
 
+def test_webuiapi_img2img_with_several_init_images_gives_one_per_image_of_the_batch(real):
+    """A1111: several init_images set batch_size to their number, each image of the batch takes its own, and every
+    n_iter repeats them (with seed + i for image i)."""
+    api = _api(real)
+    flipped = heart().transpose(Image.Transpose.ROTATE_90)
+    flipped.paste((30, 30, 220), (40, 0, 64, 64))  # its right side differs from heart()'s
+    res = api.img2img(images=[heart(), flipped], mask_image=left_half_mask(), prompt="blue heart", width=64,
+                      height=64, denoising_strength=0.9, seed=7, cfg_scale=4, batch_size=2, n_iter=2, mask_blur=2,
+                      inpaint_full_res=False)  # fmt: skip
+    assert len(res.images) == 4 and res.info["all_seeds"] == [7, 8, 9, 10]
+    for k, img in enumerate(res.images):
+        out, init = np.asarray(img.convert("RGB")).astype(int), np.asarray([heart(), flipped][k % 2]).astype(int)
+        assert np.array_equal(out[:, 44:], init[:, 44:]), k  # its own init image outside the mask
+    hashes = [line.split("Init image hash: ")[1].split(",")[0] for line in res.info["infotexts"]]
+    assert hashes[0] == hashes[2] != hashes[1] == hashes[3]
+    url = f"{real.url}/sdapi/v1/img2img"
+    three = [base64.b64encode(_png(heart())).decode()] * 3
+    too_many = httpx.post(url, timeout=60, json={"prompt": "x", "init_images": three, "batch_size": 2})
+    assert too_many.status_code == 400 and "3 init_images but batch_size is 2" in too_many.text
+    assert "Set batch_size to 3" in too_many.text
+
+
 def test_webuiapi_hires_fix_and_upscaler_lists(real):
     api = _api(real)
     hires = {"enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Latent (bicubic)", "hr_second_pass_steps": 3}
@@ -140,3 +162,16 @@ def test_native_jobs_take_uploaded_or_inline_images(real):
         assert bomb.status_code == 400 and "PNG, JPEG or WebP" in bomb.text
         gone = c.post("/api/v1/jobs", json={"prompt": "x", "init_image": "upload:" + "0" * 32})
         assert gone.status_code == 404 and "Upload the image again" in gone.text
+
+
+def test_a1111_img2img_fields_reach_the_core_request():
+    from sdplay.server.schemas_a1111 import Img2ImgRequest
+
+    one = base64.b64encode(_png(heart())).decode()
+    two = base64.b64encode(_png(heart().transpose(Image.Transpose.FLIP_LEFT_RIGHT))).decode()
+    body = Img2ImgRequest(prompt="x", init_images=[one, two], batch_size=3, n_iter=2,
+                          refiner_checkpoint="sdxl-refiner.safetensors [abc123]", refiner_switch_at=0.7)  # fmt: skip
+    req = body.to_request(None)
+    assert (req.n_images, req.batch_size, len(req.init_images)) == (4, 2, 2)  # batch_size becomes the image count
+    assert (req.refiner, req.refiner_switch_at) == ("sdxl-refiner", 0.7)
+    assert Img2ImgRequest(prompt="x", init_images=[one], refiner_checkpoint="None").to_request(None).refiner is None

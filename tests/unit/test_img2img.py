@@ -137,10 +137,15 @@ def test_metadata_carries_every_new_parameter(engine, tiny_models):
     assert record["init_image"]["sha256"].startswith(fields["Init image hash"]) and record["init_image"]["width"] == 64
     assert record["strength"] == 0.6 and record["inpaint_fill"] == "latent noise"
     json.dumps(res.request.to_dict())
-    hires = engine.generate(req(tiny_models["sd1"], width=32, height=32, hires=HiresFix(scale=1.5, upscaler="Lanczos")))
+    hr = HiresFix(scale=1.5, upscaler="Lanczos", steps=2)
+    hires = engine.generate(req(tiny_models["sd1"], width=32, height=32, hires=hr))
     fields = parse_parameters(parameters_for(hires, 0))
-    assert fields["Hires upscale"] == "1.5" and fields["Hires upscaler"] == "Lanczos"
+    assert fields["Hires upscale"] == "1.5" and fields["Hires upscaler"] == "Lanczos" and fields["Hires steps"] == "2"
     assert fields["Denoising strength"] == "0.7" and hires.images[0].size == (48, 48)
+    assert "Init image hash" not in fields and "Mask blur" not in fields  # text-to-image has neither
+    sized = engine.generate(req(tiny_models["sd1"], width=32, height=32, hires=HiresFix(width=64, height=48)))
+    fields = read_png_info(png_bytes(sized, 0))["fields"]
+    assert fields["Hires resize"] == "64x48" and "Hires steps" not in fields  # 0 steps: as many as the first pass
 
 
 @pytest.mark.parametrize("upscaler", ["Latent", "Latent (nearest)", "Latent (bicubic)", "Latent (antialiased)",
@@ -210,3 +215,32 @@ def test_task_pipelines_share_the_loaded_modules(engine, tiny_models):
         assert pipe.unet is loaded.pipe.unet and pipe.vae is loaded.pipe.vae
         assert pipe.text_encoder_2 is loaded.pipe.text_encoder_2
         assert task_pipe(loaded, task) is pipe
+
+
+def test_several_init_images_cycle_over_the_images_of_the_request(engine, tiny_models):
+    from sdplay.image_input import image_hash
+
+    a, b = picture(), picture().transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+    kw = {"strength": 0.7, "mask": left_mask()}
+    many = engine.generate(req(tiny_models["sd1"], init_image=a, extra_init_images=(b,), n_images=4, batch_size=2,
+                               seed=20, **kw))  # fmt: skip
+    assert many.seeds == [20, 21, 22, 23]
+    for k, (img, seed) in enumerate(((a, 20), (b, 21), (a, 22), (b, 23))):
+        alone = engine.generate(req(tiny_models["sd1"], init_image=img, seed=seed, **kw))
+        assert np.abs(px(many, k) - px(alone)).max() <= 1, k
+        assert parse_parameters(parameters_for(many, k))["Init image hash"] == image_hash(img)[:10]
+    assert np.array_equal(px(many, 1)[:, 48:], np.asarray(b).astype(np.int16)[:, 48:])  # b's own pixels kept
+    record = many.request.to_dict()
+    assert record["extra_init_images"] == [{"width": 64, "height": 64, "sha256": image_hash(b)}]
+
+
+def test_several_init_images_of_other_sizes_are_fitted_without_a_mask(engine, tiny_models):
+    res = engine.generate(req(tiny_models["sd1"], init_image=picture(), extra_init_images=(picture(96, 48),),
+                              n_images=2, strength=0.5))  # fmt: skip
+    assert [im.size for im in res.images] == [(64, 64), (64, 64)]
+    with pytest.raises(InvalidRequest, match="init image 2 is 96x48 but the first is 64x64") as info:
+        engine.plan(req(tiny_models["sd1"], init_image=picture(), extra_init_images=(picture(96, 48),),
+                        mask=left_mask()))  # fmt: skip
+    assert "Resize the images to 64x64" in info.value.hint
+    with pytest.raises(InvalidRequest, match="needs init_image"):
+        engine.plan(req(tiny_models["sd1"], extra_init_images=(picture(),)))

@@ -55,10 +55,34 @@ def test_refiner_takes_the_last_steps(engine, tiny_models, tiny_refiner):
     assert fields["Refiner"] == str(tiny_refiner) and fields["Refiner switch at"] == "0.6"
 
 
-def test_refiner_needs_sdxl_and_text_to_image(engine, tiny_models, tiny_refiner):
+def test_refiner_needs_sdxl_and_no_mask(engine, tiny_models, tiny_refiner):
     with pytest.raises(InvalidRequest, match="not an SDXL model"):
         engine.generate(req(tiny_models["sd1"], refiner=str(tiny_refiner)))
     from PIL import Image
 
-    with pytest.raises(InvalidRequest, match="after text-to-image"):
-        engine.generate(req(tiny_models["sdxl"], refiner=str(tiny_refiner), init_image=Image.new("RGB", (64, 64))))
+    img, mask = Image.new("RGB", (64, 64)), Image.new("L", (64, 64))
+    with pytest.raises(InvalidRequest, match="not after inpainting"):
+        engine.generate(req(tiny_models["sdxl"], refiner=str(tiny_refiner), init_image=img, mask=mask))
+
+
+def test_refiner_after_image_to_image_takes_the_last_of_the_steps_run(engine, tiny_models, tiny_refiner):
+    from PIL import Image
+
+    from sdplay.image_input import image_hash
+    from sdplay.passes import refiner_handoff
+
+    assert refiner_handoff("txt2img", 1.0, 0.8) == 0.8
+    assert refiner_handoff("img2img", 0.5, 0.8) == pytest.approx(0.9)  # 1 - 0.5 * (1 - 0.8)
+    init = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    kw = {"init_image": init, "strength": 0.6, "steps": 10}
+    seen = []
+    a = engine.generate(req(tiny_models["sdxl"], refiner=str(tiny_refiner), refiner_switch_at=0.5, **kw),
+                        on_step=seen.append)  # fmt: skip
+    b = engine.generate(req(tiny_models["sdxl"], refiner=str(tiny_refiner), refiner_switch_at=0.5, **kw))
+    plain = engine.generate(req(tiny_models["sdxl"], **kw))
+    assert np.array_equal(np.asarray(a.images[0]), np.asarray(b.images[0]))
+    assert np.abs(np.asarray(a.images[0]).astype(int) - np.asarray(plain.images[0]).astype(int)).mean() > 0.5
+    assert [s.step for s in seen] == [1, 2, 3, 4, 5, 6]  # the 6 steps of strength 0.6: 3 base + 3 refiner
+    fields = parse_parameters(parameters_for(a, 0))
+    assert fields["Refiner"] == str(tiny_refiner) and fields["Refiner switch at"] == "0.5"
+    assert fields["Denoising strength"] == "0.6" and fields["Init image hash"] == image_hash(init)[:10]

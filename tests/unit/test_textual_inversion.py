@@ -166,7 +166,9 @@ def test_graphed_text_encoders_run_eagerly_for_embeddings_only(tiny_models, ti_d
     reference = Engine(embeddings_dir=str(ti_dir)).generate(req(model, prompt=prompt))
     fast_engine = Engine(fast=False, embeddings_dir=str(ti_dir))
     loaded, _ = fast_engine.load(str(model))
-    accelerate(loaded.pipe, loaded.device, FastConfig(backend="eager", compile="none", text="graph"), recorder=eager_recorder)
+    accelerate(
+        loaded.pipe, loaded.device, FastConfig(backend="eager", compile="none", text="graph"), recorder=eager_recorder
+    )
     styled = fast_engine.generate(req(model, prompt=prompt))
     stats = loaded.pipe.sdplay_fast.stats()
     assert stats["text_encoder"]["eager_calls"] >= 1 and stats["text_encoder_2"]["eager_calls"] >= 1

@@ -87,12 +87,15 @@ class Txt2ImgRequest(BaseModel):
     def to_request(self, model: str | None, options: dict[str, Any] | None = None) -> GenerationRequest:
         """The core request; `model` is the checkpoint chosen by options or override_settings."""
         self._refuse_unsupported()
-        refiner = {}
-        if self.refiner_checkpoint and self.refiner_checkpoint.strip().lower() not in ("", "none"):
-            switch = 0.8 if self.refiner_switch_at is None else self.refiner_switch_at
-            name = self.refiner_checkpoint.split(" [")[0].strip().removesuffix(".safetensors")  # A1111 titles
-            refiner = {"refiner": name, "refiner_switch_at": switch}
-        return self._common(model, options).with_(hires=self._hires(), **refiner)
+        return self._common(model, options).with_(hires=self._hires(), **self._refiner())
+
+    def _refiner(self) -> dict[str, Any]:
+        """refiner_checkpoint (an A1111 title or a name; "None" is none) and refiner_switch_at (default 0.8)."""
+        if not self.refiner_checkpoint or self.refiner_checkpoint.strip().lower() in ("", "none"):
+            return {}
+        switch = 0.8 if self.refiner_switch_at is None else self.refiner_switch_at
+        name = self.refiner_checkpoint.split(" [")[0].strip().removesuffix(".safetensors")  # A1111 titles
+        return {"refiner": name, "refiner_switch_at": switch}
 
     def _hires(self) -> HiresFix | None:
         """enable_hr and the hr_* fields -> the hires fix (A1111 takes the size from hr_resize_x/y if set)."""
@@ -168,7 +171,12 @@ class Txt2ImgRequest(BaseModel):
 class Img2ImgRequest(Txt2ImgRequest):
     """A1111's StableDiffusionImg2ImgProcessingAPI: image-to-image, and inpainting when a mask is sent."""
 
-    init_images: list[str] = Field(min_length=1, max_length=1, description="One base64 image (data: URL or bare).")
+    init_images: list[str] = Field(
+        min_length=1,
+        max_length=MAX_IMAGES,
+        description="Base64 images (data: URL or bare). Several: at most batch_size; the batch takes one each "
+        "(batch_size becomes their number) and every n_iter repeats them, as in A1111.",
+    )
     mask: str | None = Field(None, description="Base64 mask, white = repaint (or alpha, opaque = repaint).")
     resize_mode: int = Field(0, ge=0, le=2, description="0 just resize, 1 crop and resize, 2 resize and fill.")
     denoising_strength: float | None = Field(0.75, ge=0, le=1)
@@ -194,17 +202,31 @@ class Img2ImgRequest(Txt2ImgRequest):
         if self.initial_noise_multiplier not in (None, 1, 1.0) or self.latent_mask:
             field = "latent_mask" if self.latent_mask else "initial_noise_multiplier"
             raise InvalidRequest(f"{field} is not supported.", field=field, hint="Leave it out.")
-        image = decode_image(decode_base64(self.init_images[0], "init_images"), "init_images")
+        images = [decode_image(decode_base64(text, "init_images"), "init_images") for text in self.init_images]
+        image = images[0]
         mask = None
         if self.mask:
             mask = decode_mask(decode_base64(self.mask, "mask"), "mask", size=image.size)
         return self._common(model, options).with_(
-            init_image=image, mask=mask, strength=self.denoising_strength,
+            **self._batch_of(len(images)), **self._refiner(), init_image=image, extra_init_images=tuple(images[1:]),
+            mask=mask,
+            strength=self.denoising_strength,
             mask_blur=self.mask_blur if self.mask_blur is not None else max(self.mask_blur_x, self.mask_blur_y),
             mask_invert=bool(self.inpainting_mask_invert), inpaint_fill=fill_mode(self.inpainting_fill),
             inpaint_full_res=self.inpaint_full_res, inpaint_padding=self.inpaint_full_res_padding,
             resize_mode=resize_mode(self.resize_mode),
         )  # fmt: skip
+
+    def _batch_of(self, count: int) -> dict[str, Any]:
+        """A1111's rule for several init images: one per image of the batch, so batch_size becomes their number
+        (more than batch_size is an error there too); each n_iter repeats them."""
+        if count == 1:
+            return {}
+        if count > self.batch_size:
+            hint = f"Set batch_size to {count}, or send at most {self.batch_size} images."
+            raise InvalidRequest(f"{count} init_images but batch_size is {self.batch_size}; each image of a batch "
+                                 "takes one init image.", field="init_images", hint=hint)  # fmt: skip
+        return {"n_images": count * self.n_iter, "batch_size": count}
 
     def echoed(self) -> dict[str, Any]:
         """The request as A1111 returns it in `parameters`: images only if include_init_images."""
