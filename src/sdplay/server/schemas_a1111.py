@@ -18,6 +18,7 @@ from sdplay.types import (
     GenerationRequest,
     HiresFix,
 )
+from sdplay.vaes import is_default
 
 
 class Txt2ImgRequest(BaseModel):
@@ -144,7 +145,7 @@ class Txt2ImgRequest(BaseModel):
                 if not isinstance(value, str):
                     hint = 'Use a name from GET /sdapi/v1/sd-vae, "Automatic" or "None".'
                     raise InvalidRequest(f"sd_vae must be text, got {value!r}.", field="sd_vae", hint=hint)
-                return value
+                return None if is_default(value) else value  # A1111's "Automatic" is the request's default
         return None
 
     def _clip_skip(self, options: dict[str, Any]) -> int | None:
