@@ -41,6 +41,9 @@ class LoadOptions:
     fast_options: str = ""  # fast-path options, e.g. "deepcache=3,compile=regional" (the edges read $SDPLAY_FAST)
     seed: int = 0  # seed of random weights
     lora_dir: str | None = None  # LoRA .safetensors files (None: the Lora folder under sdplay's model folder)
+    # the light runtime (sdplay.light) for the plans it covers: same images, no diffusers or transformers import;
+    # for one-shot runs (the CLI), a long-lived server keeps to the full pipelines
+    light: bool = False
 
 
 @dataclass
@@ -55,6 +58,7 @@ class LoadedModel:
     choices: dict[str, Any] = field(default_factory=dict)
     load_seconds: float = 0.0
     scheduler_config: dict[str, Any] = field(default_factory=dict)
+    light: bool = False  # built by sdplay.light: it runs only the plans sdplay.light.covers
 
     @property
     def family(self) -> Family:
@@ -90,11 +94,15 @@ def family_of(pipe: Any) -> Family:
 _LOADING = threading.Lock()
 
 
-def load_pipeline(spec: ModelSpec, device: DeviceInfo, dtype: str, opts: LoadOptions) -> LoadedModel:
-    """Load a model by whichever route its spec names, then apply the optimisation step (one load at a time)."""
+def load_pipeline(
+    spec: ModelSpec, device: DeviceInfo, dtype: str, opts: LoadOptions, light: bool = False
+) -> LoadedModel:
+    """Load a model by whichever route its spec names (`light`: on sdplay.light, for a plan it covers), then apply
+    the optimisation step (one load at a time)."""
     with _LOADING:
-        _import_schedulers()
-        return _load_pipeline(spec, device, dtype, opts)
+        if not light:
+            _import_schedulers()
+        return _load_pipeline(spec, device, dtype, opts, light)
 
 
 def _import_schedulers() -> None:
@@ -107,14 +115,18 @@ def _import_schedulers() -> None:
         getattr(diffusers, sampler.scheduler)
 
 
-def _load_pipeline(spec: ModelSpec, device: DeviceInfo, dtype: str, opts: LoadOptions) -> LoadedModel:
+def _load_pipeline(spec: ModelSpec, device: DeviceInfo, dtype: str, opts: LoadOptions, light: bool) -> LoadedModel:
     import torch
 
     from sdplay.optimize import optimize_pipeline
 
     start = time.perf_counter()
     torch_dtype = getattr(torch, dtype)
-    if opts.random_weights:
+    if light:
+        from sdplay import light as light_runtime
+
+        pipe, source = light_runtime.load(spec.weights_dir, dtype), f"folder {spec.weights_dir}"
+    elif opts.random_weights:
         pipe, source = build_random_pipeline(spec, torch_dtype, device.id, opts.seed), "random weights"
     elif spec.weights_dir is not None and spec.weights_dir.is_file():
         pipe, source = _load_single_file(spec, torch_dtype, opts), f"single file {spec.weights_dir}"
@@ -126,7 +138,7 @@ def _load_pipeline(spec: ModelSpec, device: DeviceInfo, dtype: str, opts: LoadOp
     choices = {"source": source, "random_weights": opts.random_weights}
     choices |= optimize_pipeline(pipe, device, torch_dtype, opts, family)
     elapsed = time.perf_counter() - start
-    return LoadedModel(spec, family, pipe, device, dtype, choices, elapsed, dict(pipe.scheduler.config))
+    return LoadedModel(spec, family, pipe, device, dtype, choices, elapsed, dict(pipe.scheduler.config), light)
 
 
 def _pipeline_class(name: str):
