@@ -25,7 +25,7 @@ class LightPipeline:
     """The modules of a standard diffusers folder (sdplay.light.folder.check passed), loaded without diffusers."""
 
     sdplay_attention = "sdpa"  # what sdplay.optimize records: every attention here is scaled_dot_product_attention
-    schedulers = schedulers  # where sdplay.samplers.make_scheduler finds the scheduler classes for this pipeline
+    sdplay_schedulers = schedulers  # where sdplay.samplers.make_scheduler finds the scheduler classes for this pipeline
 
     def __init__(self, unet: UNet, vae: VAEDecoder, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
                  scheduler: schedulers.DPMSolverMultistepScheduler, index: dict[str, Any]):  # fmt: skip
