@@ -45,16 +45,13 @@ def entry() -> None:
 
 
 def _main(argv: list[str] | None) -> tuple[argparse.Namespace | None, int]:
-    from sdplay.cli.common import quiet_libraries
+    from sdplay.cli.common import openmp_waiting, quiet_libraries
 
     if "-v" not in (argv or sys.argv) and "--verbose" not in (argv or sys.argv):
         quiet_libraries()
-    # Idle OpenMP threads sleep instead of spinning (read when torch loads; yours wins if set). On a busy CPU
-    # spinning threads starve each other: 20 steps of the embedded model took 90-190 s instead of 14 s on 2 cores
-    # at a load average of about 20.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args = parser.parse_args(argv)
+    openmp_waiting(getattr(args, "command", None))  # before torch loads
     if not getattr(args, "func", None):
         parser.print_help()
         return args, 2
