@@ -110,9 +110,12 @@ def _read(path: str, flag: str, mask_for=None):
 
 def run(args: argparse.Namespace) -> int:
     quiet_libraries()
-    # Start-up (torch's import, the model) allocates about a million objects that live until the end: no collection
-    # passes over them while they are made (0.2-0.3 s of CPU); collection resumes at the first step.
-    gc.disable()
+    program = getattr(args, "program", False)  # the `sdplay` program, not a call of main() inside another
+    if program:
+        # Start-up (torch's import, the model) allocates about a million objects that live until the program
+        # ends: no collection passes over them while they are made (0.2-0.3 s of CPU); at the first step they
+        # are set aside for good (gc.freeze) and collection resumes.
+        gc.disable()
     from sdplay import catalog
     from sdplay.images import ensure_writable, save_png
     from sdplay.samplers import get_sampler
@@ -137,14 +140,14 @@ def run(args: argparse.Namespace) -> int:
         from sdplay.accel.runtime import configure_torch
 
         configure_torch()  # process-wide torch settings, once, before any model loads
-    with _Progress(plan.request, quiet=args.json) as progress:
+    with _Progress(plan.request, quiet=args.json, resume_gc=program) as progress:
         result = engine.generate(plan, on_step=progress.update, monitor=args.monitor)
     paths = [save_png(result, i, out_dir) for i in range(len(result.images))]
     _report(result, paths, args.json)
     note = unknown_prompt_note(request.prompt, request.model)
     if note:
         print(f"note: {note}", file=sys.stderr if args.json else sys.stdout)
-    args.skip_teardown = light  # nothing of diffusers' to shut down: the program may end at once (cli.main.entry)
+    args.skip_teardown = program and light  # nothing of diffusers' to shut down: end at once (cli.main.entry)
     return 0
 
 
@@ -180,11 +183,11 @@ def _hide_library_progress() -> None:
 
 class _Progress:
     """A tqdm bar over all denoising steps of all batches, drawn from the first step on (so a load error
-    is never preceded by an empty bar). The first step also ends start-up: what exists then is kept out of
-    later garbage collections (gc.freeze) and collection resumes."""
+    is never preceded by an empty bar). With `resume_gc` the first step also ends start-up: what exists then is
+    kept out of later garbage collections (gc.freeze) and collection resumes."""
 
-    def __init__(self, request, quiet: bool):
-        self.request, self.quiet, self.bar = request, quiet, None
+    def __init__(self, request, quiet: bool, resume_gc: bool = False):
+        self.request, self.quiet, self.resume_gc, self.bar = request, quiet, resume_gc, None
 
     def __enter__(self):
         return self
@@ -198,8 +201,9 @@ class _Progress:
 
     def update(self, info) -> None:
         if self.bar is None:
-            gc.freeze()
-            gc.enable()
+            if self.resume_gc:
+                gc.freeze()
+                gc.enable()
             self._start()
         total = info.batch_count * info.total_steps
         if self.bar.total != total:

@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return _main(argv)[1]
+    return _main(argv, program=False)[1]
 
 
 def entry() -> None:
@@ -35,7 +35,7 @@ def entry() -> None:
     any library left), the interpreter's teardown is skipped: freeing its million-odd objects one by one took
     0.4-0.8 s of CPU, a fifth of `sdplay generate "red heart"`. Output is flushed first.
     """
-    args, status = _main(None)
+    args, status = _main(None, program=True)
     if getattr(args, "skip_teardown", False):
         logging.shutdown()
         sys.stdout.flush()
@@ -44,14 +44,17 @@ def entry() -> None:
     sys.exit(status)
 
 
-def _main(argv: list[str] | None) -> tuple[argparse.Namespace | None, int]:
+def _main(argv: list[str] | None, program: bool) -> tuple[argparse.Namespace | None, int]:
+    """Parse and run; `program`: this process is the `sdplay` program, which ends when the command does (a
+    command may then skip work meant for long-lived processes: sdplay.cli.generate)."""
     from sdplay.cli.common import openmp_waiting, quiet_libraries
 
     if "-v" not in (argv or sys.argv) and "--verbose" not in (argv or sys.argv):
         quiet_libraries()
     parser = build_parser()
     args = parser.parse_args(argv)
-    openmp_waiting(getattr(args, "command", None))  # before torch loads
+    openmp_waiting(getattr(args, "command", None) if program else None)  # before torch loads
+    args.program = program
     if not getattr(args, "func", None):
         parser.print_help()
         return args, 2
