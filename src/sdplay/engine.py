@@ -174,15 +174,28 @@ class Engine:
         """The cached pipeline for a model on this engine's device, loading it if needed; True if just loaded."""
         return self._load(self.plan(GenerationRequest(prompt="", model=model, device=device, dtype=dtype)))
 
+    def runs_light(self, p: Plan) -> bool:
+        """Whether this engine runs the plan on sdplay.light (its options ask for it and it covers the plan)."""
+        if not self.options.light:
+            return False
+        from sdplay import light
+
+        return light.covers(p, self.options)
+
     def _load(self, p: Plan) -> tuple[LoadedModel, bool]:
         key = (p.model.name, p.device.id, p.dtype)
+        light = self.runs_light(p)
         with self._lock:
-            if key in self._models:
+            cached = self._models.get(key)
+            if cached is not None and (light or not cached.light):  # a light pipeline serves only light plans
                 self._models.move_to_end(key)
-                return self._models[key], False
+                return cached, False
+            if cached is not None:
+                self._models.move_to_end(key, last=False)
+                self._evict()
             while len(self._models) >= self.max_models:
                 self._evict()
-            loaded = load_pipeline(p.model, p.device, p.dtype, self.options)
+            loaded = load_pipeline(p.model, p.device, p.dtype, self.options, light)
             self._models[key] = loaded
             while len(self._models) > 1 and self._over_budget():
                 self._evict()
@@ -436,17 +449,25 @@ _VERSIONS: dict[str, str] = {}
 def versions() -> dict[str, str]:
     """Versions of sdplay and the libraries that shape its output."""
     if not _VERSIONS:
-        import diffusers
         import torch
-        import transformers
 
         from sdplay import __version__
 
-        _VERSIONS.update(
-            sdplay=__version__, torch=torch.__version__, diffusers=diffusers.__version__,
-            transformers=transformers.__version__,
-        )  # fmt: skip
+        _VERSIONS.update(sdplay=__version__, torch=torch.__version__, diffusers=_version("diffusers"),
+                         transformers=_version("transformers"))  # fmt: skip
     return dict(_VERSIONS)
+
+
+def _version(package: str) -> str:
+    """A library's version, without importing it where it is not loaded yet (the light runtime uses neither)."""
+    import sys
+
+    module = sys.modules.get(package)
+    if module is not None:
+        return module.__version__
+    from importlib.metadata import version
+
+    return version(package)
 
 
 def _model_info(spec: ModelSpec, loaded: bool, random_weights: bool = False) -> ModelInfo:

@@ -46,6 +46,9 @@ class LoadOptions:
     vae_dir: str | None = None  # VAE files and folders (None: the VAE folder there)
     ckpt_dir: str | None = None  # checkpoints listed beside the built-in models (None: Stable-diffusion there)
     vae: str | None = None  # the default VAE (a path, or a name in the VAE folder); None: each model's own
+    # the light runtime (sdplay.light) for the plans it covers: same images, no diffusers or transformers import;
+    # for one-shot runs (the CLI), a long-lived server keeps to the full pipelines
+    light: bool = False
 
 
 @dataclass
@@ -61,6 +64,7 @@ class LoadedModel:
     load_seconds: float = 0.0
     scheduler_config: dict[str, Any] = field(default_factory=dict)
     load_times: dict[str, float] = field(default_factory=dict)  # seconds per loading step (reading overlaps)
+    light: bool = False  # built by sdplay.light: it runs only the plans sdplay.light.covers
 
     @property
     def family(self) -> Family:
@@ -96,10 +100,15 @@ def family_of(pipe: Any) -> Family:
 _LOADING = threading.Lock()
 
 
-def load_pipeline(spec: ModelSpec, device: DeviceInfo, dtype: str, opts: LoadOptions) -> LoadedModel:
-    """Load a model by whichever route its spec names, then apply the optimisation step (one load at a time)."""
+def load_pipeline(
+    spec: ModelSpec, device: DeviceInfo, dtype: str, opts: LoadOptions, light: bool = False
+) -> LoadedModel:
+    """Load a model by whichever route its spec names (`light`: on sdplay.light, for a plan it covers), then apply
+    the optimisation step (one load at a time)."""
     with _LOADING:
         start = time.perf_counter()
+        if light:
+            return _load_pipeline(spec, device, dtype, opts, None, {}, start, light=True)
         reading = _start_reading(spec, device, opts)  # in the background, while the libraries import
         _import_schedulers()
         _import_model_classes(spec)
@@ -151,7 +160,14 @@ def _start_reading(spec: ModelSpec, device: DeviceInfo, opts: LoadOptions) -> fa
 
 
 def _load_pipeline(
-    spec: ModelSpec, device: DeviceInfo, dtype: str, opts: LoadOptions, reading, times: dict, start: float
+    spec: ModelSpec,
+    device: DeviceInfo,
+    dtype: str,
+    opts: LoadOptions,
+    reading,
+    times: dict,
+    start: float,
+    light: bool = False,
 ) -> LoadedModel:
     import torch
 
@@ -159,7 +175,11 @@ def _load_pipeline(
 
     torch_dtype = getattr(torch, dtype)
     target, loader = (reading.device if reading is not None else "cpu"), "sdplay"
-    if opts.random_weights:
+    if light:
+        from sdplay import light as light_runtime
+
+        pipe, source = light_runtime.load(spec.weights_dir, dtype), f"folder {spec.weights_dir}"
+    elif opts.random_weights:
         pipe, source = build_random_pipeline(spec, torch_dtype, device.id, opts.seed), "random weights"
     elif spec.weights_dir is not None and spec.weights_dir.is_file():
         pipe, loader = _load_single_file(spec, torch_dtype, reading, target, times)
@@ -182,7 +202,7 @@ def _load_pipeline(
     _synchronize(device)
     times["optimisation step"] = time.perf_counter() - built
     elapsed = time.perf_counter() - start
-    return LoadedModel(spec, family, pipe, device, dtype, choices, elapsed, dict(pipe.scheduler.config), times)
+    return LoadedModel(spec, family, pipe, device, dtype, choices, elapsed, dict(pipe.scheduler.config), times, light)
 
 
 def _has_checker(spec: ModelSpec) -> bool:

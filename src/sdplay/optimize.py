@@ -75,10 +75,13 @@ def _safety_checker(pipe: Any, opts) -> str:
 
 def _use_sdpa(pipe: Any) -> str:
     import torch.nn.functional as F
-    from diffusers.models.attention_processor import AttnProcessor2_0
 
     if not hasattr(F, "scaled_dot_product_attention"):
         return "classic"
+    if getattr(pipe, "sdplay_attention", None):  # a pipeline of sdplay.light: SDPA throughout, nothing to set
+        return pipe.sdplay_attention
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
     for name in ("unet", "vae"):
         getattr(pipe, name).set_attn_processor(AttnProcessor2_0())
     return "sdpa"

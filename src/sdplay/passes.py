@@ -114,7 +114,8 @@ class PassArgs:
 
 def new_scheduler(loaded: LoadedModel, pipe: Any, args: PassArgs) -> str:
     """A fresh scheduler for this pass: no step state is shared between requests or passes."""
-    pipe.scheduler = make_scheduler(args.sampler, loaded.scheduler_config, args.item_seeds)
+    classes = getattr(pipe, "sdplay_schedulers", None)  # sdplay.light's pipeline brings its own; diffusers' otherwise
+    pipe.scheduler = make_scheduler(args.sampler, loaded.scheduler_config, args.item_seeds, classes)
     if getattr(pipe, "sdplay_fast", None) is not None:  # the fast path keeps step arithmetic off the device
         pipe.sdplay_fast.prepare_scheduler(pipe.scheduler)
     return type(pipe.scheduler).__name__

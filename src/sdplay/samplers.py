@@ -144,16 +144,22 @@ def _find(name: str) -> SamplerSpec:
     )
 
 
-def make_scheduler(name: str | SamplerSpec, base_config: dict[str, Any], seeds: list[int] | None = None):
+def make_scheduler(
+    name: str | SamplerSpec, base_config: dict[str, Any], seeds: list[int] | None = None, classes: Any = None
+):
     """A fresh scheduler for one batch, keeping the model's own betas and prediction type.
 
     `seeds` (one per image) seed the Brownian-tree noise of the SDE samplers, so every image
-    depends only on its own seed, whatever batch it runs in.
+    depends only on its own seed, whatever batch it runs in. `classes`: where the scheduler classes are found by
+    name (default: diffusers; sdplay.light brings its own).
     """
-    import diffusers
+    if classes is None:
+        import diffusers
+
+        classes = diffusers
 
     spec = name if isinstance(name, SamplerSpec) else get_sampler(name)
-    cls = getattr(diffusers, spec.scheduler)
+    cls = getattr(classes, spec.scheduler)
     config = {k: v for k, v in base_config.items() if not k.startswith("_")}
     if spec.scheduler == "DPMSolverMultistepScheduler" and config.get("prediction_type") == "v_prediction":
         config["final_sigmas_type"] = "zero"

@@ -102,3 +102,46 @@ def test_a_missing_extra_is_named_with_the_command_that_installs_it(monkeypatch)
     by_command = missing_extra(ModuleNotFoundError("No module named 'anyio'", name="anyio"), "serve")
     assert "'server' extra" in str(by_command)
     assert missing_extra(ModuleNotFoundError("No module named 'foo'", name="foo"), "models") is None
+
+
+def test_openmp_threads_sleep_unless_a_one_shot_generate_finds_the_cpus_free(monkeypatch):
+    from sdplay.cli import common
+
+    for var in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):  # recorded, so whatever the test sets is undone after it
+        monkeypatch.setenv(var, "")
+        monkeypatch.delenv(var)
+    monkeypatch.setattr(common, "_cpus_free", lambda: True)
+    common.openmp_waiting("serve")
+    assert common.os.environ["OMP_WAIT_POLICY"] == "PASSIVE" and "GOMP_SPINCOUNT" not in common.os.environ
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    common.openmp_waiting("generate")
+    assert common.os.environ["GOMP_SPINCOUNT"] == "1000" and "OMP_WAIT_POLICY" not in common.os.environ
+    monkeypatch.delenv("GOMP_SPINCOUNT")
+    monkeypatch.setattr(common, "_cpus_free", lambda: False)
+    common.openmp_waiting("generate")
+    assert common.os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the user's choice stays
+    common.openmp_waiting("generate")
+    assert common.os.environ["OMP_WAIT_POLICY"] == "ACTIVE" and "GOMP_SPINCOUNT" not in common.os.environ
+
+
+def test_the_program_ends_at_once_after_a_light_run_with_all_its_output(tmp_path):
+    """`python -m sdplay.cli.main` (the `sdplay` program) skips the interpreter's teardown after a light run: the
+    exit status and every line of output still arrive, and the image is complete."""
+    import json
+
+    env = {"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HOME": str(Path.home())}
+    args = ["generate", "red heart", "--device", "cpu", "--steps", "2", "--seed", "5", "--json", "--out", str(tmp_path)]
+    done = subprocess.run([sys.executable, "-m", "sdplay.cli.main", *args], capture_output=True, text=True,
+                          env=env, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    record = json.loads(done.stdout)
+    assert record["seeds"] == [5] and Path(record["paths"][0]).stat().st_size > 1000
+    from PIL import Image
+
+    with Image.open(record["paths"][0]) as image:
+        image.load()
+        assert image.size == (64, 64) and "parameters" in image.text
+    bad = subprocess.run([sys.executable, "-m", "sdplay.cli.main", "generate", "x", "--steps", "0"],
+                         capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    assert bad.returncode == 2 and "steps must be between" in bad.stderr
