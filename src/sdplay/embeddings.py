@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sdplay.errors import InvalidRequest, ModelNotAvailable, UnsafeCheckpoint
-from sdplay.loras import AddonFile, Folder
+from sdplay.loras import AddonFile, Folder, load_safetensors, refuse_pickled_addon
 
 SUFFIXES = (".safetensors", ".pt", ".bin")
 PICKLED = (".pt", ".bin")
@@ -182,12 +182,7 @@ def _read(file: AddonFile, allow_pickle: bool) -> dict[str, Any]:
     path = file.path
     if path.suffix.lower() in PICKLED:
         if not allow_pickle:
-            raise UnsafeCheckpoint(
-                f"The embedding {path.name} is a pickle file; loading it could run code hidden in the file.",
-                field=FIELD,
-                hint="Convert it to .safetensors, or allow pickle if you trust its source (--allow-pickle or "
-                "SDPLAY_ALLOW_PICKLE=1; it is then read with torch.load(weights_only=True)).",
-            )
+            refuse_pickled_addon("embedding", path, FIELD)
         import torch
 
         try:
@@ -199,16 +194,7 @@ def _read(file: AddonFile, allow_pickle: bool) -> dict[str, Any]:
                 hint="It is truncated, not an embedding, or holds more than plain tensors; use a .safetensors copy.",
             ) from exc
     else:
-        from safetensors.torch import load_file
-
-        try:
-            data = load_file(str(path))
-        except Exception as exc:  # safetensors raises its own error types for every kind of damage
-            raise ModelNotAvailable(
-                f"The embedding {path.name} cannot be read: {exc}.",
-                field=FIELD,
-                hint="It is truncated or not a .safetensors file; download it again.",
-            ) from exc
+        data = load_safetensors(path, "embedding", FIELD)
     if not isinstance(data, dict) or not data:
         raise ModelNotAvailable(f"The embedding {path.name} holds no tensors.", field=FIELD)
     return data

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sdplay import families
-from sdplay.errors import InvalidRequest, ModelNotAvailable
+from sdplay.errors import InvalidRequest, ModelNotAvailable, UnsafeCheckpoint
 from sdplay.families import FamilySpec
 from sdplay.prompt_syntax import LoraRef
 
@@ -205,19 +205,35 @@ class Folder:
 
 
 # -- reading and checking a LoRA file ----------------------------------------------------------------
-def read_state_dict(file: AddonFile, what: str = "LoRA") -> dict[str, Any]:
-    """The tensors of a .safetensors file, refusing truncated or malformed files and NaN/Inf weights."""
-    import torch
+def refuse_pickled_addon(what: str, path: Path, field: str) -> None:
+    """Refuse a pickled add-on file (an embedding or VAE) unless the user allowed pickle."""
+    raise UnsafeCheckpoint(
+        f"The {what} {path.name} is a pickle file; loading it could run code hidden in the file.",
+        field=field,
+        hint="Convert it to .safetensors, or allow pickle if you trust its source (--allow-pickle or "
+        "SDPLAY_ALLOW_PICKLE=1; it is then read with torch.load(weights_only=True)).",
+    )
+
+
+def load_safetensors(path: Path, what: str, field: str) -> dict[str, Any]:
+    """The tensors of an add-on's .safetensors file; a truncated or malformed file is a ModelNotAvailable."""
     from safetensors.torch import load_file
 
     try:
-        tensors = load_file(str(file.path))
+        return load_file(str(path))
     except Exception as exc:  # safetensors raises its own error types for every kind of damage
         raise ModelNotAvailable(
-            f"The {what} file {file.path.name} cannot be read: {exc}.",
-            field="loras" if what == "LoRA" else what,
+            f"The {what} {path.name} cannot be read: {exc}.",
+            field=field,
             hint="It is truncated or not a .safetensors file; download it again.",
         ) from exc
+
+
+def read_state_dict(file: AddonFile, what: str = "LoRA") -> dict[str, Any]:
+    """The tensors of a .safetensors file, refusing truncated or malformed files and NaN/Inf weights."""
+    import torch
+
+    tensors = load_safetensors(file.path, f"{what} file", "loras" if what == "LoRA" else what)
     for key, tensor in tensors.items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise ModelNotAvailable(

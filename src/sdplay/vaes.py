@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sdplay.errors import InvalidRequest, ModelNotAvailable, UnsafeCheckpoint
-from sdplay.loras import AddonFile, Folder, full_hash
+from sdplay.loras import AddonFile, Folder, full_hash, load_safetensors, refuse_pickled_addon
 
 SUFFIXES = (".safetensors", ".pt", ".ckpt", ".bin")
 PICKLED = (".pt", ".ckpt", ".bin")
@@ -134,12 +134,7 @@ def _state_dict(vae: VaeFile, allow_pickle: bool) -> dict[str, Any]:
     path = vae.path
     if path.suffix.lower() in PICKLED:
         if not allow_pickle:
-            raise UnsafeCheckpoint(
-                f"The VAE {path.name} is a pickle file; loading it could run code hidden in the file.",
-                field=FIELD,
-                hint="Convert it to .safetensors, or allow pickle if you trust its source (--allow-pickle or "
-                "SDPLAY_ALLOW_PICKLE=1; it is then read with torch.load(weights_only=True)).",
-            )
+            refuse_pickled_addon("VAE", path, FIELD)
         from sdplay.checkpoints import load_pickle_state_dict
 
         try:
@@ -148,16 +143,7 @@ def _state_dict(vae: VaeFile, allow_pickle: bool) -> dict[str, Any]:
             hint = "It is truncated or holds more than tensors; use a .safetensors copy."
             message = f"The VAE {path.name} cannot be read: {exc.message}"
             raise ModelNotAvailable(message, field=FIELD, hint=hint) from exc
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path))
-    except Exception as exc:  # safetensors raises its own error types for every kind of damage
-        raise ModelNotAvailable(
-            f"The VAE {path.name} cannot be read: {exc}.",
-            field=FIELD,
-            hint="It is truncated or not a .safetensors file; download it again.",
-        ) from exc
+    return load_safetensors(path, "VAE", FIELD)
 
 
 def _config_dir(like: Any) -> Path:

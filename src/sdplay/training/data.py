@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import tarfile
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 
 from sdplay.errors import DataError
 from sdplay.extras import install_command
+from sdplay.paths import atomic_file
 
 PACKAGE = "emoji-datasource-google@16"
 KEYWORD_PACKAGES = ("emojilib@4", "cldr-annotations-full@48")  # keywords and alternative names (MIT, Unicode-3.0)
@@ -198,24 +198,16 @@ def read_package(tgz: Path, keywords: dict[str, list[str]] | None = None) -> Cap
 
 def save_set(data: CaptionedImages, path: Path) -> Path:
     """Write the set as one compressed .npz, atomically (a stopped write leaves no broken file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez_compressed(
-                fh,
-                images=data.images,
-                captions=np.array(data.captions, dtype=str),
-                variants=np.array(json.dumps(data.variants)),
-                source=np.array(data.source),
-                categories=np.array(data.categories or [""] * len(data), dtype=str),
-                keywords=np.array(json.dumps(data.keywords or [[] for _ in data.captions])),
-            )
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_file(path) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(
+            fh,
+            images=data.images,
+            captions=np.array(data.captions, dtype=str),
+            variants=np.array(json.dumps(data.variants)),
+            source=np.array(data.source),
+            categories=np.array(data.categories or [""] * len(data), dtype=str),
+            keywords=np.array(json.dumps(data.keywords or [[] for _ in data.captions])),
+        )
     return path
 
 

@@ -9,8 +9,6 @@ The file holds kohya's keys (`lora_unet_<module>` / `lora_te_<module>` with `.lo
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import Any
 import torch
 
 from sdplay.errors import InvalidRequest
+from sdplay.paths import atomic_file
 
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
@@ -163,14 +162,6 @@ def save(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> 
     """Write the .safetensors atomically (a stopped write leaves the previous file or none)."""
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         save_file(tensors, tmp, metadata=meta)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
