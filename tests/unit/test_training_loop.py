@@ -89,6 +89,44 @@ def test_ctrl_c_keeps_a_checkpoint_and_resume_matches_an_unbroken_run(tmp_path, 
         assert (resumed / part).read_bytes() == (trained / part).read_bytes()
 
 
+NAMING = {"text_steps": 40, "text_weight": 0.5, "text_batch_size": 8, "text_lr": 1e-2}
+
+
+def test_naming_stage_learns_the_captions_before_the_unet(tmp_path, tiny_set):
+    seen: dict[str, list[float]] = {}
+
+    def record(name, step, total, loss):
+        seen.setdefault(name, []).append(loss)
+
+    result = train(_cfg(tmp_path / "named", tiny_set, **NAMING), on_step=record)
+    assert list(seen) == ["vae", "text", "unet"] and len(seen["text"]) == 40
+    assert np.mean(seen["text"][:3]) > 0.8  # about log(3): three emoji, not yet told apart
+    assert np.mean(seen["text"][-5:]) < 0.2  # then named from their captions
+    state = checkpoint.load_checkpoint(tmp_path / "named" / checkpoint.CHECKPOINT_NAME)
+    assert state["head"]["weight"].shape == (3, TINY.text_hidden)
+    plain = train(_cfg(tmp_path / "plain", tiny_set)).model_dir
+    part = "text_encoder/model.safetensors"
+    assert (result.model_dir / part).read_bytes() != (plain / part).read_bytes()
+    export.check_folder(result.model_dir)  # the head is not part of the model
+
+
+@pytest.mark.parametrize("stage", ["text", "unet"])
+def test_resume_in_or_after_the_naming_stage_matches_an_unbroken_run(tmp_path, tiny_set, stage):
+    unbroken = train(_cfg(tmp_path / "unbroken", tiny_set, **NAMING)).model_dir
+    out = tmp_path / "stopped"
+
+    def press_ctrl_c(name, step, total, loss):
+        if name == stage and step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(out, tiny_set, **NAMING), on_step=press_ctrl_c)
+    assert checkpoint.load_checkpoint(out / checkpoint.CHECKPOINT_NAME)["stage"] == stage
+    resumed = train(_cfg(out, tiny_set, **NAMING), resume=True).model_dir
+    for part in ("unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"):
+        assert (resumed / part).read_bytes() == (unbroken / part).read_bytes()
+
+
 def test_a_write_stopped_half_way_leaves_the_last_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint.pt"
     checkpoint.save_checkpoint({"stage": "unet", "step": 7, "w": torch.ones(3)}, path)

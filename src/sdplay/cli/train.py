@@ -51,6 +51,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--colour-weight", type=float, default=None, help="draw emoji that differ only by colour this much more (3)"
     )
     hp.add_argument("--main-caption", type=float, default=None, help="share of samples with the main caption (0.3)")
+    hp.add_argument(
+        "--text-steps",
+        type=int,
+        default=None,
+        help="first train the text encoder alone for this many steps to name each caption's emoji (0)",
+    )
+    hp.add_argument(
+        "--text-weight",
+        type=float,
+        default=None,
+        help="keep that naming loss at this weight while the UNet trains (0: off)",
+    )
     hp.add_argument("--token-embedding", type=Path, default=None, help="start the token embedding from this .npy")
     hp.add_argument("--freeze-token-embedding", action="store_true", help="keep that token embedding fixed")
     hp.add_argument("--max-minutes", type=float, default=None, help="shorten the schedule to end in this time")
@@ -87,6 +99,7 @@ def config_from_args(args: argparse.Namespace):
 
     names = ("data", "images", "init", "steps", "vae_steps", "batch_size", "lr", "warmup", "seed", "device")
     names += ("token_embedding", "augment", "rank", "alpha", "colour_weight", "main_caption")
+    names += ("text_steps", "text_weight")
     given = {k: getattr(args, k) for k in (*names, "max_minutes", "checkpoint_every") if getattr(args, k) is not None}
     if args.freeze_text_encoder or args.text_encoder is False:
         given["train_text_encoder"] = False

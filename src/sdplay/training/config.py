@@ -34,6 +34,10 @@ class TrainConfig:
     colour_weight: float = 3.0  # emoji that differ only by colour (hearts, circles, squares) are drawn this much more
     augment: int | None = None  # phrasings made per image (captions.py); None: 48 for a new model, 0 to fine-tune
     train_text_encoder: bool = True
+    text_steps: int = 0  # steps of the naming stage: the text encoder learns to name each caption's emoji first
+    text_weight: float = 0.0  # weight of that naming loss kept on during the UNet stage (0: off)
+    text_lr: float = 2e-3
+    text_batch_size: int = 512
     token_embedding: Path | None = None  # .npy (vocab, text_hidden) to start the token embedding from (new models)
     freeze_token_embedding: bool = False
     seed: int = 0

@@ -1,4 +1,5 @@
-"""The train loop: first the VAE (new models only), then the UNet and text encoder on its latents.
+"""The train loop: first the VAE (new models only), then (with `text_steps`) the text encoder alone on naming
+each caption's emoji, then the UNet and text encoder on the VAE's latents (optionally still naming them).
 
 With `lora`, the model stays frozen and only low-rank adapters on its attention are trained (training/lora.py),
 exported as a kohya-format .safetensors instead of a model folder.
@@ -67,6 +68,8 @@ class _Run:
     vocabulary: list[str] | None = None  # the texts whose words the model knows (vocabulary.txt)
     family: str = "embedded"  # the base model's family (LoRA metadata)
     captions: list[str] | None = None  # the captions of the images (LoRA metadata)
+    head: Any = None  # (text_hidden -> images) linear head of the naming loss; None when it is off
+    text_len: int = 77  # tokens up to the longest caption's end: the naming stage reads no further
 
 
 def train(cfg: TrainConfig, resume: bool = False, on_step: StepHook | None = None) -> TrainResult:
@@ -84,6 +87,8 @@ def train(cfg: TrainConfig, resume: bool = False, on_step: StepHook | None = Non
         if run.stage == "vae":
             _train_vae(run, stop, on_step, ckpt_path)
         _encode_latents(run)
+        if run.stage == "text":
+            _train_text(run, stop, on_step, ckpt_path)
         if run.stage == "unet":
             _train_unet(run, stop, on_step, ckpt_path)
     seconds = time.monotonic() - started
@@ -150,7 +155,18 @@ def _setup(cfg: TrainConfig) -> _Run:
     te.requires_grad_(cfg.train_text_encoder)
     if new_model and cfg.token_embedding:
         _start_token_embedding(te, cfg)
+    if cfg.train_text_encoder and (cfg.text_steps > 0 or cfg.text_weight > 0):
+        _add_naming_head(run, tokenizer.eos_token_id)
     return run
+
+
+def _add_naming_head(run: _Run, eos: int) -> None:
+    """The linear head of the naming loss, and where the naming stage comes in the run."""
+    run.head = torch.nn.Linear(run.te.config.hidden_size, len(run.pixels)).to(run.device)
+    ends = (run.tokens == eos).int().argmax(dim=1)  # each caption's end token (CLIP pools there)
+    run.text_len = int(ends.max()) + 1  # causal attention: the states up to it do not depend on the padding
+    if run.stage == "unet" and run.cfg.text_steps > 0:
+        run.stage = "text"
 
 
 def _lora_base(cfg: TrainConfig) -> str:
@@ -240,6 +256,7 @@ def _state(run: _Run) -> dict[str, Any]:
         weights = {"lora": loras.adapter_state(run.unet, run.te)}
     else:
         weights = {"te": run.te.state_dict(), "unet": run.unet.state_dict(), "vae": run.vae.state_dict()}
+        weights["head"] = run.head.state_dict() if run.head is not None else None
     return weights | {
         "stage": run.stage,
         "step": run.step,
@@ -261,6 +278,8 @@ def _restore(run: _Run, state: dict[str, Any]) -> None:
         else:
             for name in ("te", "unet", "vae"):
                 getattr(run, name).load_state_dict(state[name])
+            if run.head is not None and state.get("head") is not None:
+                run.head.load_state_dict(state["head"])
     except (RuntimeError, KeyError) as exc:
         raise DataError(
             f"The checkpoint in {run.cfg.out} is for another model architecture ({exc}).",
@@ -345,7 +364,8 @@ def _train_vae(run: _Run, stop: dict, on_step: StepHook | None, ckpt: Path) -> N
     run.vae.eval().requires_grad_(False)
     run.vae_total = run.total
     run.scaling_factor = _scaling_factor(run)
-    run.stage, run.step, run.total, run.opt = "unet", 0, 0, None
+    run.stage = "text" if run.head is not None and run.cfg.text_steps > 0 else "unet"
+    run.step, run.total, run.opt = 0, 0, None
     _save(run, ckpt)
 
 
@@ -392,6 +412,40 @@ def _encode_latents(run: _Run) -> None:
     run.lat_mean, run.lat_std = _posterior(run)
 
 
+def _train_text(run: _Run, stop: dict, on_step: StepHook | None, ckpt: Path) -> None:
+    """Stage 2a: the text encoder alone, with a linear head, names the emoji of each caption and phrasing.
+
+    A text-only task is hundreds of times cheaper per step than denoising, and it teaches the encoder
+    that "a kitten", "cat face" and "draw a cute cat" mean one picture before the UNet learns to draw it.
+    """
+    cfg = run.cfg
+    if run.step == 0 and run.total == 0:
+        run.total = cfg.text_steps
+    params = [p for p in [*run.te.parameters(), *run.head.parameters()] if p.requires_grad]
+    run.opt = _optimizer(run, params, cfg.text_lr, "text")
+    _loop(run, "text", _text_step, stop, on_step, ckpt, share=0.1)
+    run.stage, run.step, run.total, run.opt = "unet", 0, 0, None
+    _save(run, ckpt)
+
+
+def _text_step(run: _Run) -> torch.Tensor:
+    idx, tokens = _pick(run, run.cfg.text_batch_size)
+    with _autocast(run):
+        pooled = run.te(tokens[:, : run.text_len]).pooler_output
+    loss = F.cross_entropy(run.head(pooled.float()), idx)
+    run.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for group in run.opt.param_groups for p in group["params"]], 1.0)
+    run.opt.step()
+    return loss.detach()
+
+
+def _naming_loss(run: _Run, pooled: torch.Tensor, idx: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of naming each sample's emoji from its caption (empty captions left out)."""
+    ce = F.cross_entropy(run.head(pooled.float()), idx, reduction="none")
+    return (ce * keep).sum() / keep.sum().clamp(min=1)
+
+
 def _trainable(run: _Run) -> list[torch.nn.Parameter]:
     if run.cfg.lora:
         return loras.parameters(run.unet, run.te)
@@ -407,7 +461,8 @@ def _train_unet(run: _Run, stop: dict, on_step: StepHook | None, ckpt: Path) -> 
     if run.step == 0 and run.total == 0:
         run.total = cfg.steps
     params = _trainable(run)
-    run.opt = _optimizer(run, params, cfg.lr, "unet")
+    naming = list(run.head.parameters()) if _naming_on(run) else []  # optimised, not averaged nor exported
+    run.opt = _optimizer(run, params + naming, cfg.lr, "unet")
     run.ema = Ema(params, cfg.ema_decay)
     if run.saved and run.saved.get("stage") == "unet" and run.saved.get("ema"):
         run.ema.load_state_dict(run.saved["ema"])
@@ -419,18 +474,28 @@ def _train_unet(run: _Run, stop: dict, on_step: StepHook | None, ckpt: Path) -> 
     _save(run, ckpt)
 
 
-def _unet_step(run: _Run) -> torch.Tensor:
+def _naming_on(run: _Run) -> bool:
+    return run.head is not None and run.cfg.text_weight > 0 and not run.cfg.lora
+
+
+def _pick(run: _Run, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`b` images (colour families weighted) and a caption of each: `main_caption` of the time the main one,
+    otherwise any variant. Returns (image indices, token ids)."""
     cfg, g, dev = run.cfg, run.gen, run.device
-    b = cfg.batch_size
     if run.weights is None:
         idx = torch.randint(len(run.pixels), (b,), generator=g, device=dev)
     else:
         idx = torch.multinomial(run.weights, b, replacement=True, generator=g)
-    # `main_caption` of the time the main caption, otherwise any variant; `caption_dropout` of them empty
     any_variant = (torch.rand(b, generator=g, device=dev) * run.var_count[idx]).long()
     main = torch.rand(b, generator=g, device=dev) < cfg.main_caption
-    tokens = run.tokens[run.var_start[idx] + torch.where(main, 0, any_variant)]
-    drop = torch.rand(b, generator=g, device=dev) < cfg.caption_dropout
+    return idx, run.tokens[run.var_start[idx] + torch.where(main, 0, any_variant)]
+
+
+def _unet_step(run: _Run) -> torch.Tensor:
+    cfg, g, dev = run.cfg, run.gen, run.device
+    b = cfg.batch_size
+    idx, tokens = _pick(run, b)
+    drop = torch.rand(b, generator=g, device=dev) < cfg.caption_dropout  # empty captions, for guidance
     tokens = torch.where(drop[:, None], run.empty[None], tokens)  # (B, 77)
     eps = torch.randn(run.lat_mean[idx].shape, generator=g, device=dev)
     latents = (run.lat_mean[idx] + run.lat_std[idx] * eps) * run.scaling_factor  # (B, 4, h, w)
@@ -440,15 +505,21 @@ def _unet_step(run: _Run) -> torch.Tensor:
     v_pred = run.scheduler.get("prediction_type", "epsilon") == "v_prediction"
     target = run.noise.get_velocity(latents, noise, t) if v_pred else noise
     with _autocast(run):
-        context = run.te(tokens)[0]
-        pred = run.unet(noisy, t, encoder_hidden_states=context).sample.float()
+        encoded = run.te(tokens)
+        pred = run.unet(noisy, t, encoder_hidden_states=encoded[0]).sample.float()
     snr = run.noise.alphas_cumprod[t] / (1 - run.noise.alphas_cumprod[t])
     weight = snr.clamp(max=5.0) / (snr + 1 if v_pred else snr)  # min-SNR-5, Hang et al. (2023)
     loss = (weight * (pred - target).pow(2).mean(dim=(1, 2, 3))).mean()
+    naming = _naming_on(run)
+    total = loss + cfg.text_weight * _naming_loss(run, encoded[1], idx, ~drop) if naming else loss
     run.opt.zero_grad(set_to_none=True)
-    loss.backward()
+    total.backward()
     params = _trainable(run)
-    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    if naming:  # clipped apart, so the naming loss's larger gradients never shrink the UNet's steps
+        torch.nn.utils.clip_grad_norm_(list(run.unet.parameters()), 1.0)
+        torch.nn.utils.clip_grad_norm_([*run.te.parameters(), *run.head.parameters()], 1.0)
+    else:
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
     run.opt.step()
     run.ema.update(params, run.step)
     return loss.detach()
