@@ -48,17 +48,14 @@ def report(emoji_set):
 
 
 def test_heldout_prompts_are_drawn_as_asked(report):
-    # The goal for the whole held-out set is top-5 >= 85%, not reached: the shipped weights give 77% on it (H200)
-    # and 67.5% on this subset through the Engine on the CPU (docs/emoji-model.md); the issue measured about 45%
-    # for the weights before them. The bar sits below the measured figure, far above a model that ignores the text.
+    # The goal for the whole held-out set is top-5 >= 85%, not reached: the shipped weights give 79% on it (H200)
+    # and 82.5% on this subset through the Engine on the CPU (docs/emoji-model.md); the weights before them gave
+    # 67.5% here. The bar sits below the measured figure, far above a model that ignores the text.
     assert report.n == N_PROMPTS
-    assert report.top5 >= 0.6, report.misses5
+    assert report.top5 >= 0.75, report.misses5
 
 
-YELLOW_MISS = pytest.mark.xfail(strict=True, reason="the shipped weights draw 'yellow heart' red (0% yellow)")
-
-
-COLOURED = ["red heart", "blue heart", "green heart", pytest.param("yellow heart", marks=YELLOW_MISS), "purple heart"]
+COLOURED = ["red heart", "blue heart", "green heart", "yellow heart", "purple heart"]
 
 
 @pytest.mark.parametrize("prompt", COLOURED)
