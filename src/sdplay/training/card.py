@@ -39,7 +39,8 @@ AutoencoderKL, DPM++ 2M scheduler) and loads with `StableDiffusionPipeline.from_
   full CLIP vocabulary; UNet channels {arch.get("unet_channels")} on {arch.get("latent_channels")}-channel
   latents; VAE channels {arch.get("vae_channels")} (64x64 pixels <-> 16x16 latents).
 - Training: `sdplay train` with seed {config.get("seed")}: {vae_steps} VAE steps (batch
-  {config.get("vae_batch_size")}), then {steps} UNet + text-encoder steps (batch {config.get("batch_size")},
+  {config.get("vae_batch_size")}), {_naming(config)}then {steps} UNet + text-encoder steps
+  (batch {config.get("batch_size")},
   lr {config.get("lr")}, EMA {config.get("ema_decay")}), final loss {loss:.4f}. Captions: each emoji's
   names (its main name in {config.get("main_caption", 0.4):.0%} of samples; old names that contradict its
   colour, such as "heavy black heart" for the red heart, left out), plus
@@ -50,6 +51,15 @@ AutoencoderKL, DPM++ 2M scheduler) and loads with `StableDiffusionPipeline.from_
 - Weights are stored as fp16 safetensors.
 
 {LICENCES}"""
+
+
+def _naming(config: dict[str, Any]) -> str:
+    """The naming stage's line of the card ("" when the run had none)."""
+    steps, weight = config.get("text_steps") or 0, config.get("text_weight") or 0
+    if not steps and not weight:
+        return ""
+    kept = f", kept on at weight {weight} while the UNet trains" if weight else ""
+    return f"{steps} naming steps (the text encoder names each caption's emoji{kept}), "
 
 
 def fine_tune_note(config: dict[str, Any], steps: int, loss: float) -> str:
