@@ -86,7 +86,7 @@ def test_the_lora_draws_what_it_learned_and_weight_0_or_the_next_request_do_not(
     learned = draw(f"{CAPTION} <lora:zorbo:1>")
     zero = draw(f"{CAPTION} <lora:zorbo:0>")
     after = draw(CAPTION)
-    # measured (100 steps, batch 4, lr 5e-3): distance 0.173 -> 0.050, blue share 13% -> 22% (training images 22%)
+    # measured (200 steps, batch 4, lr 5e-3): distance 0.222 -> 0.079, blue share 0% -> 12% (training images 22%)
     near, far = distance(learned, images), distance(plain, images)
     assert near < 0.5 * far, (near, far)
     assert blue_share(learned) > blue_share(plain) + 0.05, (blue_share(learned), blue_share(plain))
