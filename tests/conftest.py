@@ -30,7 +30,7 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
-ZORBO_STEPS = 200  # enough for a clear effect (tests/unit/test_training_lora.py measures it), about 40 s of CPU
+ZORBO_STEPS = 200  # a clear effect (test_training_lora.py measures it and checks ss_steps), about 40 s of CPU
 
 
 @pytest.fixture(scope="session")

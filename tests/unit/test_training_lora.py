@@ -41,7 +41,7 @@ def test_the_file_has_kohya_keys_and_ss_metadata(zorbo_lora):
     assert (meta["ss_network_dim"], meta["ss_network_alpha"], meta["ss_base_model_version"]) == ("4", "4", "sd_v1")
     assert (meta["ss_output_name"], meta["ss_sd_model_name"]) == ("zorbo", "sdplay-emoji")
     assert meta["ss_resolution"] == "(64, 64)"
-    assert meta["ss_num_train_images"] == "6" and meta["ss_steps"] == "100" and meta["ss_v2"] == "False"
+    assert meta["ss_num_train_images"] == "6" and meta["ss_steps"] == "200" and meta["ss_v2"] == "False"
     assert '"zorbo": 6' in meta["ss_tag_frequency"]
 
 
