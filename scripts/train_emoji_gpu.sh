@@ -7,8 +7,8 @@
 # MINUTES (13) of training, then about a minute of evaluation: measured in docs/emoji-model.md.
 # RESUME=1 with the same RUN folder carries on a stopped run from its checkpoint; STOP_AFTER=SECONDS stops
 # the training there (as Ctrl-C does: checkpoint written, exit 0), for machines that limit one command's
-# time: `STOP_AFTER=540 bash ...` then `RESUME=1 bash ...` end with the weights of one unbroken run. VECTORS=minilm96.npy
-# first runs the word-embedding test below. The trained folder comes back as $OUT/model.tar.* (15 MB
+# time: `STOP_AFTER=540 bash ...` then `RESUME=1 bash ...` end with the weights of one unbroken run.
+# VECTORS=minilm96.npy first runs the word-embedding test below. The trained folder comes back as $OUT/model.tar.* (15 MB
 # pieces): `cat model.tar.* | tar -x`.
 set -euo pipefail
 DATA=${DATA:-.carry/emoji/emoji64.npz}

@@ -165,8 +165,12 @@ def _add_naming_head(run: _Run, eos: int) -> None:
     run.head = torch.nn.Linear(run.te.config.hidden_size, len(run.pixels)).to(run.device)
     ends = (run.tokens == eos).int().argmax(dim=1)  # each caption's end token (CLIP pools there)
     run.text_len = int(ends.max()) + 1  # causal attention: the states up to it do not depend on the padding
-    if run.stage == "unet" and run.cfg.text_steps > 0:
-        run.stage = "text"
+    if run.stage == "unet":  # a model fine-tuned: no VAE stage
+        run.stage = _stage_after_vae(run)
+
+
+def _stage_after_vae(run: _Run) -> str:
+    return "text" if run.head is not None and run.cfg.text_steps > 0 else "unet"
 
 
 def _lora_base(cfg: TrainConfig) -> str:
@@ -364,8 +368,7 @@ def _train_vae(run: _Run, stop: dict, on_step: StepHook | None, ckpt: Path) -> N
     run.vae.eval().requires_grad_(False)
     run.vae_total = run.total
     run.scaling_factor = _scaling_factor(run)
-    run.stage = "text" if run.head is not None and run.cfg.text_steps > 0 else "unet"
-    run.step, run.total, run.opt = 0, 0, None
+    run.stage, run.step, run.total, run.opt = _stage_after_vae(run), 0, 0, None
     _save(run, ckpt)
 
 
@@ -413,7 +416,7 @@ def _encode_latents(run: _Run) -> None:
 
 
 def _train_text(run: _Run, stop: dict, on_step: StepHook | None, ckpt: Path) -> None:
-    """Stage 2a: the text encoder alone, with a linear head, names the emoji of each caption and phrasing.
+    """Stage 2 (with text_steps): the text encoder alone, with a linear head, names each caption's emoji.
 
     A text-only task is hundreds of times cheaper per step than denoising, and it teaches the encoder
     that "a kitten", "cat face" and "draw a cute cat" mean one picture before the UNet learns to draw it.
@@ -475,7 +478,7 @@ def _train_unet(run: _Run, stop: dict, on_step: StepHook | None, ckpt: Path) -> 
 
 
 def _naming_on(run: _Run) -> bool:
-    return run.head is not None and run.cfg.text_weight > 0 and not run.cfg.lora
+    return run.head is not None and run.cfg.text_weight > 0  # never for a LoRA: it has no head
 
 
 def _pick(run: _Run, b: int) -> tuple[torch.Tensor, torch.Tensor]:
