@@ -207,3 +207,65 @@ def test_a_two_encoder_folder_is_refused_by_its_family(tmp_path):
     shutil.copytree(ASSETS / "configs" / "sdxl-base-1.0", folder)
     with pytest.raises(ModelNotAvailable, match="is an SDXL folder; training supports SD1/SD2-style folders"):
         export.check_folder(folder)
+
+
+def _token_embedding(folder: Path) -> torch.Tensor:
+    from safetensors.torch import load_file
+
+    tensors = load_file(folder / "text_encoder" / "model.safetensors")
+    return next(v for k, v in tensors.items() if k.endswith("token_embedding.weight")).float()
+
+
+def test_tokens_no_caption_uses_read_as_the_distractor_words(tmp_path, tiny_set, trained):
+    from sdplay.training import apply_unseen, unseen
+
+    cfg = _cfg(tmp_path, tiny_set)
+    tokens, distractors = apply_unseen.training_tokens(cfg, export.load_tokenizer())
+    seen = unseen.seen_mask(tokens, 49408)
+    drawn = distractors[seen[distractors]]  # the extra words some phrasing of this small set drew
+    assert len(distractors) > 1000 and 20 < len(drawn) < len(distractors)
+    assert int(seen.sum()) < 2000  # captions and phrasings use a small part of CLIP's vocabulary
+    weight = _token_embedding(trained)
+    neutral = weight[drawn].mean(0)
+    assert torch.allclose(weight[~seen], neutral.expand_as(weight[~seen]), atol=2e-3)  # fp16 on disk
+    red = export.load_tokenizer()("red", add_special_tokens=False).input_ids[0]
+    assert seen[red] and (weight[red] - neutral).abs().max() > 0.05  # a caption word keeps its own vector
+    kept = train(_cfg(tmp_path / "kept", tiny_set, unseen_tokens="keep")).model_dir
+    random_start = _token_embedding(kept)[~seen]
+    assert (random_start - random_start.mean(0)).abs().max() > 0.05  # without the rule: the random start
+
+
+def test_apply_unseen_to_an_older_folder_gives_what_the_export_writes(tmp_path, tiny_set, trained):
+    from sdplay.training import apply_unseen
+
+    kept = train(_cfg(tmp_path / "kept", tiny_set, unseen_tokens="keep")).model_dir
+    cfg = _cfg(tmp_path, tiny_set)
+    assert apply_unseen.apply_to_folder(kept, cfg) > 30000
+    assert torch.allclose(_token_embedding(kept), _token_embedding(trained), atol=1e-3)
+    once = (kept / "text_encoder" / "model.safetensors").read_bytes()
+    apply_unseen.apply_to_folder(kept, cfg)
+    assert (kept / "text_encoder" / "model.safetensors").read_bytes() == once  # twice changes nothing more
+    for part in ("unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors"):
+        assert (kept / part).read_bytes() == (trained / part).read_bytes()
+
+
+def test_the_rule_is_only_for_new_models_that_learn_their_embedding(tmp_path):
+    from sdplay.training.loop import _neutral_unseen
+
+    assert _neutral_unseen(TrainConfig(), new_model=True)
+    assert not _neutral_unseen(TrainConfig(), new_model=False)  # fine-tuning SD's own CLIP: untouched
+    assert not _neutral_unseen(TrainConfig(augment=0), new_model=True)  # no distractors trained on
+    assert not _neutral_unseen(TrainConfig(unseen_tokens="keep"), new_model=True)
+    assert not _neutral_unseen(TrainConfig(token_embedding=tmp_path / "v.npy"), new_model=True)
+    assert not _neutral_unseen(TrainConfig(train_text_encoder=False), new_model=True)
+
+
+def test_only_trained_rows_make_the_neutral_vector():
+    from sdplay.training import unseen
+
+    weight = torch.arange(12, dtype=torch.float32).reshape(6, 2)
+    seen = torch.tensor([True, True, True, False, False, True])
+    assert unseen.neutralise(weight, seen, torch.tensor([1, 2, 4])) == 2  # row 4 was never trained: not counted
+    assert weight[3].tolist() == weight[4].tolist() == [3.0, 4.0] and weight[5].tolist() == [10.0, 11.0]
+    before = weight.clone()
+    assert unseen.neutralise(weight, seen, torch.tensor([3])) == 0 and torch.equal(weight, before)

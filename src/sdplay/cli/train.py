@@ -65,6 +65,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     hp.add_argument("--token-embedding", type=Path, default=None, help="start the token embedding from this .npy")
     hp.add_argument("--freeze-token-embedding", action="store_true", help="keep that token embedding fixed")
+    hp.add_argument(
+        "--unseen-tokens",
+        choices=["neutral", "keep"],
+        default=None,
+        help="new models: tokens of no caption read as the random extra words it learned to ignore (neutral, "
+        "the default), or keep their random start",
+    )
     hp.add_argument("--max-minutes", type=float, default=None, help="shorten the schedule to end in this time")
     hp.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints")
     hp.add_argument("--tiny", action="store_true", help="a toy-sized new model (to try the pipeline quickly)")
@@ -99,7 +106,7 @@ def config_from_args(args: argparse.Namespace):
 
     names = ("data", "images", "init", "steps", "vae_steps", "batch_size", "lr", "warmup", "seed", "device")
     names += ("token_embedding", "augment", "rank", "alpha", "colour_weight", "main_caption")
-    names += ("text_steps", "text_weight")
+    names += ("text_steps", "text_weight", "unseen_tokens")
     given = {k: getattr(args, k) for k in (*names, "max_minutes", "checkpoint_every") if getattr(args, k) is not None}
     if args.freeze_text_encoder or args.text_encoder is False:
         given["train_text_encoder"] = False

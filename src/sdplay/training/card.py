@@ -48,7 +48,7 @@ AutoencoderKL, DPM++ 2M scheduler) and loads with `StableDiffusionPipeline.from_
   its names and keywords (templates, articles, plurals, size, style and colour words, word order, unknown
   extra words; `sdplay.training.captions`). Emoji that differ only by colour (hearts, circles, squares,
   books, apples) are drawn {config.get("colour_weight", 1)}x as often as the others.
-- Weights are stored as fp16 safetensors.
+{_unseen(config)}- Weights are stored as fp16 safetensors.
 
 {LICENCES}"""
 
@@ -60,6 +60,17 @@ def _naming(config: dict[str, Any]) -> str:
         return ""
     kept = f", kept on at weight {weight} while the UNet trains" if weight else ""
     return f"{steps} naming steps (the text encoder names each caption's emoji{kept}), "
+
+
+def _unseen(config: dict[str, Any]) -> str:
+    """The card's line on tokens no caption uses ("" when the run left them at their random start)."""
+    learned = config.get("train_text_encoder", True) and not config.get("token_embedding")
+    if not learned or config.get("unseen_tokens", "neutral") != "neutral" or config.get("augment") == 0:
+        return ""
+    return """- Token embedding rows that no training caption uses (most of CLIP's vocabulary) are set to the mean of
+  the rows of the unknown extra words the model learned to look past (`sdplay.training.unseen`): a word it
+  never saw reads as one to ignore.
+"""
 
 
 def fine_tune_note(config: dict[str, Any], steps: int, loss: float) -> str:

@@ -40,6 +40,7 @@ class TrainConfig:
     text_batch_size: int = 512
     token_embedding: Path | None = None  # .npy (vocab, text_hidden) to start the token embedding from (new models)
     freeze_token_embedding: bool = False
+    unseen_tokens: str = "neutral"  # new models: tokens of no caption read as the distractor words (unseen.py); "keep"
     seed: int = 0
     device: str = "auto"
     checkpoint_every: int = 2_000

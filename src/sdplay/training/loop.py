@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from sdplay.errors import DataError
-from sdplay.training import captions, export, models
+from sdplay.training import captions, export, models, unseen
 from sdplay.training import data as datasets
 from sdplay.training import lora as loras
 from sdplay.training.checkpoint import CHECKPOINT_NAME, Ema, load_checkpoint, save_checkpoint
@@ -70,6 +70,7 @@ class _Run:
     captions: list[str] | None = None  # the captions of the images (LoRA metadata)
     head: Any = None  # (text_hidden -> images) linear head of the naming loss; None when it is off
     text_len: int = 77  # tokens up to the longest caption's end: the naming stage reads no further
+    neutral: torch.Tensor | None = None  # token ids of the distractor words; None: unseen tokens stay as trained
 
 
 def train(cfg: TrainConfig, resume: bool = False, on_step: StepHook | None = None) -> TrainResult:
@@ -152,12 +153,20 @@ def _setup(cfg: TrainConfig) -> _Run:
     if cfg.lora:
         loras.add_adapters(run.unet, run.te, cfg.rank, loras.alpha_of(cfg), cfg.train_text_encoder)
         return run
+    if _neutral_unseen(cfg, new_model):
+        run.neutral = unseen.word_ids(tokenizer, distractors(cfg, data, tokenizer))
     te.requires_grad_(cfg.train_text_encoder)
     if new_model and cfg.token_embedding:
         _start_token_embedding(te, cfg)
     if cfg.train_text_encoder and (cfg.text_steps > 0 or cfg.text_weight > 0):
         _add_naming_head(run, tokenizer.eos_token_id)
     return run
+
+
+def _neutral_unseen(cfg: TrainConfig, new_model: bool) -> bool:
+    """Unseen tokens read as distractors: for a new model whose phrasings have them and whose embedding is learned."""
+    learned = cfg.train_text_encoder and not cfg.token_embedding
+    return new_model and learned and cfg.unseen_tokens == "neutral" and _augment(cfg, new_model) > 0
 
 
 def _add_naming_head(run: _Run, eos: int) -> None:
@@ -216,15 +225,23 @@ def _start_token_embedding(te, cfg: TrainConfig) -> None:
 
 def caption_variants(cfg: TrainConfig, data: datasets.CaptionedImages, tokenizer, new_model: bool) -> list[list[str]]:
     """Each image's captions, plus `cfg.augment` everyday phrasings of them (the same for a seed)."""
-    n = cfg.augment if cfg.augment is not None else (48 if new_model else 0)
+    n = _augment(cfg, new_model)
     if n <= 0:
         return data.variants
+    return captions.augmented_variants(data, n, cfg.seed, distractors(cfg, data, tokenizer))
+
+
+def _augment(cfg: TrainConfig, new_model: bool) -> int:
+    return cfg.augment if cfg.augment is not None else (48 if new_model else 0)
+
+
+def distractors(cfg: TrainConfig, data: datasets.CaptionedImages, tokenizer) -> list[str]:
+    """The random extra words of the phrasings: in no caption, keyword, augmentation or held-out prompt."""
     from sdplay.training.heldout import prompt_words
 
     known = {w for v in data.variants for c in v for w in c.split()}
     known |= {w for ks in data.keywords or [] for k in ks for w in k.split()}
-    distractors = captions.distractor_words(tokenizer, captions.TRAINING_WORDS | prompt_words() | known, seed=cfg.seed)
-    return captions.augmented_variants(data, n, cfg.seed, distractors)
+    return captions.distractor_words(tokenizer, captions.TRAINING_WORDS | prompt_words() | known, seed=cfg.seed)
 
 
 def _vocabulary(data: datasets.CaptionedImages, tokenizer_dir: Path | None, new_model: bool) -> list[str] | None:
@@ -538,6 +555,9 @@ def write(run: _Run, folder: Path) -> Path:
     te, unet = copy.deepcopy(run.te), copy.deepcopy(run.unet)
     if run.ema is not None:
         run.ema.copy_to(_trainable_of(te, unet, run.cfg.train_text_encoder))
+    if run.neutral is not None:
+        seen = unseen.seen_mask(torch.cat([run.tokens, run.empty[None]]), te.config.vocab_size)
+        unseen.neutralise(te.get_input_embeddings().weight, seen, run.neutral)
     readme = model_readme(run)
     return export.write_model(
         folder, te, unet, run.vae, run.scheduler, run.tokenizer_dir, readme, vocabulary=run.vocabulary
