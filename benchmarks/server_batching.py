@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import statistics
 import sys
@@ -39,7 +40,7 @@ def serve(engine, tmp: Path, batch: bool, max_batch: int, window_ms: float):
     from sdplay.server.app import create_app
     from sdplay.server.settings import Settings
 
-    settings = Settings(
+    settings = Settings.from_env(  # the SDPLAY_* settings, as `sdplay serve` reads them
         output_dir=tmp / "out", gallery_db=tmp / "gallery.sqlite3", max_queue=1024,
         max_batch=max_batch if batch else 1, batch_window_ms=window_ms if batch else 0.0,
     )  # fmt: skip
@@ -121,8 +122,10 @@ def main() -> int:
         engine = FakeEngine(step_delay=0.01)
     else:
         from sdplay.engine import Engine
+        from sdplay.server.settings import Settings
 
-        engine = Engine(random_weights=args.random_weights)
+        # the load options `sdplay serve` gives its engines ($SDPLAY_FAST and the rest), as default_engines does
+        engine = Engine(Settings.from_env().load_options(), random_weights=args.random_weights)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for max_batch in [int(b) for b in args.batches.split(",")]:
@@ -138,7 +141,8 @@ def main() -> int:
             finally:
                 stop()
             seconds = statistics.median(times)
-            row = {"label": args.label, "api": args.api, "batching": batch, "model": args.model, "size": args.size}
+            row = {"label": args.label, "fast_options": os.environ.get("SDPLAY_FAST", ""), "api": args.api}
+            row |= {"batching": batch, "model": args.model, "size": args.size}
             row |= {"steps": args.steps, "sampler": args.sampler, "requests": args.requests, "clients": args.clients}
             row |= {"max_batch": max_batch, "window_ms": args.window_ms if batch else 0}
             row |= {"seconds": round(seconds, 3), "images_per_s": round(args.requests / seconds, 3)}

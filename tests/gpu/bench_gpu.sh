@@ -2,7 +2,8 @@
 # GPU benchmark runs behind docs/benchmarks.md. Usage: bash tests/gpu/bench_gpu.sh STAGE [STAGE...]
 # Stages: sd1 sd1-probes sd1-compile sd2 sdxl check telemetry, and sd1-opt sd2-opt sdxl-opt options profile sdxl-load
 # (the H100 runs behind docs/benchmarks.md); H200: sd1-h200 sd2-h200 sdxl-h200 (diffusers, the diffusers +
-# torch.compile peer and sdplay in one run, cold compiles and restarts of each) and weights (load times). Needs diffusers (and torchsde; fastapi/uvicorn for sdxl-load) importable;
+# torch.compile peer and sdplay in one run, cold compiles and restarts of each), sdxl-peer-full, weights (load
+# times) and emoji-eval (the embedded model's evaluation on the GPU). Needs diffusers (and torchsde; fastapi/uvicorn for sdxl-load) importable;
 # writes JSON, markdown and logs under $OUT (default ./outputs/gpu). Each model runs in its own process with its
 # own empty compile cache, so its first fast image is a cold compile and its restart check a warm one.
 set -u
@@ -42,6 +43,13 @@ for stage in "$@"; do
       --variants "$PEERS,sdplay-fast" --restart-variants "diffusers-compile,sdplay-fast" ;;
     sdxl-h200) bench sdxl-h200 ${LIMIT:-480} -m ${SDXL_MODEL:-sdxl-base-1.0} --runs 3 --max-batch 1 --unet-iters 10 \
       --variants "$PEERS,sdplay-fast" --restart-variants "diffusers-compile,sdplay-fast" ;;
+    # SDXL: the peer against sdplay's regional default and its whole-UNet compile, in one run
+    sdxl-peer-full) bench sdxl-peer-full ${LIMIT:-560} -m sdxl-base-1.0 --runs 3 --max-batch 1 --unet-iters 10 \
+      --variants "$PEERS,sdplay-fast,$FULL" --restart-variants "$FULL" ;;
+    # the shipped embedded model, evaluated on the GPU (needs the data file: sdplay train --prepare, copied to $DATA)
+    emoji-eval) timeout ${LIMIT:-200} python3 -m sdplay.training.evaluate --data "${DATA:-.carry/emoji/emoji64.npz}" \
+      --device cuda --backend diffusers --json "$OUT/emoji-eval.json" --grid "$OUT/emoji-grid.png" >"$OUT/emoji-eval.log" 2>&1
+      echo "== emoji-eval: exit $?"; grep -E "^(==|  top-5)" "$OUT/emoji-eval.log" | cut -c1-300 ;;
     # after `weights`: the same bench on the saved folder (RW= drops --random-weights)
     sdxl-h200-folder) RW= SDXL_MODEL=/tmp/sdplay-weights/sdxl-base-1.0 bash "$0" sdxl-h200 ;;
     # the random weights saved once in both layouts, then sdplay's loader (cold and warm page cache, a fresh
@@ -74,8 +82,9 @@ for stage in "$@"; do
           --size 1024 --steps 20 --sampler Euler --clients 8 --requests 32 --warmup-requests 16 --window-ms 100 \
           --label "$label" --json "$OUT/sdxl-load-$label.json" "$@" >"$OUT/sdxl-load-$label.log" 2>&1
         echo "== sdxl-load $label: exit $?"; grep -E "^\{|best" "$OUT/sdxl-load-$label.log"; }
-      load default 330 --batches 1,2,4,8
-      FAST_OPTS=deepcache=3 load deepcache3 200 --batches 1,8 ;;
+      [ "${LOAD_DEFAULT:-1}" = 1 ] && load default 330 --batches 1,2,4,8
+      FAST_OPTS=deepcache=3 load deepcache3 200 --batches 1,8
+      [ "${LOAD_FULL:-0}" = 1 ] && FAST_OPTS=compile=full,dynamic=false load full 200 --batches 1 ;;
     check) SDPLAY_CACHE=/tmp/sdplay-cache-sd1 timeout 300 python3 tests/gpu/check_fastpath.py sd-v1-4 2>&1 | grep -v float32 | tail -n 5 ;;
     telemetry) SDPLAY_CACHE=/tmp/sdplay-cache-sd1 timeout 150 python3 tests/gpu/check_telemetry.py >"$OUT/telemetry.log" 2>&1
       echo "== telemetry: exit $?"; tail -n 15 "$OUT/telemetry.log" ;;
