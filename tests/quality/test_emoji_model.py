@@ -1,9 +1,9 @@
 """The shipped emoji model draws what people type, through the Engine, on the CPU.
 
-Generates a fixed subset of the held-out prompts (`src/sdplay/training/heldout.tsv`: everyday phrasings
-the model never trained on) plus the colour checks at the catalog's default settings and seed 0, and
-checks each image's nearest training images; the full report (all held-out prompts and 256 training
-captions) is `python -m sdplay.training.evaluate` (figures in docs/emoji-model.md).
+Generates the held-out prompts (`src/sdplay/training/heldout.tsv`: 352 everyday phrasings the model never
+trained on, about 100 s on two CPU cores) plus the colour checks at the catalog's default settings and seed 0, and
+checks each image's nearest training images; the full report (with 256 training captions too) is
+`python -m sdplay.training.evaluate` (figures in docs/emoji-model.md).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from sdplay.training.export import check_folder, folder_size
 
 pytestmark = pytest.mark.slow
 FOLDER = ASSETS / "sdplay-emoji"
-N_PROMPTS = 40
+N_PROMPTS = 1000  # all of heldout.tsv
 
 
 @pytest.fixture(scope="module")
@@ -48,11 +48,10 @@ def report(emoji_set):
 
 
 def test_heldout_prompts_are_drawn_as_asked(report):
-    # The goal for the whole held-out set is top-5 >= 85%, not reached: the shipped weights give 79% on it (H200)
-    # and 82.5% on this subset through the Engine on the CPU (docs/emoji-model.md); the weights before them gave
-    # 67.5% here. The bar sits below the measured figure, far above a model that ignores the text.
-    assert report.n == N_PROMPTS
-    assert report.top5 >= 0.75, report.misses5
+    # The target of the embedded model: top-5 >= 85% on the held-out set. Measured through the Engine on the CPU:
+    # 86.4% (docs/emoji-model.md); the same weights with unseen tokens left at their random start gave 77.8%.
+    assert report.n == len(heldout.load()) >= 200
+    assert report.top5 >= 0.85, report.misses5
 
 
 COLOURED = ["red heart", "blue heart", "green heart", "yellow heart", "purple heart"]
