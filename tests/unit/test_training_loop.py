@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from sdplay.catalog import ASSETS
-from sdplay.errors import DataError, ModelNotAvailable
+from sdplay.errors import DataError, InvalidRequest, ModelNotAvailable
 from sdplay.training import checkpoint, export
 from sdplay.training.data import CaptionedImages, save_set
 from sdplay.training.loop import TrainConfig, train
@@ -258,6 +258,8 @@ def test_the_rule_is_only_for_new_models_that_learn_their_embedding(tmp_path):
     assert not _neutral_unseen(TrainConfig(unseen_tokens="keep"), new_model=True)
     assert not _neutral_unseen(TrainConfig(token_embedding=tmp_path / "v.npy"), new_model=True)
     assert not _neutral_unseen(TrainConfig(train_text_encoder=False), new_model=True)
+    with pytest.raises(InvalidRequest, match="unseen_tokens='Neutral' is not a choice"):
+        _neutral_unseen(TrainConfig(unseen_tokens="Neutral"), new_model=True)
 
 
 def test_only_trained_rows_make_the_neutral_vector():

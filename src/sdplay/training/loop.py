@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sdplay.errors import DataError
+from sdplay.errors import DataError, InvalidRequest
 from sdplay.training import captions, export, models, unseen
 from sdplay.training import data as datasets
 from sdplay.training import lora as loras
@@ -165,6 +165,11 @@ def _setup(cfg: TrainConfig) -> _Run:
 
 def _neutral_unseen(cfg: TrainConfig, new_model: bool) -> bool:
     """Unseen tokens read as distractors: for a new model whose phrasings have them and whose embedding is learned."""
+    if cfg.unseen_tokens not in ("neutral", "keep"):
+        raise InvalidRequest(
+            f"unseen_tokens={cfg.unseen_tokens!r} is not a choice.",
+            hint="Use 'neutral' (unseen tokens read as the distractor words) or 'keep' (their random start).",
+        )
     learned = cfg.train_text_encoder and not cfg.token_embedding
     return new_model and learned and cfg.unseen_tokens == "neutral" and _augment(cfg, new_model) > 0
 
