@@ -235,7 +235,7 @@ def test_tokens_no_caption_uses_read_as_the_distractor_words(tmp_path, tiny_set,
     assert (random_start - random_start.mean(0)).abs().max() > 0.05  # without the rule: the random start
 
 
-def test_apply_unseen_to_an_older_folder_gives_what_the_export_writes(tmp_path, tiny_set, trained):
+def test_apply_unseen_to_an_older_folder_gives_what_the_export_writes(tmp_path, tiny_set, trained, capsys):
     from sdplay.training import apply_unseen
 
     kept = train(_cfg(tmp_path / "kept", tiny_set, unseen_tokens="keep")).model_dir
@@ -247,6 +247,10 @@ def test_apply_unseen_to_an_older_folder_gives_what_the_export_writes(tmp_path, 
     assert (kept / "text_encoder" / "model.safetensors").read_bytes() == once  # twice changes nothing more
     for part in ("unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors"):
         assert (kept / part).read_bytes() == (trained / part).read_bytes()
+    (kept / "text_encoder" / "model.safetensors").unlink()
+    (kept / "text_encoder" / "pytorch_model.bin").write_bytes(b"")
+    assert apply_unseen.main(["--model", str(kept), "--data", str(tiny_set)]) == 2
+    assert "holds no token embedding" in capsys.readouterr().err
 
 
 def test_the_rule_is_only_for_new_models_that_learn_their_embedding(tmp_path):

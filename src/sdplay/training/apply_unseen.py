@@ -10,6 +10,7 @@ as `sdplay train` now does when it exports a new model. Applying it twice change
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import torch
@@ -31,14 +32,20 @@ def apply_to_folder(folder: Path, cfg) -> int:
     """Rewrite the token embedding of `folder`'s text encoder by the rule; the number of rows set."""
     from safetensors.torch import load_file, save_file
 
+    from sdplay.errors import ModelNotAvailable
     from sdplay.training.export import check_folder, load_tokenizer
 
     check_folder(folder)
-    tokenizer = load_tokenizer(folder / "tokenizer")
-    tokens, neutral = training_tokens(cfg, tokenizer)
     path = folder / "text_encoder" / "model.safetensors"
-    tensors = load_file(path)
-    weight = tensors[next(k for k in tensors if k.endswith(unseen.EMBEDDING_SUFFIX))]
+    tensors = load_file(path) if path.is_file() else {}
+    key = next((k for k in tensors if k.endswith(unseen.EMBEDDING_SUFFIX)), None)
+    if key is None:
+        raise ModelNotAvailable(
+            f"{path} is missing or holds no token embedding.",
+            hint="Pass the folder `sdplay train` wrote (text_encoder/model.safetensors).",
+        )
+    tokens, neutral = training_tokens(cfg, load_tokenizer(folder / "tokenizer"))
+    weight = tensors[key]
     changed = unseen.neutralise(weight, unseen.seen_mask(tokens, weight.shape[0]), neutral)
     tmp = path.with_suffix(".tmp")
     save_file(tensors, tmp, metadata={"format": "pt"})
@@ -47,6 +54,7 @@ def apply_to_folder(folder: Path, cfg) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sdplay.errors import SdplayError
     from sdplay.training.config import TrainConfig
 
     parser = argparse.ArgumentParser(prog="python -m sdplay.training.apply_unseen", description=__doc__.split("\n")[0])
@@ -57,7 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--augment", type=int, default=48, help="phrasings per image of that run")
     parser.add_argument("--seed", type=int, default=0, help="the seed of that run")
     args = parser.parse_args(argv)
-    changed = apply_to_folder(args.model, TrainConfig(data=args.data, augment=args.augment, seed=args.seed))
+    try:
+        changed = apply_to_folder(args.model, TrainConfig(data=args.data, augment=args.augment, seed=args.seed))
+    except SdplayError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(
         f"{args.model}: {changed} token embedding rows that no training caption uses now read as its distractor words"
     )
