@@ -33,6 +33,20 @@ from pathlib import Path
 import httpx
 
 
+def make_engine(fake: bool, random_weights: bool = False):
+    """The test suite's fake engine, or a real one with the load options `sdplay serve` gives its engines."""
+    if fake:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "server"))
+        from fake_engine import FakeEngine
+
+        return FakeEngine(step_delay=0.01)
+    from sdplay.engine import Engine
+    from sdplay.server.settings import Settings
+
+    # $SDPLAY_FAST and the other SDPLAY_* load settings, as the server's default_engines reads them
+    return Engine(Settings.from_env().load_options(), random_weights=random_weights)
+
+
 def serve(engine, tmp: Path, batch: bool, max_batch: int, window_ms: float):
     """Run the app under uvicorn in a thread; return (base_url, stop)."""
     import uvicorn
@@ -115,17 +129,7 @@ def main() -> int:
     p.add_argument("--random-weights", action="store_true")
     p.add_argument("--fake", action="store_true", help="use the test suite's fake engine")
     args = p.parse_args()
-    if args.fake:
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "server"))
-        from fake_engine import FakeEngine
-
-        engine = FakeEngine(step_delay=0.01)
-    else:
-        from sdplay.engine import Engine
-        from sdplay.server.settings import Settings
-
-        # the load options `sdplay serve` gives its engines ($SDPLAY_FAST and the rest), as default_engines does
-        engine = Engine(Settings.from_env().load_options(), random_weights=args.random_weights)
+    engine = make_engine(args.fake, args.random_weights)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for max_batch in [int(b) for b in args.batches.split(",")]:

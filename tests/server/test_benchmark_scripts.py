@@ -23,3 +23,16 @@ def test_server_batching_benchmark_reports_every_mode(tmp_path, api):
     assert [r["max_batch"] for r in rows] == [1, 4] and all(r["api"] == api for r in rows)
     assert rows[0]["mean_batch"] == 1.0 and 1.0 <= rows[1]["mean_batch"] <= 4.0
     assert all(r["images_per_s"] > 0 and r["requests"] == 8 for r in rows)
+
+
+def test_the_real_engine_gets_the_servers_load_options(monkeypatch):
+    """$SDPLAY_FAST reaches the benchmark's engine as it reaches `sdplay serve`'s (it once did not)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("server_batching", ROOT / "benchmarks" / "server_batching.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    monkeypatch.setenv("SDPLAY_FAST", "deepcache=3")
+    assert script.make_engine(fake=False).options.fast_options == "deepcache=3"
+    monkeypatch.delenv("SDPLAY_FAST")
+    assert script.make_engine(fake=False).options.fast_options in ("", None)
