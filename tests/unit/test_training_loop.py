@@ -233,6 +233,8 @@ def test_tokens_no_caption_uses_read_as_the_distractor_words(tmp_path, tiny_set,
     kept = train(_cfg(tmp_path / "kept", tiny_set, unseen_tokens="keep")).model_dir
     random_start = _token_embedding(kept)[~seen]
     assert (random_start - random_start.mean(0)).abs().max() > 0.05  # without the rule: the random start
+    assert "sdplay.training.unseen" in (trained / "README.md").read_text()  # the model card says so
+    assert "sdplay.training.unseen" not in (kept / "README.md").read_text()
 
 
 def test_apply_unseen_to_an_older_folder_gives_what_the_export_writes(tmp_path, tiny_set, trained, capsys):

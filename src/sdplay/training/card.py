@@ -64,8 +64,9 @@ def _naming(config: dict[str, Any]) -> str:
 
 def _unseen(config: dict[str, Any]) -> str:
     """The card's line on tokens no caption uses ("" when the run left them at their random start)."""
-    learned = config.get("train_text_encoder", True) and not config.get("token_embedding")
-    if not learned or config.get("unseen_tokens", "neutral") != "neutral" or config.get("augment") == 0:
+    from sdplay.training.config import TrainConfig
+
+    if not TrainConfig.from_dict(config).neutral_unseen(new_model=True):
         return ""
     return """- Token embedding rows that no training caption uses (most of CLIP's vocabulary) are set to the mean of
   the rows of the unknown extra words the model learned to look past (`sdplay.training.unseen`): a word it

@@ -51,6 +51,16 @@ class TrainConfig:
     alpha: float | None = None  # LoRA alpha (kohya's network_alpha); None = rank, a scale of 1
     lora_name: str | None = None  # the .safetensors name; None = the run folder's name
 
+    def phrasings(self, new_model: bool) -> int:
+        """Augmented phrasings per image: `augment`, else 48 for a new model and 0 when fine-tuning."""
+        return self.augment if self.augment is not None else (48 if new_model else 0)
+
+    def neutral_unseen(self, new_model: bool) -> bool:
+        """Whether the export sets token rows no caption uses to the distractor words' mean (training/unseen.py):
+        for a new model whose phrasings have distractors and whose token embedding is learned."""
+        learned = self.train_text_encoder and not self.token_embedding
+        return new_model and learned and self.unseen_tokens == "neutral" and self.phrasings(new_model) > 0
+
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out.update(out=str(self.out), data=self.data and str(self.data), images=self.images and str(self.images))

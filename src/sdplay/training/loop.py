@@ -170,8 +170,7 @@ def _neutral_unseen(cfg: TrainConfig, new_model: bool) -> bool:
             f"unseen_tokens={cfg.unseen_tokens!r} is not a choice.",
             hint="Use 'neutral' (unseen tokens read as the distractor words) or 'keep' (their random start).",
         )
-    learned = cfg.train_text_encoder and not cfg.token_embedding
-    return new_model and learned and cfg.unseen_tokens == "neutral" and _augment(cfg, new_model) > 0
+    return cfg.neutral_unseen(new_model)
 
 
 def _add_naming_head(run: _Run, eos: int) -> None:
@@ -230,14 +229,10 @@ def _start_token_embedding(te, cfg: TrainConfig) -> None:
 
 def caption_variants(cfg: TrainConfig, data: datasets.CaptionedImages, tokenizer, new_model: bool) -> list[list[str]]:
     """Each image's captions, plus `cfg.augment` everyday phrasings of them (the same for a seed)."""
-    n = _augment(cfg, new_model)
+    n = cfg.phrasings(new_model)
     if n <= 0:
         return data.variants
     return captions.augmented_variants(data, n, cfg.seed, distractors(cfg, data, tokenizer))
-
-
-def _augment(cfg: TrainConfig, new_model: bool) -> int:
-    return cfg.augment if cfg.augment is not None else (48 if new_model else 0)
 
 
 def distractors(cfg: TrainConfig, data: datasets.CaptionedImages, tokenizer) -> list[str]:
