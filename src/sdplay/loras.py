@@ -299,6 +299,8 @@ def _loaded_adapters(pipe: Any) -> set[str]:
 def ensure_loaded(pipe: Any, loras: list[ResolvedLora], family: FamilySpec) -> None:
     """Load each LoRA into the pipeline once (as a peft adapter named by its hash)."""
     have = _loaded_adapters(pipe)
+    if loras and not have.issuperset(lo.adapter for lo in loras):
+        _check_no_float8(pipe)
     for lora in loras:
         if lora.adapter in have:
             continue
@@ -314,6 +316,18 @@ def ensure_loaded(pipe: Any, loras: list[ResolvedLora], family: FamilySpec) -> N
                 hint=f"Choose a LoRA made for {family.label} (kohya/A1111 or diffusers format).",
             ) from exc
         have.add(lora.adapter)
+
+
+def _check_no_float8(pipe: Any) -> None:
+    """peft cannot wrap the fast path's static float8 layers: say so instead of a "does not fit" error."""
+    from sdplay.accel import fp8
+
+    if fp8.layers(pipe.unet):
+        raise InvalidRequest(
+            "LoRAs cannot be applied to this model: its UNet runs float8 linear layers (fast-path option fp8=static).",
+            field="loras",
+            hint="Remove fp8 from --fast-options / SDPLAY_FAST to use LoRAs, or leave the LoRA out of the prompt.",
+        )
 
 
 def _forget(pipe: Any, adapter: str) -> None:

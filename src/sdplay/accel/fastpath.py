@@ -10,7 +10,7 @@ from sdplay.accel.fastgraphs import GraphedForward, SharedPool, cuda_recorder, i
 from sdplay.accel.runtime import compile_cache_dir
 from sdplay.devices import DeviceInfo
 from sdplay.errors import InvalidRequest
-from sdplay.families import FAMILIES, Family
+from sdplay.families import FAMILIES, Family, for_architecture, from_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,9 @@ class FastConfig:
     host_timesteps: bool = True  # scheduler arithmetic on the host: no device sync per step
     max_graphs: int = 8  # signatures kept per module (least recently used dropped)
     # Opt-in, each trading some exactness for speed (docs/benchmarks.md measures both):
-    fp8: bool = False  # float8 (e4m3) linear layers in the UNet's transformer blocks (torchao); SM >= 8.9
+    # float8 (e4m3) linear layers in the UNet's transformer blocks: "static" (scales calibrated once at load,
+    # sdplay.accel.fp8), "dynamic" (torchao, every activation measured at every call; "true" means this), "off"
+    fp8: str = "off"
     deepcache: int = 0  # reuse the deeper UNet blocks' features: a full step every N steps (0: off)
     experimental: bool = False  # allows compile=aot on a GPU (its first GPU run crashed the process)
 
@@ -62,10 +64,17 @@ class FastConfig:
             if name not in kinds:
                 raise InvalidRequest(f"Unknown fast-path option {name!r} in {ENV}.", hint=f"Use: {', '.join(kinds)}.")
             changes[name] = _value(kinds[name], value.strip())
+        if "fp8" in changes:
+            changes["fp8"] = FP8_ALIASES.get(changes["fp8"].lower(), changes["fp8"].lower())
         return replace(cfg, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+FP8_MODES = ("off", "static", "dynamic")
+FP8_ALIASES = {"true": "dynamic", "on": "dynamic", "1": "dynamic", "yes": "dynamic", "false": "off", "0": "off",
+               "no": "off", "none": "off"}  # fmt: skip
 
 
 # What "auto" compiles, measured on an H100 (docs/benchmarks.md): the whole UNet is 27-31% faster for SD 1.x/2.x
@@ -151,8 +160,12 @@ def accelerate(
     _check(config, device)
     # 1. Fused query/key/value projections, float8 linear layers if asked for; the VAE's memory layout and dtype.
     choices: dict[str, Any] = {"fused_qkv": fuse_qkv(pipe) if config.fuse_qkv else []}
-    if config.fp8:
+    if config.fp8 == "dynamic":
         choices["fp8_linear_layers"] = quantize_fp8(pipe.unet)
+    elif config.fp8 == "static":
+        from sdplay.accel import fp8
+
+        choices["fp8_linear_layers"] = fp8.install(pipe, for_architecture(family) if family else from_pipeline(pipe))
     layout = torch.channels_last if config.vae_channels_last else torch.contiguous_format
     pipe.vae.to(memory_format=layout)
     if config.vae_dtype != "auto":
@@ -211,20 +224,27 @@ def _check(config: FastConfig, device: DeviceInfo) -> None:
         raise InvalidRequest("compile=aot is experimental: its first GPU run crashed the process "
                              "(docs/benchmarks.md, H200).", hint="Use compile=full, or add experimental=true to "
                              "try it anyway.")  # fmt: skip
-    if config.fp8:
-        _check_fp8(device)
+    if config.fp8 not in FP8_MODES:
+        raise InvalidRequest(f"Unknown float8 mode fp8={config.fp8!r} in {ENV}.", hint=f"Use: {', '.join(FP8_MODES)}.")
+    if config.fp8 != "off":
+        _check_fp8(device, config.fp8)
 
 
-def _check_fp8(device: DeviceInfo) -> None:
+def _check_fp8(device: DeviceInfo, mode: str) -> None:
     import torch
 
+    if mode == "static" and device.kind == "cpu":  # torch._scaled_mm runs on the CPU too: quality checks, not speed
+        return
     if device.kind != "cuda" or torch.cuda.get_device_capability(device.id) < (8, 9):
-        raise InvalidRequest(f"fp8=on needs an NVIDIA GPU with float8 matrix units (Ada or Hopper); {device.id} "
+        raise InvalidRequest(f"fp8={mode} needs an NVIDIA GPU with float8 matrix units (Ada or Hopper); {device.id} "
                              "has none.", hint=f"Remove fp8 from {ENV}.")  # fmt: skip
+    if mode == "static":
+        return
     try:
         import torchao  # noqa: F401
     except ImportError as exc:
-        raise InvalidRequest("fp8=on needs the torchao package.", hint="pip install torchao") from exc
+        hint = "pip install torchao, or use fp8=static."
+        raise InvalidRequest("fp8=dynamic needs the torchao package.", hint=hint) from exc
 
 
 def quantize_fp8(unet: Any) -> dict[str, Any]:
