@@ -129,13 +129,14 @@ def generate_with_pipeline(
 
 
 def generate_with_engine(
-    model: str, prompts: list[str], seed: int, steps: int, guidance: float, sampler: str, batch: int = 32
-) -> np.ndarray:
-    """The same through sdplay's Engine: one request per prompt, run as shared batches."""
+    model: str, prompts: list[str], seed: int, steps: int, guidance: float, sampler: str, batch: int = 32,
+    fast_options: str = "",
+) -> np.ndarray:  # fmt: skip
+    """The same through sdplay's Engine: one request per prompt, run as shared batches (fast path if options)."""
     from sdplay.engine import Engine
     from sdplay.types import GenerationRequest
 
-    engine = Engine()
+    engine = Engine(fast=True, fast_options=fast_options) if fast_options else Engine()
     out = []
     for start in range(0, len(prompts), batch):
         requests = [
@@ -146,8 +147,14 @@ def generate_with_engine(
     return np.stack(out)
 
 
-def generate(model, prompts, seed=0, steps=20, guidance=4.0, sampler="DPM++ 2M", device="cpu", backend="auto"):
-    """Images for `prompts` through the Engine when it exists (backend 'auto'/'engine'), else diffusers."""
+def generate(model, prompts, seed=0, steps=20, guidance=4.0, sampler="DPM++ 2M", device="cpu", backend="auto",
+             fast_options=""):  # fmt: skip
+    """Images for `prompts` through the Engine when it exists (backend 'auto'/'engine'), else diffusers.
+
+    `fast_options` (Engine only): run the fast path with these options, e.g. "fp8=static", to measure what an
+    option costs in quality."""
+    if fast_options and backend == "diffusers":
+        raise ValueError("fast-path options need the engine backend")
     if backend in ("auto", "engine"):
         try:
             import sdplay.engine  # noqa: F401
@@ -155,7 +162,7 @@ def generate(model, prompts, seed=0, steps=20, guidance=4.0, sampler="DPM++ 2M",
             if backend == "engine":
                 raise
         else:
-            return generate_with_engine(str(model), prompts, seed, steps, guidance, sampler)
+            return generate_with_engine(str(model), prompts, seed, steps, guidance, sampler, fast_options=fast_options)
     return generate_with_pipeline(load_pipeline(model, device, sampler), prompts, seed, steps, guidance)
 
 
@@ -170,6 +177,7 @@ def evaluate(
     device: str = "cpu",
     backend: str = "auto",
     heldout: bool | list = False,
+    fast_options: str = "",
 ) -> tuple[Report, np.ndarray, list[str]]:
     """Generate for `n` fixed prompts plus the colour checks, and score them.
 
@@ -180,14 +188,15 @@ def evaluate(
     prompts, targets, groups = _prompts(data, n, heldout)
     colour_prompts = [p for p, _ in COLOUR_CHECKS if p in data.captions]
     began = time.perf_counter()
-    images = generate(model, prompts + colour_prompts, seed, steps, guidance, sampler, device, backend)
+    images = generate(model, prompts + colour_prompts, seed, steps, guidance, sampler, device, backend, fast_options)
     report = score(prompts, images[: len(prompts)], data, targets, groups)
     report.seconds = time.perf_counter() - began
     colours = dict(COLOUR_CHECKS)
     report.colours = {
         p: colour_share(im, colours[p]) for p, im in zip(colour_prompts, images[len(prompts) :], strict=True)
     }
-    report.settings = {"model": str(model), "seed": seed, "steps": steps, "guidance": guidance, "sampler": sampler}
+    report.settings = {"model": str(model), "seed": seed, "steps": steps, "guidance": guidance, "sampler": sampler,
+                       "fast_options": fast_options}  # fmt: skip
     return report, images, prompts + colour_prompts
 
 
@@ -266,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", choices=["auto", "engine", "diffusers"], default="auto")
     parser.add_argument("--grid", type=Path, default=None, help="write a sample grid PNG here")
     parser.add_argument("--json", type=Path, default=None, help="write the report as JSON here")
+    parser.add_argument("--fast-options", default="", help='engine fast path with these options, e.g. "fp8=static"')
     args = parser.parse_args(argv)
     return run_report(args)
 
@@ -273,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
 def run_report(args: argparse.Namespace) -> int:
     """Evaluate as `args` say, print the reports, write the grid and JSON if asked."""
     data = load_set(args.data)
-    settings = {k: getattr(args, k) for k in ("seed", "steps", "guidance", "sampler", "device", "backend")}
+    settings = {k: getattr(args, k) for k in ("seed", "steps", "guidance", "sampler", "device", "backend",
+                                             "fast_options")}  # fmt: skip
     sets = {"captions": (args.n, False), "heldout": (args.heldout_n, True)}
     reports = {}
     for name in ("captions", "heldout") if args.set == "both" else (args.set,):
