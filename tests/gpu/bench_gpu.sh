@@ -2,8 +2,9 @@
 # GPU benchmark runs behind docs/benchmarks.md. Usage: bash tests/gpu/bench_gpu.sh STAGE [STAGE...]
 # Stages: sd1 sd1-probes sd1-compile sd2 sdxl check telemetry, and sd1-opt sd2-opt sdxl-opt options profile sdxl-load
 # (the H100 runs behind docs/benchmarks.md); H200: sd1-h200 sd2-h200 sdxl-h200 (diffusers, the diffusers +
-# torch.compile peer and sdplay in one run, cold compiles and restarts of each), sdxl-peer-full, weights (load
-# times) and emoji-eval (the embedded model's evaluation on the GPU). Needs diffusers (and torchsde; fastapi/uvicorn for sdxl-load) importable;
+# torch.compile peer and sdplay in one run, cold compiles and restarts of each), sdxl-peer-full, sdxl-fp8, weights
+# (load times), emoji-fp8 (what fp8=static costs the embedded model) and emoji-eval (the embedded model's evaluation
+# on the GPU). Needs diffusers (and torchsde; fastapi/uvicorn for sdxl-load) importable;
 # writes JSON, markdown and logs under $OUT (default ./outputs/gpu). Each model runs in its own process with its
 # own empty compile cache, so its first fast image is a cold compile and its restart check a warm one.
 set -u
@@ -21,6 +22,7 @@ bench() {  # NAME LIMIT_S ARGS...
   tail -n 12 "$OUT/$name.md"
 }
 R2="sdplay-fast[regions=BasicTransformerBlock+ResnetBlock2D]" FULL="sdplay-fast[compile=full,dynamic=false]"
+FULL8="sdplay-fast[compile=full,dynamic=false,fp8=static]"  # whole UNet, static float8 linear layers
 FAST_PROBES="sdplay-fast[compile=none],sdplay-fast[compile=none,fuse_qkv=false],sdplay-fast[host_timesteps=false]"
 AUTO="sdplay-fast[compile=full,dynamic=none]"  # whole UNet, static first, one dynamic recompile at a new shape
 OPTS="sdplay-fast[fp8=true],sdplay-fast[deepcache=3],$FULL,sdplay-fast[compile=full,dynamic=false,fp8=true]"
@@ -46,6 +48,14 @@ for stage in "$@"; do
     # SDXL: the peer against sdplay's regional default and its whole-UNet compile, in one run
     sdxl-peer-full) bench sdxl-peer-full ${LIMIT:-560} -m sdxl-base-1.0 --runs 3 --max-batch 1 --unet-iters 10 \
       --variants "$PEERS,sdplay-fast,$FULL" --restart-variants "$FULL" ;;
+    # SDXL: static float8 linear layers on the whole-UNet compile, against it, the peer and diffusers, exactness
+    sdxl-fp8) bench sdxl-fp8 ${LIMIT:-560} -m sdxl-base-1.0 --runs 3 --max-batch 1 --unet-iters 10 --check \
+      --variants "$PEERS,sdplay-eager,$FULL,$FULL8" ;;
+    # what static float8 costs the trained embedded model, through the engine's fast path on the GPU
+    emoji-fp8) for fo in fp8=off fp8=static; do
+        timeout ${LIMIT:-150} python3 -m sdplay.training.evaluate --data "${DATA:-.carry/emoji/emoji64.npz}" --device cuda \
+          --backend engine --fast-options "$fo" --json "$OUT/emoji-${fo/=/-}.json" >"$OUT/emoji-${fo/=/-}.log" 2>&1
+        echo "== emoji-fp8 $fo: exit $?"; grep -E "^(==|  top-5)" "$OUT/emoji-${fo/=/-}.log" | cut -c1-300; done ;;
     # the shipped embedded model, evaluated on the GPU (needs the data file: sdplay train --prepare, copied to $DATA)
     emoji-eval) timeout ${LIMIT:-200} python3 -m sdplay.training.evaluate --data "${DATA:-.carry/emoji/emoji64.npz}" \
       --device cuda --backend diffusers --json "$OUT/emoji-eval.json" --grid "$OUT/emoji-grid.png" >"$OUT/emoji-eval.log" 2>&1
@@ -83,8 +93,10 @@ for stage in "$@"; do
           --label "$label" --json "$OUT/sdxl-load-$label.json" "$@" >"$OUT/sdxl-load-$label.log" 2>&1
         echo "== sdxl-load $label: exit $?"; grep -E "^\{|best" "$OUT/sdxl-load-$label.log"; }
       [ "${LOAD_DEFAULT:-1}" = 1 ] && load default 330 --batches 1,2,4,8
-      FAST_OPTS=deepcache=3 load deepcache3 200 --batches 1,8
-      [ "${LOAD_FULL:-0}" = 1 ] && FAST_OPTS=compile=full,dynamic=false load full 200 --batches 1 ;;
+      [ "${LOAD_REUSE:-1}" = 1 ] && FAST_OPTS=deepcache=3 load deepcache3 200 --batches 1,8
+      [ "${LOAD_FULL:-0}" = 1 ] && FAST_OPTS=compile=full,dynamic=false load full 200 --batches 1
+      [ "${LOAD_FP8:-0}" = 1 ] && FAST_OPTS=compile=full,dynamic=false,fp8=static load full-fp8 230 --batches 1
+      true ;;
     check) SDPLAY_CACHE=/tmp/sdplay-cache-sd1 timeout 300 python3 tests/gpu/check_fastpath.py sd-v1-4 2>&1 | grep -v float32 | tail -n 5 ;;
     telemetry) SDPLAY_CACHE=/tmp/sdplay-cache-sd1 timeout 150 python3 tests/gpu/check_telemetry.py >"$OUT/telemetry.log" 2>&1
       echo "== telemetry: exit $?"; tail -n 15 "$OUT/telemetry.log" ;;
