@@ -55,6 +55,14 @@ def test_inputs_beyond_the_calibrated_range_saturate_instead_of_overflowing():
         assert torch.allclose(out, layer(torch.full((4, 64), 1.0)), rtol=1e-5)  # clipped at the calibrated max
 
 
+def test_a_tiny_calibrated_range_still_gives_a_finite_fp16_scale():
+    layer = fp8.static_linear(linear().half(), 1e-5)
+    assert torch.isfinite(layer.input_inverse).all()
+    with torch.no_grad():
+        out = layer(torch.zeros(3, 64, dtype=torch.float16))
+    assert torch.isfinite(out).all() and out.dtype == torch.float16
+
+
 def test_calibration_covers_the_called_projections_only(tiny_models):
     loaded, _ = Engine(fast=False).load(str(tiny_models["sd1"]))
     fuse_qkv(loaded.pipe)

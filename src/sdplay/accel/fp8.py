@@ -117,7 +117,9 @@ class StaticFloat8Linear(torch.nn.Module):
         super().__init__()
         w = linear.weight.detach()
         w_scale = (w.float().abs().amax() / E4M3_MAX).clamp(min=1e-12)
-        x_scale = torch.tensor(max(input_max, 1e-6) / E4M3_MAX, device=w.device)
+        # the inverse scale is kept in the model's dtype: fp16 must hold it (an input maximum below ~0.03 would not)
+        floor = 4 * E4M3_MAX / torch.finfo(w.dtype).max
+        x_scale = torch.tensor(max(input_max, floor, 1e-6) / E4M3_MAX, device=w.device)
         self.in_features, self.out_features, self.out_dtype = linear.in_features, linear.out_features, w.dtype
         self.weight_t = torch.nn.Buffer((w.float() / w_scale).to(torch.float8_e4m3fn).t(), persistent=False)
         self.weight_scale = torch.nn.Buffer(w_scale, persistent=False)
