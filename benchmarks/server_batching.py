@@ -34,15 +34,17 @@ import httpx
 
 
 def make_engine(fake: bool, random_weights: bool = False):
-    """The test suite's fake engine, or a real one with the load options `sdplay serve` gives its engines."""
+    """The test suite's fake engine, or a real one set up as `sdplay serve` sets up its engines."""
     if fake:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "server"))
         from fake_engine import FakeEngine
 
         return FakeEngine(step_delay=0.01)
+    from sdplay.accel.runtime import configure_torch
     from sdplay.engine import Engine
     from sdplay.server.settings import Settings
 
+    configure_torch()  # as `sdplay serve` does: the persistent compile cache, recompile limits (it once did not)
     # $SDPLAY_FAST and the other SDPLAY_* load settings, as the server's default_engines reads them
     return Engine(Settings.from_env().load_options(), random_weights=random_weights)
 

@@ -1,6 +1,7 @@
 """The load benchmark runs end to end against the real server (with the fake engine): both client APIs."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -36,3 +37,20 @@ def test_the_real_engine_gets_the_servers_load_options(monkeypatch):
     assert script.make_engine(fake=False).options.fast_options == "deepcache=3"
     monkeypatch.delenv("SDPLAY_FAST")
     assert script.make_engine(fake=False).options.fast_options in ("", None)
+
+
+def test_the_real_engine_runs_with_the_servers_torch_settings(tmp_path):
+    """The compile cache and recompile limits of `sdplay serve` (without them a warm cache was not found)."""
+    code = (
+        "import importlib.util, os, sys\n"
+        f"spec = importlib.util.spec_from_file_location('sb', {str(ROOT / 'benchmarks' / 'server_batching.py')!r})\n"
+        "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
+        "m.make_engine(fake=False)\n"
+        "import torch\n"
+        "print(os.environ.get('TORCHINDUCTOR_CACHE_DIR'), torch._dynamo.config.recompile_limit)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"} | {"SDPLAY_CACHE": str(tmp_path)}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    cache, limit = res.stdout.split()[-2:]
+    assert cache.startswith(str(tmp_path)) and int(limit) >= 64
