@@ -23,8 +23,8 @@ def is_inpainting_model(pipe: Any) -> bool:
 
 
 def task_pipe(loaded: LoadedModel, task: str) -> Any:
-    """The pipeline for a task over the same modules as the loaded one (no second copy of any weight), created
-    with diffusers' `from_pipe` from the family's pipeline class for that task (sdplay.families)."""
+    """The pipeline for a task over the same modules as the loaded one (no second copy of any weight), of the
+    family's pipeline class for that task (sdplay.families)."""
     import diffusers
 
     base = loaded.pipe
@@ -38,13 +38,29 @@ def task_pipe(loaded: LoadedModel, task: str) -> Any:
         if type(base).__name__ == name:
             cache[task] = base
         else:
-            pipe = getattr(diffusers, name).from_pipe(base)
+            pipe = over_same_modules(getattr(diffusers, name), base)
             pipe.set_progress_bar_config(disable=True)
             for attr in _CARRIED:
                 if attr in base.__dict__:
                     pipe.__dict__[attr] = base.__dict__[attr]
             cache[task] = pipe
     return cache[task]
+
+
+def over_same_modules(cls: Any, base: Any) -> Any:
+    """`cls` over `base`'s modules and settings, as diffusers' `from_pipe` makes it but without its final cast.
+
+    diffusers 0.42's `from_pipe` ends with `.to(dtype=float32)` unless given one dtype: it turned a float16 model
+    into float32 for every task at its first image-to-image or inpainting request, and one dtype cannot fit SDXL's
+    float32 VAE beside its float16 UNet (nor the fast path's float8 layers).
+    """
+    expected, optional = cls._get_signature_keys(cls)
+    modules = {k: v for k, v in base.components.items() if k in expected}
+    settings = {k: v for k, v in base.config.items() if k in optional and k not in modules}
+    pipe = cls(**modules, **settings)
+    if base.config.get("_name_or_path") is not None:
+        pipe.register_to_config(_name_or_path=base.config["_name_or_path"])
+    return pipe
 
 
 class Progress:

@@ -244,3 +244,25 @@ def test_several_init_images_of_other_sizes_are_fitted_without_a_mask(engine, ti
     assert "Resize the images to 64x64" in info.value.hint
     with pytest.raises(InvalidRequest, match="needs init_image"):
         engine.plan(req(tiny_models["sd1"], extra_init_images=(picture(),)))
+
+
+def test_image_inputs_keep_every_modules_dtype(tiny_models):
+    """A half-precision model stays half precision after image-to-image and inpainting: the task pipelines share
+    its modules, and diffusers 0.42's from_pipe cast them all to float32 (bfloat16 here: the CPU has no float16)."""
+    import torch
+
+    from sdplay.engine import Engine
+
+    engine = Engine()
+    model = str(tiny_models["sdxl"])
+    engine.generate(req(model, dtype="bfloat16", steps=2))
+    loaded, _ = engine.load(model, dtype="bfloat16")
+
+    def dtypes():
+        return {n: m.dtype for n, m in loaded.pipe.components.items() if isinstance(m, torch.nn.Module)}
+
+    before = dtypes()
+    assert before["unet"] == torch.bfloat16
+    engine.generate(req(model, dtype="bfloat16", steps=2, init_image=picture(), strength=0.6))
+    engine.generate(req(model, dtype="bfloat16", steps=2, init_image=picture(), mask=left_mask(), strength=1.0))
+    assert dtypes() == before
