@@ -63,6 +63,16 @@ def test_a_tiny_calibrated_range_still_gives_a_finite_fp16_scale():
     assert torch.isfinite(out).all() and out.dtype == torch.float16
 
 
+def test_a_cast_of_the_whole_model_leaves_the_float8_layer_intact():
+    layer = fp8.static_linear(linear(), 4.0)
+    x = torch.randn(6, 64)
+    with torch.no_grad():
+        before = layer(x)
+        layer.to(torch.float16)
+        after = layer(x.half())
+    assert after.dtype == torch.float16 and torch.allclose(after.float(), before, rtol=2e-2, atol=2e-2)
+
+
 def test_calibration_covers_the_called_projections_only(tiny_models):
     loaded, _ = Engine(fast=False).load(str(tiny_models["sd1"]))
     fuse_qkv(loaded.pipe)
@@ -127,3 +137,18 @@ def test_fp8_static_keeps_what_the_embedded_model_draws():
         assert colour_share(b, colour) > 0.85, (prompt, colour_share(b, colour))
         assert abs(colour_share(a, colour) - colour_share(b, colour)) < 0.05
         assert not np.array_equal(a, b)  # the float8 layers ran
+
+
+def test_fp8_static_serves_image_inputs_and_feature_reuse(tiny_models):
+    from PIL import Image
+
+    engine = Engine(fast=True, fast_options=FP8 + ",deepcache=2")
+    base = {"prompt": "a red heart", "model": str(tiny_models["sd1"]), "width": 64, "height": 64, "steps": 4, "seed": 3}
+    init = Image.new("RGB", (64, 64), (200, 40, 40))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 32, 64))
+    for extra in ({}, {"init_image": init, "strength": 0.6}, {"init_image": init, "mask": mask, "strength": 1.0}):
+        result = engine.generate(GenerationRequest(**(base | extra)))
+        assert np.isfinite(np.asarray(result.images[0], np.float64)).all() and result.images[0].size == (64, 64)
+    loaded, _ = engine.load(str(tiny_models["sd1"]))
+    assert fp8.layers(loaded.pipe.unet) > 0

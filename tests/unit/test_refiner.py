@@ -86,3 +86,15 @@ def test_refiner_after_image_to_image_takes_the_last_of_the_steps_run(engine, ti
     fields = parse_parameters(parameters_for(a, 0))
     assert fields["Refiner"] == str(tiny_refiner) and fields["Refiner switch at"] == "0.5"
     assert fields["Denoising strength"] == "0.6" and fields["Init image hash"] == image_hash(init)[:10]
+
+
+def test_static_float8_calibrates_the_refiner_too(tiny_models, tiny_refiner):
+    """The refiner's UNet takes five time ids (aesthetic score) and one text encoder: its calibration knows."""
+    from sdplay.accel import fp8
+    from sdplay.engine import Engine
+
+    engine = Engine(fast=True, fast_options="compile=none,graphs=false,fp8=static")
+    result = engine.generate(req(tiny_models["sdxl"], refiner=str(tiny_refiner), refiner_switch_at=0.6))
+    assert result.images
+    refiner, _ = engine.load(str(tiny_refiner))
+    assert fp8.layers(refiner.pipe.unet) > 0

@@ -76,25 +76,45 @@ def install(pipe: Any, spec: FamilySpec, margin: float = MARGIN) -> dict[str, An
 
 def calibration_run(pipe: Any, spec: FamilySpec) -> Callable[[], None]:
     """UNet calls at native size over the noise levels of sampling, guided, on two everyday prompts."""
-    from sdplay.prompts import encode
-
     unet = pipe.unet
     cfg = unet.config
 
     def run() -> None:
-        emb = encode(pipe, spec, list(CALIBRATION_PROMPTS), list(CALIBRATION_NEGATIVES)).step_inputs(0, guidance=True)
-        states = emb["prompt_embeds"].to(unet.device, unet.dtype)
+        states, pooled = _conditioning(pipe, spec)
         n, side = states.shape[0], _latent_side(cfg.sample_size)
         noise = torch.randn(n, cfg.in_channels, side, side, generator=torch.Generator().manual_seed(0))
-        kwargs: dict[str, Any] = {"encoder_hidden_states": states, "return_dict": False}
+        kwargs: dict[str, Any] = {"encoder_hidden_states": states.to(unet.device, unet.dtype), "return_dict": False}
         if cfg.addition_embed_type == "text_time":
-            px = side * pipe.vae_scale_factor
-            ids = torch.tensor([[px, px, 0, 0, px, px]] * n, device=unet.device, dtype=unet.dtype)
-            kwargs["added_cond_kwargs"] = {"text_embeds": emb["add_text_embeds"].to(unet.dtype), "time_ids": ids}
+            kwargs["added_cond_kwargs"] = {"text_embeds": pooled.to(unet.device, unet.dtype),
+                                           "time_ids": _time_ids(pipe, cfg, pooled.shape[-1], n)}  # fmt: skip
         for t in CALIBRATION_TIMESTEPS:
             unet(noise.to(unet.device, unet.dtype), torch.tensor(t, device=unet.device), **kwargs)
 
     return run
+
+
+def _conditioning(pipe: Any, spec: FamilySpec) -> tuple[Any, Any]:
+    """(text states, pooled or None), negatives first, encoded as generation encodes them for this pipeline: sdplay's
+    prompt encoder, or the pipeline's own for a model without the first text encoder (the SDXL refiner)."""
+    if pipe.tokenizer is not None:
+        from sdplay.prompts import encode
+
+        emb = encode(pipe, spec, list(CALIBRATION_PROMPTS), list(CALIBRATION_NEGATIVES)).step_inputs(0, guidance=True)
+        return emb["prompt_embeds"], emb.get("add_text_embeds")
+    out = pipe.encode_prompt(prompt=list(CALIBRATION_PROMPTS), negative_prompt=list(CALIBRATION_NEGATIVES),
+                             device=pipe.unet.device, num_images_per_prompt=1,
+                             do_classifier_free_guidance=True)  # fmt: skip
+    states = torch.cat([out[1], out[0]])
+    return states, torch.cat([out[3], out[2]]) if len(out) == 4 else None
+
+
+def _time_ids(pipe: Any, cfg: Any, pooled_width: int, n: int) -> Any:
+    """SDXL's size conditioning at native size: six ids (original size, crop, target size), or five for a UNet
+    conditioned on an aesthetic score (original size, crop, score 6, diffusers' default)."""
+    count = (cfg.projection_class_embeddings_input_dim - pooled_width) // cfg.addition_time_embed_dim
+    px = _latent_side(cfg.sample_size) * pipe.vae_scale_factor
+    ids = ([px, px, 0, 0, px, px] if count == 6 else [px, px, 0, 0, 6.0] + [0] * count)[:count]
+    return torch.tensor([ids] * n, device=pipe.unet.device, dtype=pipe.unet.dtype)
 
 
 def _latent_side(sample_size: Any) -> int:
@@ -111,27 +131,35 @@ def static_linear(linear: torch.nn.Linear, input_max: float) -> StaticFloat8Line
 
 
 class StaticFloat8Linear(torch.nn.Module):
-    """y = x W^T + b with x and W as float8 e4m3, each with one fixed scale, through torch._scaled_mm."""
+    """y = x W^T + b with x and W as float8 e4m3, each with one fixed scale, through torch._scaled_mm.
+
+    The float8 weight is kept as its bytes (uint8) and the scales in float32 as they are used, so a cast of the whole
+    model to another dtype (`.to(torch.float16)`) leaves them as they are.
+    """
 
     def __init__(self, linear: torch.nn.Linear, input_max: float):
         super().__init__()
         w = linear.weight.detach()
         w_scale = (w.float().abs().amax() / E4M3_MAX).clamp(min=1e-12)
-        # the inverse scale is kept in the model's dtype: fp16 must hold it (an input maximum below ~0.03 would not)
+        # the inverse scale meets the input in the input's dtype: fp16 must hold it (an input maximum below
+        # ~0.03 would not)
         floor = 4 * E4M3_MAX / torch.finfo(w.dtype).max
         x_scale = torch.tensor(max(input_max, floor, 1e-6) / E4M3_MAX, device=w.device)
-        self.in_features, self.out_features, self.out_dtype = linear.in_features, linear.out_features, w.dtype
-        self.weight_t = torch.nn.Buffer((w.float() / w_scale).to(torch.float8_e4m3fn).t(), persistent=False)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        weight_t = (w.float() / w_scale).to(torch.float8_e4m3fn).t()  # column-major, as _scaled_mm wants it
+        self.weight_bytes = torch.nn.Buffer(weight_t.view(torch.uint8), persistent=False)
         self.weight_scale = torch.nn.Buffer(w_scale, persistent=False)
         self.input_scale = torch.nn.Buffer(x_scale, persistent=False)
-        self.input_inverse = torch.nn.Buffer((1 / x_scale).to(w.dtype), persistent=False)
+        self.input_inverse = torch.nn.Buffer(1 / x_scale, persistent=False)
         self.bias = linear.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
-        x8 = (x.reshape(-1, self.in_features) * self.input_inverse).clamp(-E4M3_MAX, E4M3_MAX)
-        out = torch._scaled_mm(x8.to(torch.float8_e4m3fn), self.weight_t, scale_a=self.input_scale,
-                               scale_b=self.weight_scale, bias=self.bias, out_dtype=self.out_dtype)  # fmt: skip
+        x8 = (x.reshape(-1, self.in_features) * self.input_inverse.to(x.dtype)).clamp(-E4M3_MAX, E4M3_MAX)
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        out = torch._scaled_mm(x8.to(torch.float8_e4m3fn), self.weight_bytes.view(torch.float8_e4m3fn),
+                               scale_a=self.input_scale.float(), scale_b=self.weight_scale.float(), bias=bias,
+                               out_dtype=x.dtype)  # fmt: skip
         return out.reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
