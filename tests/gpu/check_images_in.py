@@ -8,7 +8,8 @@ SDXL VAE in fp32, as sdplay loads it), one image, 20 steps, image-to-image at st
 half masked) at strength 1.0. For each model and task, in the same process over the same modules:
 
 - sdplay's per-phase times (text encoding, denoising including the init image's VAE encode, VAE decode, total);
-- diffusers' own StableDiffusion(XL)Img2ImgPipeline / InpaintPipeline made with `from_pipe`: `encode_prompt`,
+- diffusers' own StableDiffusion(XL)Img2ImgPipeline / InpaintPipeline over the same modules (as `from_pipe` makes
+  them, without its cast of every module to float32: sdplay.passes.over_same_modules): `encode_prompt`,
   the call with output_type="latent" less the text encoding (denoising), `vae.decode`, and the whole call.
 
 Medians over REPEATS runs after one warm-up. Every output must be finite and of the native size, and sdplay's
@@ -39,6 +40,7 @@ from PIL import Image  # noqa: E402
 
 from sdplay import catalog  # noqa: E402
 from sdplay.engine import Engine  # noqa: E402
+from sdplay.passes import over_same_modules  # noqa: E402
 from sdplay.types import GenerationRequest  # noqa: E402
 
 MODELS = ("sd-v1-4", "sd-v2-1", "sdxl-base-1.0")
@@ -121,7 +123,7 @@ def check(model: str, engine: Engine, device: str, dtype: str, steps: int, repea
         "img2img": sdplay_times(engine, img2img, repeats, None),
         "inpaint": sdplay_times(engine, inpaint, repeats, np.asarray(image)),
     }
-    pipes = {task: getattr(diffusers, loaded.family_spec.pipeline_class(task)).from_pipe(loaded.pipe)
+    pipes = {task: over_same_modules(getattr(diffusers, loaded.family_spec.pipeline_class(task)), loaded.pipe)
              for task in ("img2img", "inpaint")}  # fmt: skip
     for pipe in pipes.values():
         pipe.set_progress_bar_config(disable=True)
