@@ -187,7 +187,7 @@ def _check(vae: VaeFile, model: Any, like: Any) -> None:
 @contextmanager
 def swapped(pipes: list[Any], vae: Any) -> Iterator[None]:
     """The pipelines with `vae` in place of their own for the block; task pipelines made from the first one
-    meanwhile (diffusers' from_pipe copies its modules) get their own back too."""
+    meanwhile (each holds its own reference to the VAE module) get their own back too."""
     if vae is None:
         yield
         return
