@@ -2,7 +2,8 @@
 # GPU benchmark runs behind docs/benchmarks.md. Usage: bash tests/gpu/bench_gpu.sh STAGE [STAGE...]
 # Stages: sd1 sd1-probes sd1-compile sd2 sdxl check telemetry, and sd1-opt sd2-opt sdxl-opt options profile sdxl-load
 # (the H100 runs behind docs/benchmarks.md); H200: sd1-h200 sd2-h200 sdxl-h200 (diffusers, the diffusers +
-# torch.compile peer and sdplay in one run, cold compiles and restarts of each), sdxl-peer-full, sdxl-fp8, weights
+# torch.compile peer and sdplay in one run, cold compiles and restarts of each), sdxl-peer-full, sdxl-fp8,
+# sd1-autotune, weights
 # (load times), emoji-fp8 (what fp8=static costs the embedded model) and emoji-eval (the embedded model's evaluation
 # on the GPU). Needs diffusers (and torchsde; fastapi/uvicorn for sdxl-load) importable;
 # writes JSON, markdown and logs under $OUT (default ./outputs/gpu). Each model runs in its own process with its
@@ -51,6 +52,9 @@ for stage in "$@"; do
     # SDXL: static float8 linear layers on the whole-UNet compile, against it, the peer and diffusers, exactness
     sdxl-fp8) bench sdxl-fp8 ${LIMIT:-560} -m sdxl-base-1.0 --runs 3 --max-batch 1 --unet-iters 10 --check \
       --variants "$PEERS,sdplay-eager,$FULL,$FULL8" ;;
+    # the peer with Inductor's max-autotune beside its default mode and sdplay (its compile may not fit a call)
+    sd1-autotune) bench sd1-autotune ${LIMIT:-560} -m sd-v1-4 --runs 5 --max-batch 1 --unet-iters 20 \
+      --variants "$PEERS,diffusers-compile[mode=max-autotune],sdplay-fast" ;;
     # what static float8 costs the trained embedded model, through the engine's fast path on the GPU
     emoji-fp8) for fo in fp8=off fp8=static; do
         timeout ${LIMIT:-150} python3 -m sdplay.training.evaluate --data "${DATA:-.carry/emoji/emoji64.npz}" --device cuda \
