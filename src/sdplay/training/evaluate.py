@@ -277,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="write the report as JSON here")
     parser.add_argument("--fast-options", default="", help='engine fast path with these options, e.g. "fp8=static"')
     args = parser.parse_args(argv)
+    if args.fast_options and args.backend == "diffusers":
+        parser.error("--fast-options runs sdplay's engine: use --backend engine (or auto)")
     return run_report(args)
 
 
