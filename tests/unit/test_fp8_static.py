@@ -57,10 +57,21 @@ def test_inputs_beyond_the_calibrated_range_saturate_instead_of_overflowing():
 
 def test_a_tiny_calibrated_range_still_gives_a_finite_fp16_scale():
     layer = fp8.static_linear(linear().half(), 1e-5)
-    assert torch.isfinite(layer.input_inverse).all()
+    assert torch.isfinite(layer.scales()[2].to(torch.float16)).all()
     with torch.no_grad():
         out = layer(torch.zeros(3, 64, dtype=torch.float16))
     assert torch.isfinite(out).all() and out.dtype == torch.float16
+
+
+def test_a_float32_output_adds_the_bias_outside_the_kernel():
+    lin = linear()
+    x = torch.randn(5, 64)
+    layer = fp8.static_linear(lin, float(x.abs().max()))
+    with torch.no_grad():
+        out = layer(x)
+        no_bias = fp8.static_linear(torch.nn.Linear(64, 48, bias=False), 1.0)
+    assert no_bias(x).shape == (5, 48)
+    assert float((out - lin(x)).norm() / lin(x).norm()) < 6e-2
 
 
 def test_a_cast_of_the_whole_model_leaves_the_float8_layer_intact():
@@ -71,6 +82,9 @@ def test_a_cast_of_the_whole_model_leaves_the_float8_layer_intact():
         layer.to(torch.float16)
         after = layer(x.half())
     assert after.dtype == torch.float16 and torch.allclose(after.float(), before, rtol=2e-2, atol=2e-2)
+    scales = [float(v) for v in layer.scales()]
+    layer.to(torch.bfloat16)
+    assert [float(v) for v in layer.scales()] == scales  # bit for bit: the scales are kept as their bytes
 
 
 def test_calibration_covers_the_called_projections_only(tiny_models):
@@ -82,6 +96,18 @@ def test_calibration_covers_the_called_projections_only(tiny_models):
     assert not any(n.endswith(("attn1.to_q", "attn1.to_k", "attn1.to_v")) for n in names)  # views of to_qkv
     assert not any(n.endswith(("attn2.to_k", "attn2.to_v", "attn2.to_kv")) for n in names)  # text projections
     assert all(v > 0 for v in peaks.values())
+    # each peak is the largest input that layer saw, as a hook of our own measures it
+    name = next(n for n in names if n.endswith("ff.net.2"))
+    seen = []
+    layer = loaded.pipe.unet.get_submodule(name)
+    handle = layer.register_forward_hook(lambda _m, args, _o: seen.append(float(args[0].abs().max())))
+    with torch.no_grad():
+        fp8.calibration_run(loaded.pipe, loaded.family_spec)()
+    handle.remove()
+    assert peaks[name] == pytest.approx(max(seen), rel=1e-6) and len(seen) == 2 * len(fp8.CALIBRATION_TIMESTEPS)
+    fp8.quantize(loaded.pipe.unet, peaks)
+    quantized = loaded.pipe.unet.get_submodule(name)
+    assert float(quantized.scales()[1]) == pytest.approx(peaks[name] * fp8.MARGIN / fp8.E4M3_MAX, rel=1e-6)
 
 
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])

@@ -79,29 +79,31 @@ def calibration_run(pipe: Any, spec: FamilySpec) -> Callable[[], None]:
     unet = pipe.unet
     cfg = unet.config
 
-    def run() -> None:
-        states, pooled = _conditioning(pipe, spec)
-        n, side = states.shape[0], _latent_side(cfg.sample_size)
-        noise = torch.randn(n, cfg.in_channels, side, side, generator=torch.Generator().manual_seed(0))
-        kwargs: dict[str, Any] = {"encoder_hidden_states": states.to(unet.device, unet.dtype), "return_dict": False}
-        if cfg.addition_embed_type == "text_time":
-            kwargs["added_cond_kwargs"] = {"text_embeds": pooled.to(unet.device, unet.dtype),
-                                           "time_ids": _time_ids(pipe, cfg, pooled.shape[-1], n)}  # fmt: skip
-        for t in CALIBRATION_TIMESTEPS:
-            unet(noise.to(unet.device, unet.dtype), torch.tensor(t, device=unet.device), **kwargs)
+    def run() -> None:  # one prompt and its negative at a time: the batch of one guided image, no larger
+        for prompt, negative in zip(CALIBRATION_PROMPTS, CALIBRATION_NEGATIVES, strict=True):
+            states, pooled = _conditioning(pipe, spec, prompt, negative)
+            n, side = states.shape[0], _latent_side(cfg.sample_size)
+            noise = torch.randn(n, cfg.in_channels, side, side, generator=torch.Generator().manual_seed(0))
+            kwargs: dict[str, Any] = {"encoder_hidden_states": states.to(unet.device, unet.dtype),
+                                      "return_dict": False}  # fmt: skip
+            if cfg.addition_embed_type == "text_time":
+                kwargs["added_cond_kwargs"] = {"text_embeds": pooled.to(unet.device, unet.dtype),
+                                               "time_ids": _time_ids(pipe, cfg, pooled.shape[-1], n)}  # fmt: skip
+            for t in CALIBRATION_TIMESTEPS:
+                unet(noise.to(unet.device, unet.dtype), torch.tensor(t, device=unet.device), **kwargs)
 
     return run
 
 
-def _conditioning(pipe: Any, spec: FamilySpec) -> tuple[Any, Any]:
-    """(text states, pooled or None), negatives first, encoded as generation encodes them for this pipeline: sdplay's
+def _conditioning(pipe: Any, spec: FamilySpec, prompt: str, negative: str) -> tuple[Any, Any]:
+    """(text states, pooled or None), negative first, encoded as generation encodes them for this pipeline: sdplay's
     prompt encoder, or the pipeline's own for a model without the first text encoder (the SDXL refiner)."""
     if pipe.tokenizer is not None:
         from sdplay.prompts import encode
 
-        emb = encode(pipe, spec, list(CALIBRATION_PROMPTS), list(CALIBRATION_NEGATIVES)).step_inputs(0, guidance=True)
+        emb = encode(pipe, spec, [prompt], [negative]).step_inputs(0, guidance=True)
         return emb["prompt_embeds"], emb.get("add_text_embeds")
-    out = pipe.encode_prompt(prompt=list(CALIBRATION_PROMPTS), negative_prompt=list(CALIBRATION_NEGATIVES),
+    out = pipe.encode_prompt(prompt=[prompt], negative_prompt=[negative],
                              device=pipe.unet.device, num_images_per_prompt=1,
                              do_classifier_free_guidance=True)  # fmt: skip
     states = torch.cat([out[1], out[0]])
@@ -133,33 +135,41 @@ def static_linear(linear: torch.nn.Linear, input_max: float) -> StaticFloat8Line
 class StaticFloat8Linear(torch.nn.Module):
     """y = x W^T + b with x and W as float8 e4m3, each with one fixed scale, through torch._scaled_mm.
 
-    The float8 weight is kept as its bytes (uint8) and the scales in float32 as they are used, so a cast of the whole
-    model to another dtype (`.to(torch.float16)`) leaves them as they are.
+    The float8 weight and the float32 scales are kept as their bytes, so a cast of the whole model to another dtype
+    (`.to(torch.float16)`) leaves them exactly as they are.
     """
+
+    # the inverse input scale meets the input in its dtype: float16 must hold it whatever the model's dtype is now
+    # or becomes (an input maximum below ~0.03 would not fit); smaller inputs lose only e4m3's subnormal range
+    MIN_INPUT_MAX = 4 * E4M3_MAX / 65504.0
 
     def __init__(self, linear: torch.nn.Linear, input_max: float):
         super().__init__()
         w = linear.weight.detach()
         w_scale = (w.float().abs().amax() / E4M3_MAX).clamp(min=1e-12)
-        # the inverse scale meets the input in the input's dtype: fp16 must hold it (an input maximum below
-        # ~0.03 would not)
-        floor = 4 * E4M3_MAX / torch.finfo(w.dtype).max
-        x_scale = torch.tensor(max(input_max, floor, 1e-6) / E4M3_MAX, device=w.device)
+        x_scale = torch.tensor(max(input_max, self.MIN_INPUT_MAX) / E4M3_MAX, device=w.device)
         self.in_features, self.out_features = linear.in_features, linear.out_features
         weight_t = (w.float() / w_scale).to(torch.float8_e4m3fn).t()  # column-major, as _scaled_mm wants it
         self.weight_bytes = torch.nn.Buffer(weight_t.view(torch.uint8), persistent=False)
-        self.weight_scale = torch.nn.Buffer(w_scale, persistent=False)
-        self.input_scale = torch.nn.Buffer(x_scale, persistent=False)
-        self.input_inverse = torch.nn.Buffer(1 / x_scale, persistent=False)
+        scales = torch.stack([w_scale, x_scale, 1 / x_scale]).float()  # weight, input, inverse input
+        self.scale_bytes = torch.nn.Buffer(scales.view(torch.int32), persistent=False)
         self.bias = linear.bias
+
+    def scales(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(weight scale, input scale, inverse input scale), float32 scalars."""
+        s = self.scale_bytes.view(torch.float32)
+        return s[0], s[1], s[2]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
-        x8 = (x.reshape(-1, self.in_features) * self.input_inverse.to(x.dtype)).clamp(-E4M3_MAX, E4M3_MAX)
+        w_scale, x_scale, inverse = self.scales()
+        x8 = (x.reshape(-1, self.in_features) * inverse.to(x.dtype)).clamp(-E4M3_MAX, E4M3_MAX)
         bias = None if self.bias is None else self.bias.to(x.dtype)
+        fused = bias if x.dtype != torch.float32 else None  # CUDA's kernel takes no bias with a float32 output
         out = torch._scaled_mm(x8.to(torch.float8_e4m3fn), self.weight_bytes.view(torch.float8_e4m3fn),
-                               scale_a=self.input_scale.float(), scale_b=self.weight_scale.float(), bias=bias,
-                               out_dtype=x.dtype)  # fmt: skip
+                               scale_a=x_scale, scale_b=w_scale, bias=fused, out_dtype=x.dtype)  # fmt: skip
+        if bias is not None and fused is None:
+            out = out + bias
         return out.reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
