@@ -9,7 +9,8 @@ fast path runs it. Measured:
 2. every linear layer of the transformer blocks, timed in fp16 and as float8 e4m3 with one static scale per tensor
    (`torch._scaled_mm`), the activation's cast timed on its own, and the float8 output's relative error;
 3. one UNet step as a CUDA graph of eager kernels with each SDPA backend forced, and with static float8 linear
-   layers (scales calibrated on one step), with the UNet output's relative error against fp16;
+   layers (sdplay.accel.fp8's, on every transformer-block linear layer, input scales from one step, no margin),
+   with the UNet output's relative error against fp16;
 4. with --compile: the same step through torch.compile (whole UNet, static shapes), fp16 and float8.
 The JSON is rewritten after every measurement, so a run stopped by its time limit keeps what it measured.
 """
@@ -28,6 +29,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
+from sdplay.accel.fp8 import StaticFloat8Linear  # noqa: E402  (the fast path's own layer)
+
 NATIVE = {"sd-v1-4": 512, "sd-v2-1": 768, "sdxl-base-1.0": 1024}
 REPORT: dict = {}
 
@@ -189,27 +192,6 @@ def linear_row(m: int, k: int, n: int, has_bias: bool, count: int) -> dict:
     return row
 
 
-class StaticFP8Linear(torch.nn.Module):
-    """A linear layer as float8 e4m3 with fixed scales: the weight's, and the activation's from calibration."""
-
-    def __init__(self, lin: torch.nn.Linear, amax: float):
-        super().__init__()
-        w8, sw = quantize_weight(lin.weight)
-        self.register_buffer("wt", w8.t(), persistent=False)  # column-major, as _scaled_mm wants it
-        self.register_buffer("sw", sw, persistent=False)
-        sx = torch.tensor(max(amax, 1e-6) / 448, device=lin.weight.device)
-        self.register_buffer("sx", sx, persistent=False)
-        self.register_buffer("inv", (1 / sx).to(torch.float16), persistent=False)
-        self.bias, self.in_features, self.out_features = lin.bias, lin.in_features, lin.out_features
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        x8 = (x.reshape(-1, shape[-1]) * self.inv).clamp(-448, 448).to(torch.float8_e4m3fn)
-        out = torch._scaled_mm(x8, self.wt, scale_a=self.sx, scale_b=self.sw, bias=self.bias,
-                               out_dtype=torch.float16)  # fmt: skip
-        return out.reshape(*shape[:-1], self.out_features)
-
-
 def to_fp8(unet, linears: dict) -> int:
     done = 0
     for name, rec in linears.items():
@@ -217,7 +199,7 @@ def to_fp8(unet, linears: dict) -> int:
             continue
         parent, _, child = name.rpartition(".")
         owner = unet.get_submodule(parent)
-        setattr(owner, child, StaticFP8Linear(getattr(owner, child), rec["amax"]))
+        setattr(owner, child, StaticFloat8Linear(getattr(owner, child), rec["amax"]))
         done += 1
     return done
 

@@ -31,7 +31,7 @@ def linear(k: int = 64, n: int = 48) -> torch.nn.Linear:
 def test_static_float8_linear_is_float8_arithmetic_with_fixed_scales():
     lin = linear()
     x = torch.randn(10, 64) * 3
-    layer = fp8.static_linear(lin, float(x.abs().max()))
+    layer = fp8.StaticFloat8Linear(lin, float(x.abs().max()))
     x_scale, w_scale = float(x.abs().max()) / 448, float(lin.weight.detach().abs().max()) / 448
     x8 = (x / x_scale).clamp(-448, 448).to(torch.float8_e4m3fn).float() * x_scale
     w8 = (lin.weight / w_scale).to(torch.float8_e4m3fn).float() * w_scale
@@ -46,7 +46,7 @@ def test_static_float8_linear_is_float8_arithmetic_with_fixed_scales():
 
 def test_inputs_beyond_the_calibrated_range_saturate_instead_of_overflowing():
     lin = linear()
-    layer = fp8.static_linear(lin, 1.0)
+    layer = fp8.StaticFloat8Linear(lin, 1.0)
     x = torch.full((4, 64), 1000.0)
     with torch.no_grad():
         out = layer(x)
@@ -56,7 +56,7 @@ def test_inputs_beyond_the_calibrated_range_saturate_instead_of_overflowing():
 
 
 def test_a_tiny_calibrated_range_still_gives_a_finite_fp16_scale():
-    layer = fp8.static_linear(linear().half(), 1e-5)
+    layer = fp8.StaticFloat8Linear(linear().half(), 1e-5)
     assert torch.isfinite(layer.scales()[2].to(torch.float16)).all()
     with torch.no_grad():
         out = layer(torch.zeros(3, 64, dtype=torch.float16))
@@ -66,16 +66,16 @@ def test_a_tiny_calibrated_range_still_gives_a_finite_fp16_scale():
 def test_a_float32_output_adds_the_bias_outside_the_kernel():
     lin = linear()
     x = torch.randn(5, 64)
-    layer = fp8.static_linear(lin, float(x.abs().max()))
+    layer = fp8.StaticFloat8Linear(lin, float(x.abs().max()))
     with torch.no_grad():
         out = layer(x)
-        no_bias = fp8.static_linear(torch.nn.Linear(64, 48, bias=False), 1.0)
+        no_bias = fp8.StaticFloat8Linear(torch.nn.Linear(64, 48, bias=False), 1.0)
     assert no_bias(x).shape == (5, 48)
     assert float((out - lin(x)).norm() / lin(x).norm()) < 6e-2
 
 
 def test_a_cast_of_the_whole_model_leaves_the_float8_layer_intact():
-    layer = fp8.static_linear(linear(), 4.0)
+    layer = fp8.StaticFloat8Linear(linear(), 4.0)
     x = torch.randn(6, 64)
     with torch.no_grad():
         before = layer(x)

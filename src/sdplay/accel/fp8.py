@@ -64,7 +64,7 @@ def quantize(unet: Any, peaks: dict[str, float], margin: float = MARGIN) -> dict
     layers = candidates(unet)
     for name, peak in peaks.items():
         parent, _, child = name.rpartition(".")
-        setattr(unet.get_submodule(parent) if parent else unet, child, static_linear(layers[name], peak * margin))
+        setattr(unet.get_submodule(parent) if parent else unet, child, StaticFloat8Linear(layers[name], peak * margin))
     return {"layers": len(peaks), "scales": "static, per tensor", "margin": margin}
 
 
@@ -126,10 +126,6 @@ def _latent_side(sample_size: Any) -> int:
 def layers(unet: Any) -> int:
     """How many static float8 layers `unet` holds."""
     return sum(isinstance(m, StaticFloat8Linear) for m in unet.modules())
-
-
-def static_linear(linear: torch.nn.Linear, input_max: float) -> StaticFloat8Linear:
-    return StaticFloat8Linear(linear, input_max)
 
 
 class StaticFloat8Linear(torch.nn.Module):
