@@ -15,6 +15,7 @@ from sdplay.families import FAMILIES, Family, for_architecture, from_pipeline
 log = logging.getLogger(__name__)
 
 ENV = "SDPLAY_FAST"  # e.g. "compile=none,vae=off": overrides FastConfig fields, for benchmarks and experiments
+WHERE = f"the fast-path options (--fast-options or ${ENV})"  # where a user wrote them, in error messages
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
 
 
@@ -62,7 +63,7 @@ class FastConfig:
             name, _, value = part.partition("=")
             name = name.strip().replace("-", "_")
             if name not in kinds:
-                raise InvalidRequest(f"Unknown fast-path option {name!r} in {ENV}.", hint=f"Use: {', '.join(kinds)}.")
+                raise InvalidRequest(f"Unknown fast-path option {name!r} in {WHERE}.", hint=f"Use: {', '.join(kinds)}.")
             changes[name] = _value(kinds[name], value.strip())
         if "fp8" in changes:
             changes["fp8"] = FP8_ALIASES.get(changes["fp8"].lower(), changes["fp8"].lower())
@@ -210,9 +211,11 @@ DTYPES = ("auto", "float16", "bfloat16", "float32")
 def _check(config: FastConfig, device: DeviceInfo) -> None:
     """Refuse combinations that cannot work, saying what to change."""
     if config.vae not in VAE_MODES:
-        raise InvalidRequest(f"Unknown VAE mode {config.vae!r} in {ENV}.", hint=f"Use one of: {', '.join(VAE_MODES)}.")
+        raise InvalidRequest(
+            f"Unknown VAE mode {config.vae!r} in {WHERE}.", hint=f"Use one of: {', '.join(VAE_MODES)}."
+        )
     if config.vae_dtype not in DTYPES:
-        raise InvalidRequest(f"Unknown VAE dtype {config.vae_dtype!r} in {ENV}.", hint=f"Use: {', '.join(DTYPES)}.")
+        raise InvalidRequest(f"Unknown VAE dtype {config.vae_dtype!r} in {WHERE}.", hint=f"Use: {', '.join(DTYPES)}.")
     if config.deepcache < 0:
         raise InvalidRequest(f"deepcache={config.deepcache} is negative.", hint="Use 0 (off) or a step interval 2-5.")
     if config.deepcache and config.compile in ("full", "aot"):
@@ -225,7 +228,9 @@ def _check(config: FastConfig, device: DeviceInfo) -> None:
                              "(docs/benchmarks.md, H200).", hint="Use compile=full, or add experimental=true to "
                              "try it anyway.")  # fmt: skip
     if config.fp8 not in FP8_MODES:
-        raise InvalidRequest(f"Unknown float8 mode fp8={config.fp8!r} in {ENV}.", hint=f"Use: {', '.join(FP8_MODES)}.")
+        raise InvalidRequest(
+            f"Unknown float8 mode fp8={config.fp8!r} in {WHERE}.", hint=f"Use: {', '.join(FP8_MODES)}."
+        )
     if config.fp8 != "off":
         _check_fp8(device, config.fp8)
 
@@ -237,7 +242,7 @@ def _check_fp8(device: DeviceInfo, mode: str) -> None:
         return
     if device.kind != "cuda" or torch.cuda.get_device_capability(device.id) < (8, 9):
         raise InvalidRequest(f"fp8={mode} needs an NVIDIA GPU with float8 matrix units (Ada or Hopper); {device.id} "
-                             "has none.", hint=f"Remove fp8 from {ENV}.")  # fmt: skip
+                             "has none.", hint=f"Remove fp8 from {WHERE}.")  # fmt: skip
     if mode == "static":
         return
     try:
