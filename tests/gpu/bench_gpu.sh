@@ -3,7 +3,7 @@
 # Stages: sd1 sd1-probes sd1-compile sd2 sdxl check telemetry, and sd1-opt sd2-opt sdxl-opt options profile sdxl-load
 # (the H100 runs behind docs/benchmarks.md); H200: sd1-h200 sd2-h200 sdxl-h200 (diffusers, the diffusers +
 # torch.compile peer and sdplay in one run, cold compiles and restarts of each), sdxl-peer-full, sdxl-fp8,
-# sd1-autotune, weights
+# sd1-autotune, sd1-aot, sd2-aot, sdxl-aot, weights
 # (load times), emoji-fp8 (what fp8=static costs the embedded model) and emoji-eval (the embedded model's evaluation
 # on the GPU). Needs diffusers (and torchsde; fastapi/uvicorn for sdxl-load) importable;
 # writes JSON, markdown and logs under $OUT (default ./outputs/gpu). Each model runs in its own process with its
@@ -28,6 +28,7 @@ FAST_PROBES="sdplay-fast[compile=none],sdplay-fast[compile=none,fuse_qkv=false],
 AUTO="sdplay-fast[compile=full,dynamic=none]"  # whole UNet, static first, one dynamic recompile at a new shape
 OPTS="sdplay-fast[fp8=true],sdplay-fast[deepcache=3],$FULL,sdplay-fast[compile=full,dynamic=false,fp8=true]"
 PEERS="diffusers,diffusers-compile"
+AOT="sdplay-fast[compile=aot]" AOT8="sdplay-fast[compile=aot,fp8=static]"  # whole UNet, saved per input shape
 for stage in "$@"; do
   case $stage in
     sd1) bench sd1 420 -m sd-v1-4 --runs 7 --max-batch 8 --large-runs 1 --check \
@@ -55,6 +56,13 @@ for stage in "$@"; do
     # the peer with Inductor's max-autotune beside its default mode and sdplay (its compile may not fit a call)
     sd1-autotune) bench sd1-autotune ${LIMIT:-560} -m sd-v1-4 --runs 5 --max-batch 1 --unet-iters 20 \
       --variants "$PEERS,diffusers-compile[mode=max-autotune],sdplay-fast" ;;
+    # precompiled packages (compile=aot): cold compile, then a restart that loads them, against torch.compile's
+    sd1-aot) bench sd1-aot ${LIMIT:-330} -m sd-v1-4 --runs 5 --max-batch 1 --unet-iters 20 \
+      --variants "$PEERS,sdplay-fast,$AOT" --restart-variants "diffusers-compile,sdplay-fast,$AOT" ;;
+    sd2-aot) bench sd2-aot ${LIMIT:-330} -m sd-v2-1 --runs 5 --max-batch 1 --unet-iters 20 \
+      --variants "$PEERS,sdplay-fast,$AOT" --restart-variants "sdplay-fast,$AOT" ;;
+    sdxl-aot) bench sdxl-aot ${LIMIT:-560} -m sdxl-base-1.0 --runs 3 --max-batch 1 --unet-iters 10 \
+      --variants "${SDXL_AOT_VARIANTS:-$PEERS,$AOT,$AOT8}" --restart-variants "$AOT,$AOT8" ;;
     # what static float8 costs the trained embedded model, through the engine's fast path on the GPU
     emoji-fp8) for fo in fp8=off fp8=static; do
         timeout ${LIMIT:-150} python3 -m sdplay.training.evaluate --data "${DATA:-.carry/emoji/emoji64.npz}" --device cuda \

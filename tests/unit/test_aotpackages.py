@@ -1,8 +1,9 @@
 """Ahead-of-time packages on CPU: one per input signature, kept on disk, loaded by a restart, with a fallback.
 
-AOTInductor itself takes minutes per model on a CPU, so these tests make package files with torch.export alone
-(`torch.export.save` / `load`): the export of the real tiny UNets, the keys, the cache on disk and every decision
-around them are the ones the GPU runs; only the kernel compiler differs.
+The "dynamo" packages (compile=aot) are made for real: PyTorch's precompile of a tiny UNet with Inductor's CPU
+backend. AOTInductor ("inductor", compile=aoti) takes minutes per model on a CPU, so those tests make package files
+with torch.export alone (`torch.export.save` / `load`): the export of the real tiny UNets, the keys, the cache on
+disk and every decision around them are the ones the GPU runs; only the kernel compiler differs.
 """
 
 import numpy as np
@@ -134,8 +135,8 @@ def test_fast_path_compiles_the_unet_ahead_of_time_and_matches_eager(engine, tin
     eager = engine.generate(request)
     fast_engine = Engine(fast=False)
     loaded, _ = fast_engine.load(str(tiny_models["sd1"]))
-    choices = accelerate(loaded.pipe, loaded.device, FastConfig.parse("compile=aot"), recorder=eager_recorder)
-    assert choices["compiled"] == ["unet: ahead-of-time packages"]
+    choices = accelerate(loaded.pipe, loaded.device, FastConfig.parse("compile=aoti"), recorder=eager_recorder)
+    assert choices["compiled"] == ["unet: ahead-of-time packages (inductor)"]
     fast = fast_engine.generate(request)
     fast_engine.generate(request.with_(seed=8))
     a, b = np.asarray(eager.images[0], dtype=np.int16), np.asarray(fast.images[0], dtype=np.int16)
@@ -144,3 +145,44 @@ def test_fast_path_compiles_the_unet_ahead_of_time_and_matches_eager(engine, tin
     assert stats["aot_packages"]["compiled"] == 1 and stats["aot_packages"]["loaded"] == 1
     assert not stats["aot_packages"]["failures"] and stats["unet"]["captures"] == 1
     assert len(list((tmp_path / "aot").rglob("*.pt2"))) == 1 and len(calls) == 1
+
+
+def test_precompiled_package_is_made_once_loaded_by_a_restart_and_follows_the_weights(tiny_models, tmp_path,
+                                                                                       monkeypatch):  # fmt: skip
+    from types import SimpleNamespace
+
+    from diffusers import UNet2DConditionModel
+
+    from sdplay.accel.fastpath import fuse_qkv
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    unet = UNet2DConditionModel.from_pretrained(tiny_models["sdxl"] / "unet").eval().requires_grad_(False)
+    fuse_qkv(SimpleNamespace(unet=unet, vae=None))
+    unet.to(memory_format=torch.channels_last)  # as the fast path leaves it
+    args, kwargs = inputs(unet, 2, 32)
+    with torch.inference_mode():
+        expected = unet(*args, **kwargs)[0]
+        packaged = aotpackages.install(unet, tmp_path / "aot", "cpu")
+        torch.testing.assert_close(unet(*args, **kwargs)[0], expected, rtol=1e-4, atol=1e-5)
+        assert (packaged.stats.compiled, packaged.stats.loaded, packaged.stats.failures) == (1, 1, [])
+        del unet.forward  # a restart: a new packaged forward over the same folder finds the saved package
+        restarted = aotpackages.install(unet, tmp_path / "aot", "cpu")
+        torch.testing.assert_close(unet(*args, **kwargs)[0], expected, rtol=1e-4, atol=1e-5)
+        assert (restarted.stats.compiled, restarted.stats.loaded, restarted.stats.fallback_calls) == (0, 1, 0)
+        for p in unet.parameters():  # new weights in the same tensors: the package reads them, nothing is baked in
+            p.mul_(0.9)
+        changed = unet(*args, **kwargs)[0]
+        del unet.forward
+        torch.testing.assert_close(changed, unet(*args, **kwargs)[0], rtol=1e-4, atol=1e-5)
+    assert (changed - expected).abs().max() > 1e-2
+    assert len(list((tmp_path / "aot").rglob("*.bin"))) == 1
+
+
+def test_precompile_refuses_a_forward_wrapped_on_the_instance(unet, tmp_path):
+    packaged = PackagedForward(unet, tmp_path, "cpu", compiler=aotpackages.precompile,
+                               loader=aotpackages.load_precompiled, fallback=lambda *a, **k: "fallback")  # fmt: skip
+    packaged.forward = lambda *a, **k: None  # what precompile would compile is not the module's own forward
+    args, kwargs = inputs(unet, 2, 32)
+    with torch.inference_mode():
+        assert packaged(*args, **kwargs) == "fallback"
+    assert packaged.stats.failures and "wrapped on this instance" in packaged.stats.failures[0]

@@ -242,13 +242,14 @@ def test_to_pil_matches_diffusers_postprocess_bit_for_bit():
         assert np.array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_ahead_of_time_compile_needs_the_experimental_flag_on_a_gpu():
+def test_aotinductor_packages_need_the_experimental_flag_on_a_gpu():
     from sdplay.accel.fastpath import _check
     from sdplay.devices import DeviceInfo
 
     gpu = DeviceInfo("cuda:0", "cuda", 0, "NVIDIA H200")
     with pytest.raises(InvalidRequest, match="experimental") as err:
-        _check(FastConfig.parse("compile=aot"), gpu)
-    assert "experimental=true" in err.value.hint
-    _check(FastConfig.parse("compile=aot,experimental=true"), gpu)  # allowed when asked for
-    _check(FastConfig.parse("compile=aot"), DeviceInfo("cpu", "cpu", 0, "CPU"))  # the CPU path was tested
+        _check(FastConfig.parse("compile=aoti"), gpu)
+    assert "experimental=true" in err.value.hint and "compile=aot" in err.value.hint
+    _check(FastConfig.parse("compile=aoti,experimental=true"), gpu)  # allowed when asked for
+    _check(FastConfig.parse("compile=aoti"), DeviceInfo("cpu", "cpu", 0, "CPU"))  # the CPU path was tested
+    _check(FastConfig.parse("compile=aot"), gpu)  # precompiled packages need no flag

@@ -1,11 +1,18 @@
-"""Ahead-of-time compiled modules: one AOTInductor package per input signature, compiled once, loaded in seconds.
+"""Ahead-of-time compiled modules: one package per input signature, compiled once, loaded in seconds.
 
 A restart with `torch.compile` re-traces the whole UNet with Dynamo before its cached kernels can run (tens of
-seconds for SDXL). An AOTInductor package is the compiled model itself (kernels and a C++ wrapper, no Python
-tracing): loading one takes about a second. Packages hold no weights: the model's own tensors are handed to the
-package at load (`user_managed`), so no memory is copied and the package files stay small. They live in sdplay's
-compile cache, keyed by everything that changes the compiled code (architecture, dtype, memory layout, attention
-processors, torch/diffusers versions, GPU) and by the input signature (shapes, dtypes, strides, scalar values).
+seconds for SDXL). A package is the compiled forward itself, saved once per input signature; two kinds:
+
+- "dynamo" (`compile=aot`): PyTorch's precompile (`torch.compile(...).aot_compile`) of the module class's forward,
+  the module passed as its first argument: the traced bytecode, its guards and Inductor's kernels in one file, so a
+  restart skips tracing and compiling. Only portable guards are kept (global state, tensor shapes, dtypes and
+  strides); what they no longer check about the module is in the folder's key instead.
+- "inductor" (`compile=aoti`): an AOTInductor package (kernels and a C++ wrapper, no Python at all).
+
+Packages hold no weights: the model's own tensors are read at each call (dynamo) or handed over at load
+(inductor, `user_managed`), so no memory is copied and the files stay small. They live in sdplay's compile cache,
+keyed by everything that changes the compiled code (architecture, dtype, memory layout, attention processors,
+torch/diffusers versions, GPU) and by the input signature (shapes, dtypes, strides, scalar values).
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1  # bump when the way packages are made changes
+FORMAT = 2  # bump when the way packages are made changes
 PREFIX = "m."  # the exported wrapper holds the model as its submodule `m`
 # The weights stay out of the package: the live model's tensors are handed over at load time. Inductor would inline
 # tiny 1-D tensors (a UNet's 4-element conv_out.bias) into the code; keep them as constants so they are handed over.
@@ -59,8 +66,8 @@ class PackagedForward:
 
     def __init__(self, module: Any, folder: Path, device: Any, fallback: Callable | None = None,
                  compile_options: dict[str, Any] | None = None, compiler: Callable | None = None,
-                 loader: Callable | None = None):  # fmt: skip
-        self.module, self.folder, self.device = module, Path(folder), device
+                 loader: Callable | None = None, suffix: str = ".pt2"):  # fmt: skip
+        self.module, self.folder, self.device, self.suffix = module, Path(folder), device, suffix
         self.compiler, self.loader = compiler or compile_package, loader or load_package
         self.forward = module.forward  # the module's own forward, before anything wraps it
         self.fallback = fallback or self.forward
@@ -71,18 +78,19 @@ class PackagedForward:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         key = input_key(args, kwargs, self.device)
-        model = None if key is None or key in self.failed else self.models.get(key)
-        if model is None and key is not None and key not in self.failed:
-            model = self._load_or_compile(key, args, kwargs)
-        if model is None:
+        if key is None or key in self.failed:
             self.stats.fallback_calls += 1
             return self.fallback(*args, **kwargs)
         args, kwargs = to_device((args, kwargs), self.device)
+        model = self.models.get(key) or self._load_or_compile(key, args, kwargs)
+        if model is None:
+            self.stats.fallback_calls += 1
+            return self.fallback(*args, **kwargs)
         return model(*args, **kwargs)
 
     def package_path(self, key: Any) -> Path:
         digest = hashlib.sha256(repr(key).encode()).hexdigest()[:24]
-        return self.folder / f"{digest}.pt2"
+        return self.folder / f"{digest}{self.suffix}"
 
     def _load_or_compile(self, key: Any, args: tuple, kwargs: dict) -> Any:
         path = self.package_path(key)
@@ -124,6 +132,8 @@ def model_key(module: Any, device: Any, extra: dict[str, Any] | None = None) -> 
         "class": type(module).__qualname__,
         "config": {k: v for k, v in dict(config).items() if not k.startswith("_")},
         "params": sorted((n, tuple(p.shape), str(p.dtype)) for n, p in module.named_parameters()),
+        "buffers": sorted((n, tuple(b.shape), str(b.dtype)) for n, b in module.named_buffers()),
+        "modules": sorted((n, type(m).__qualname__) for n, m in module.named_modules()),  # e.g. float8 layers
         "channels_last": bool(first is not None and first.is_contiguous(memory_format=torch.channels_last)),
         "processors": processors,
         "torch": torch.__version__,
@@ -190,6 +200,60 @@ def compile_package(forward: Callable, module: Any, args: tuple, kwargs: dict, d
         torch._inductor.aoti_compile_and_package(program, package_path=str(tmp), inductor_configs=configs)
     os.replace(tmp, path)  # a complete package or none: concurrent processes may compile the same one
     return path
+
+
+def precompile(forward: Callable, module: Any, args: tuple, kwargs: dict, device: Any, path: Path,
+               options: dict[str, Any] | None = None) -> Path:  # fmt: skip
+    """Compile the module class's forward ahead of time for these inputs (Dynamo's precompile); save it at `path`."""
+    import torch
+
+    function = _class_forward(forward, module)
+    opts = {"guard_filter_fn": portable_guards} | dict(options or {})
+    with torch._dynamo.config.patch(enable_aot_compile=True), torch.no_grad():  # off by default before torch 2.13
+        compiled = torch.compile(function, fullgraph=True, dynamic=False, options=opts)
+        result = compiled.aot_compile(((module, *args), kwargs))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
+    result.save_compiled_function(str(tmp), external_data=_wrapped_functions(function))
+    os.replace(tmp, path)  # a complete package or none: concurrent processes may compile the same one
+    return path
+
+
+def load_precompiled(path: Path, module: Any, device: Any) -> Callable:
+    """Open a saved precompiled forward; the returned callable runs it on `module` (its current weights)."""
+    import torch
+
+    function = type(module).forward
+    with open(path, "rb") as f:
+        compiled = torch.compiler.load_compiled_function(f, external_data=_wrapped_functions(function))
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        return compiled(module, *args, **kwargs)
+
+    return run
+
+
+def portable_guards(entries: Any) -> list[bool]:
+    """Keep the guards a saved package can check in a new process: global state, shapes, the inputs' tensors."""
+    return [e.guard_type in ("GLOBAL_STATE", "SHAPE_ENV") or (e.guard_type == "TENSOR_MATCH" and not e.is_global)
+            for e in entries]  # fmt: skip
+
+
+def _class_forward(forward: Callable, module: Any) -> Callable:
+    """The class's forward function that `forward` (the module's own bound forward) calls."""
+    function = type(module).forward
+    if getattr(forward, "__func__", None) is not function or getattr(forward, "__self__", None) is not module:
+        raise TypeError(f"{type(module).__name__}.forward is wrapped on this instance; precompile needs its own")
+    return function
+
+
+def _wrapped_functions(function: Callable) -> dict[str, Any]:
+    """The functions a decorated forward wraps (diffusers' LoRA-scale decorator): saved by reference, not by name."""
+    out, inner = {}, getattr(function, "__wrapped__", None)
+    while inner is not None and len(out) < 8:
+        out[f"wrapped-{len(out)}"] = inner
+        inner = getattr(inner, "__wrapped__", None)
+    return out
 
 
 def load_package(path: Path, module: Any, device: Any) -> Any:
@@ -269,11 +333,13 @@ def _device_name(device: Any) -> str:
 
 def install(module: Any, folder: Path, device: Any, fallback: Callable | None = None,
             compile_options: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
-            **seams: Any) -> PackagedForward:  # fmt: skip
-    """Route `module.forward` through AOTInductor packages kept under `folder/<model key>/`."""
+            kind: str = "dynamo", **seams: Any) -> PackagedForward:  # fmt: skip
+    """Route `module.forward` through packages of `kind` ("dynamo" or "inductor") under `folder/<model key>/`."""
     if isinstance(module.__dict__.get("forward"), PackagedForward):
         return module.__dict__["forward"]
-    key = model_key(module, device, extra=(extra or {}) | {"options": compile_options or {}})
+    key = model_key(module, device, extra=(extra or {}) | {"options": compile_options or {}, "kind": kind})
+    if kind == "dynamo":
+        seams = {"compiler": precompile, "loader": load_precompiled, "suffix": ".bin"} | seams
     packaged = PackagedForward(module, Path(folder) / key, device, fallback, compile_options, **seams)
     module.forward = packaged
     return packaged

@@ -23,8 +23,10 @@ TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
 class FastConfig:
     """Which accelerations to apply; the defaults are the ones measured to help on an H100 (docs/benchmarks.md)."""
 
-    # "aot": the whole UNet as ahead-of-time compiled packages (one per input shape, loaded in seconds at a restart);
-    # "full": the whole UNet through torch.compile; "regional": repeated blocks only; "none"; "auto": per family
+    # "aot": the whole UNet compiled ahead of time, one package per input shape saved in the compile cache and loaded
+    # by a restart without tracing (sdplay.accel.aotpackages); "aoti": the same as AOTInductor packages
+    # (experimental); "full": the whole UNet through torch.compile; "regional": repeated blocks only; "none";
+    # "auto": per family
     compile: str = "auto"
     regions: tuple[str, ...] = ("BasicTransformerBlock",)  # classes compiled by "regional"
     # True: symbolic shapes (a new size or batch reuses the compiled code); None: static first, one dynamic
@@ -49,7 +51,7 @@ class FastConfig:
     # sdplay.accel.fp8), "dynamic" (torchao, every activation measured at every call; "true" means this), "off"
     fp8: str = "off"
     deepcache: int = 0  # reuse the deeper UNet blocks' features: a full step every N steps (0: off)
-    experimental: bool = False  # allows compile=aot on a GPU (its first GPU run crashed the process)
+    experimental: bool = False  # allows compile=aoti on a GPU (its first GPU run crashed the process)
 
     @classmethod
     def parse(cls, text: str | None, base: FastConfig | None = None) -> FastConfig:
@@ -91,7 +93,7 @@ def resolve(config: FastConfig, family: Family | None) -> FastConfig:
     if config.deepcache and config.compile == "auto":  # feature reuse switches blocks: compile them one by one
         compile_mode, dynamic = "regional", True
     elif config.compile != "auto":
-        compile_mode, dynamic = config.compile, {"full": None, "aot": False}.get(config.compile, True)
+        compile_mode, dynamic = config.compile, {"full": None, "aot": False, "aoti": False}.get(config.compile, True)
     return replace(config, compile=compile_mode, dynamic=dynamic if config.dynamic == "auto" else config.dynamic)
 
 
@@ -197,14 +199,15 @@ def accelerate(
 
         reuse = deepcache.install(pipe.unet, config.deepcache)
         choices["deepcache_interval"] = config.deepcache
-    packages = pipe.unet.__dict__.get("forward") if config.compile == "aot" else None
+    packages = pipe.unet.__dict__.get("forward") if config.compile in PACKAGED else None
     pipe.sdplay_fast = FastPath(config, graphed, pool, reuse, getattr(packages, "fn", packages))
     choices["config"] = config.to_dict()
     return choices
 
 
 VAE_MODES = ("off", "graph", "compile", "compile+graph")
-COMPILE_MODES = ("auto", "aot", "full", "regional", "none")
+COMPILE_MODES = ("auto", "aot", "aoti", "full", "regional", "none")
+PACKAGED = {"aot": "dynamo", "aoti": "inductor"}  # compile mode: kind of ahead-of-time package
 DTYPES = ("auto", "float16", "bfloat16", "float32")
 
 
@@ -218,15 +221,15 @@ def _check(config: FastConfig, device: DeviceInfo) -> None:
         raise InvalidRequest(f"Unknown VAE dtype {config.vae_dtype!r} in {WHERE}.", hint=f"Use: {', '.join(DTYPES)}.")
     if config.deepcache < 0:
         raise InvalidRequest(f"deepcache={config.deepcache} is negative.", hint="Use 0 (off) or a step interval 2-5.")
-    if config.deepcache and config.compile in ("full", "aot"):
+    if config.deepcache and config.compile in ("full", *PACKAGED):
         raise InvalidRequest(f"deepcache cannot be combined with compile={config.compile}.",
                              hint="Use compile=regional or none.")  # fmt: skip
     if config.compile not in COMPILE_MODES:
         raise InvalidRequest(f"Unknown compile mode {config.compile!r}.", hint=f"Use {', '.join(COMPILE_MODES)}.")
-    if config.compile == "aot" and device.kind == "cuda" and not config.experimental:
-        raise InvalidRequest("compile=aot is experimental: its first GPU run crashed the process "
-                             "(docs/benchmarks.md, H200).", hint="Use compile=full, or add experimental=true to "
-                             "try it anyway.")  # fmt: skip
+    if config.compile == "aoti" and device.kind == "cuda" and not config.experimental:
+        raise InvalidRequest("compile=aoti is experimental: its first GPU run crashed the process "
+                             "(docs/benchmarks.md, H200).", hint="Use compile=aot or full, or add experimental=true "
+                             "to try it anyway.")  # fmt: skip
     if config.fp8 not in FP8_MODES:
         raise InvalidRequest(
             f"Unknown float8 mode fp8={config.fp8!r} in {WHERE}.", hint=f"Use: {', '.join(FP8_MODES)}."
@@ -329,7 +332,7 @@ def compile_modules(pipe: Any, config: FastConfig) -> list[str]:
     if config.autotune and config.backend == "inductor":  # sdplay captures its own CUDA graphs
         kw["mode"] = "max-autotune-no-cudagraphs"
     done = []
-    if config.compile == "aot":
+    if config.compile in PACKAGED:
         done.append(_compile_ahead(pipe.unet, config, kw))
     elif config.compile == "full":  # the forward only: module hooks stay outside the compiled code
         pipe.unet.forward = torch.compile(pipe.unet.forward, **(kw | {"fullgraph": False}))
@@ -346,15 +349,16 @@ def compile_modules(pipe: Any, config: FastConfig) -> list[str]:
 
 
 def _compile_ahead(unet: Any, config: FastConfig, kw: dict[str, Any]) -> str:
-    """The whole UNet as AOTInductor packages; a shape whose package cannot be made runs through torch.compile."""
+    """The whole UNet as ahead-of-time packages; a shape whose package cannot be made runs through torch.compile."""
     import torch
 
     from sdplay.accel import aotpackages
 
     fallback = torch.compile(unet.forward, **(kw | {"fullgraph": False, "dynamic": None}))  # compiles only if used
     options = {"max_autotune": True} if config.autotune else {}
-    aotpackages.install(unet, compile_cache_dir() / "aot", unet.device, fallback, options)
-    return "unet: ahead-of-time packages"
+    kind = PACKAGED[config.compile]
+    aotpackages.install(unet, compile_cache_dir() / "aot", unet.device, fallback, options, kind=kind)
+    return f"unet: ahead-of-time packages ({kind})"
 
 
 def _compile_regions(model: Any, regions: tuple[str, ...], kw: dict[str, Any]) -> int:
